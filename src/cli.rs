@@ -1,0 +1,95 @@
+//! The command line (clap). Other tools depend on these command and flag names.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use postmaster_bot::shell::replay::Format;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "postmaster-bot",
+    version,
+    about = "Runs a mail operator's postmaster inbox: Microsoft delisting tickets, block-list bounces, JMRP and SNDS"
+)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Classify message files: one line per file with kind, ticket id, IPs and evidence.
+    Classify {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        /// Message files (RFC 5322, .eml).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Run message files through the whole pipeline, in the order given, as if they had arrived
+    /// in that order; nothing is sent.
+    Replay {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// State store (SQLite); a temporary one when absent.
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// Folder for every reply and notification produced, as .eml files.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        /// Files or folders (a folder: its files in name order).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Inspect delisting cases in the state store.
+    Cases {
+        #[command(subcommand)]
+        command: CasesCommand,
+    },
+    /// Validate a config file, its rules file and templates (each template is rendered).
+    CheckConfig {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CasesCommand {
+    /// All cases.
+    List {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// State store; defaults to the config's `state.path`.
+        #[arg(long)]
+        state: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// One case with its timeline and outbox.
+    Show {
+        id: i64,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        state: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+}

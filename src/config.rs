@@ -1,0 +1,419 @@
+//! The TOML config: [`RawConfig`] as written, [`Config`] as validated. `parse` is pure; `load`
+//! reads the file and resolves relative paths against the config's folder.
+
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::pipeline::case::Policy;
+use crate::pipeline::classify::Context;
+use crate::pipeline::compose::Identity;
+use crate::pipeline::decide::{Mode, NotifyOn};
+use crate::pipeline::parse::Limits;
+
+/// A config that cannot be used, naming the file and the key or line at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("failed to read config {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Syntax { path: String, message: String },
+    #[error("config {path}: key `{key}`: {message}")]
+    Invalid {
+        path: String,
+        key: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub mode: Option<Mode>,
+    #[serde(default)]
+    pub identity: RawIdentity,
+    #[serde(default)]
+    pub trust: RawTrust,
+    #[serde(default)]
+    pub rules: RawRulesRef,
+    #[serde(default)]
+    pub templates: RawTemplates,
+    #[serde(default)]
+    pub state: RawState,
+    #[serde(default)]
+    pub policy: RawPolicy,
+    #[serde(default)]
+    pub limits: RawLimits,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdentity {
+    pub from: Option<String>,
+    pub organization: Option<String>,
+    pub operator: Option<String>,
+    pub message_id_domain: Option<String>,
+    pub loop_header: Option<String>,
+    pub instance: Option<String>,
+    #[serde(default)]
+    pub our_networks: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTrust {
+    #[serde(default)]
+    pub authserv_ids: Vec<String>,
+    pub microsoft_domains: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRulesRef {
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTemplates {
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawState {
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    pub max_escalations_per_ticket: Option<u32>,
+    pub followup_after_days: Option<u32>,
+    pub max_followups: Option<u32>,
+    pub notice_interval_hours: Option<u32>,
+    pub notify_on_open_case: Option<bool>,
+    pub notify_on_close_case: Option<bool>,
+    pub notify_on_escalation: Option<bool>,
+    pub mark_replies_auto_submitted: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_text_bytes: Option<usize>,
+}
+
+/// A validated config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the config came from (for messages).
+    pub origin: String,
+    pub mode: Mode,
+    pub identity: Identity,
+    pub classify: Context,
+    pub rules_file: Option<PathBuf>,
+    pub templates_dir: Option<PathBuf>,
+    pub state_path: PathBuf,
+    pub policy: Policy,
+    pub notify_on: NotifyOn,
+    pub limits: Limits,
+}
+
+/// The bot's From when none is configured.
+pub const DEFAULT_FROM: &str = "postmaster@localhost";
+/// The loop header stamped on outgoing mail.
+pub const DEFAULT_LOOP_HEADER: &str = "X-Postmaster-Bot";
+
+impl Default for Config {
+    fn default() -> Self {
+        // Parsing an empty document cannot fail: every key is optional.
+        parse("", "(defaults)").unwrap_or_else(|_| unreachable!("empty config is valid"))
+    }
+}
+
+/// Parses and validates config text; `origin` names it in errors.
+pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+        path: origin.to_string(),
+        message: e.to_string(),
+    })?;
+    let invalid = |key: &str, message: String| ConfigError::Invalid {
+        path: origin.to_string(),
+        key: key.to_string(),
+        message,
+    };
+
+    let (name, address) = match &raw.identity.from {
+        Some(from) => split_address(from)
+            .ok_or_else(|| invalid("identity.from", format!("`{from}` is not a mail address")))?,
+        None => ("Postmaster".to_string(), DEFAULT_FROM.to_string()),
+    };
+    if let Some(op) = &raw.identity.operator {
+        if split_address(op).is_none() {
+            return Err(invalid(
+                "identity.operator",
+                format!("`{op}` is not a mail address"),
+            ));
+        }
+    }
+    let domain = address
+        .rsplit('@')
+        .next()
+        .unwrap_or("localhost")
+        .to_string();
+    let message_id_domain = raw.identity.message_id_domain.clone().unwrap_or(domain);
+    if message_id_domain.is_empty() || message_id_domain.contains(['@', ' ', '<', '>']) {
+        return Err(invalid(
+            "identity.message_id_domain",
+            format!("`{message_id_domain}` is not a domain"),
+        ));
+    }
+    let loop_header = raw
+        .identity
+        .loop_header
+        .clone()
+        .unwrap_or_else(|| DEFAULT_LOOP_HEADER.to_string());
+    if loop_header.is_empty()
+        || !loop_header
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-')
+    {
+        return Err(invalid(
+            "identity.loop_header",
+            format!("`{loop_header}` is not a header field name"),
+        ));
+    }
+    let mut our_networks = Vec::new();
+    for (i, n) in raw.identity.our_networks.iter().enumerate() {
+        let net = n
+            .parse::<IpNet>()
+            .or_else(|_| n.parse::<std::net::IpAddr>().map(IpNet::from))
+            .map_err(|_| {
+                invalid(
+                    &format!("identity.our_networks[{i}]"),
+                    format!("`{n}` is not an IP address or CIDR range"),
+                )
+            })?;
+        our_networks.push(net);
+    }
+    for (i, id) in raw.trust.authserv_ids.iter().enumerate() {
+        if id.trim().is_empty() || id.contains(char::is_whitespace) {
+            return Err(invalid(
+                &format!("trust.authserv_ids[{i}]"),
+                format!("`{id}` is not an authserv-id (a host name)"),
+            ));
+        }
+    }
+    let microsoft_domains = raw
+        .trust
+        .microsoft_domains
+        .clone()
+        .unwrap_or_else(|| vec!["microsoft.com".to_string()]);
+    if microsoft_domains.is_empty() {
+        return Err(invalid(
+            "trust.microsoft_domains",
+            "must name at least one domain".to_string(),
+        ));
+    }
+
+    let defaults = Policy::default();
+    let p = &raw.policy;
+    let policy = Policy {
+        max_escalations_per_ticket: p
+            .max_escalations_per_ticket
+            .unwrap_or(defaults.max_escalations_per_ticket),
+        followup_after_days: p
+            .followup_after_days
+            .unwrap_or(defaults.followup_after_days),
+        max_followups: p.max_followups.unwrap_or(defaults.max_followups),
+        notice_interval_hours: p
+            .notice_interval_hours
+            .unwrap_or(defaults.notice_interval_hours),
+    };
+    if policy.max_escalations_per_ticket > 3 {
+        return Err(invalid(
+            "policy.max_escalations_per_ticket",
+            "more than 3 escalations on one ticket reads as spam to Microsoft; use 0 to 3".into(),
+        ));
+    }
+    let notify_defaults = NotifyOn::default();
+    let notify_on = NotifyOn {
+        open_case: p.notify_on_open_case.unwrap_or(notify_defaults.open_case),
+        close_case: p.notify_on_close_case.unwrap_or(notify_defaults.close_case),
+        escalation: p.notify_on_escalation.unwrap_or(notify_defaults.escalation),
+    };
+    let limits = Limits {
+        max_text_bytes: raw
+            .limits
+            .max_text_bytes
+            .unwrap_or(Limits::default().max_text_bytes),
+    };
+    if limits.max_text_bytes < 4096 {
+        return Err(invalid(
+            "limits.max_text_bytes",
+            "must be at least 4096".to_string(),
+        ));
+    }
+
+    // Without an operator address, notifications go to the postmaster mailbox itself, where
+    // the bot recognises them as its own and a person reads them.
+    let operator = raw
+        .identity
+        .operator
+        .as_deref()
+        .and_then(split_address)
+        .map(|(_, a)| a)
+        .or_else(|| Some(address.clone()));
+    let mut own_addresses = vec![address.clone()];
+    own_addresses.extend(operator.clone());
+    let identity = Identity {
+        name,
+        address,
+        organization: raw.identity.organization.clone(),
+        operator,
+        message_id_domain: message_id_domain.clone(),
+        loop_header: loop_header.clone(),
+        instance: raw
+            .identity
+            .instance
+            .clone()
+            .unwrap_or_else(|| "postmaster-bot".to_string()),
+        mark_replies_auto_submitted: p.mark_replies_auto_submitted.unwrap_or(false),
+    };
+    Ok(Config {
+        origin: origin.to_string(),
+        mode: raw.mode.unwrap_or_default(),
+        identity,
+        classify: Context {
+            authserv_ids: raw
+                .trust
+                .authserv_ids
+                .iter()
+                .map(|s| s.trim().to_ascii_lowercase())
+                .collect(),
+            microsoft_domains,
+            own_addresses,
+            own_message_id_domains: vec![message_id_domain],
+            loop_header,
+            our_networks,
+        },
+        rules_file: raw.rules.file,
+        templates_dir: raw.templates.dir,
+        state_path: raw
+            .state
+            .path
+            .unwrap_or_else(|| PathBuf::from("postmaster-bot.sqlite3")),
+        policy,
+        notify_on,
+        limits,
+    })
+}
+
+/// Reads and validates a config file; relative paths in it are taken from its folder.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: origin.clone(),
+        source,
+    })?;
+    let mut config = parse(&text, &origin)?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let resolve = |p: &mut PathBuf| {
+        if p.is_relative() {
+            *p = base.join(&*p);
+        }
+    };
+    if let Some(p) = config.rules_file.as_mut() {
+        resolve(p);
+    }
+    if let Some(p) = config.templates_dir.as_mut() {
+        resolve(p);
+    }
+    resolve(&mut config.state_path);
+    Ok(config)
+}
+
+/// Splits `Name <addr@host>` or `addr@host` into (name, address).
+fn split_address(text: &str) -> Option<(String, String)> {
+    let text = text.trim();
+    let (name, addr) = match (text.find('<'), text.rfind('>')) {
+        (Some(open), Some(close)) if open < close => (
+            text[..open].trim().trim_matches('"').to_string(),
+            text[open + 1..close].trim().to_string(),
+        ),
+        _ => (String::new(), text.to_string()),
+    };
+    let (local, domain) = addr.split_once('@')?;
+    if local.is_empty() || domain.is_empty() || addr.contains(char::is_whitespace) {
+        return None;
+    }
+    let name = if name.is_empty() {
+        "Postmaster".to_string()
+    } else {
+        name
+    };
+    Some((name, addr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_has_safe_defaults() {
+        let c = parse("", "t").expect("valid");
+        assert_eq!(c.mode, Mode::Draft);
+        assert!(c.classify.authserv_ids.is_empty());
+        assert_eq!(c.classify.microsoft_domains, vec!["microsoft.com"]);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let err = parse("[trust]\nauthserv_id = [\"mx\"]\n", "c.toml").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("c.toml") && text.contains("authserv_id"),
+            "{text}"
+        );
+        assert!(
+            text.contains("line 2") || text.contains(":2:") || text.contains("2 |"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let err = parse("[identity]\nfrom = \"nobody\"\n", "c.toml").unwrap_err();
+        assert!(err.to_string().contains("identity.from"), "{err}");
+        let err = parse("mode = \"yolo\"\n", "c.toml").unwrap_err();
+        assert!(err.to_string().contains("mode"), "{err}");
+        let err = parse("[identity]\nour_networks = [\"10.0.0.0/33\"]\n", "c.toml").unwrap_err();
+        assert!(
+            err.to_string().contains("identity.our_networks[0]"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn identity_and_trust_are_read() {
+        let c = parse(
+            "[identity]\nfrom = \"Example Postmaster <postmaster@example.net>\"\noperator = \"noc@example.net\"\nmessage_id_domain = \"postmaster.example.net\"\n[trust]\nauthserv_ids = [\"MX1.example.net\"]\n",
+            "c.toml",
+        )
+        .expect("valid");
+        assert_eq!(c.identity.name, "Example Postmaster");
+        assert_eq!(c.identity.address, "postmaster@example.net");
+        assert_eq!(c.identity.operator.as_deref(), Some("noc@example.net"));
+        assert_eq!(c.classify.authserv_ids, vec!["mx1.example.net"]);
+        assert_eq!(
+            c.classify.own_message_id_domains,
+            vec!["postmaster.example.net"]
+        );
+    }
+}

@@ -1,0 +1,405 @@
+//! The binary's edge: parse the command line, set up logging, load config, run a command, map
+//! errors to exit codes (0 ok, 1 runtime failure, 2 config or usage error).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use clap::Parser;
+use serde_json::json;
+
+use postmaster_bot::config::{self, Config};
+use postmaster_bot::pipeline::case::{Case, Parent, State, Topic, Transition};
+use postmaster_bot::pipeline::classify::{Kind, Origin, Verdict};
+use postmaster_bot::pipeline::decide::Mode;
+use postmaster_bot::pipeline::render::{self, IdentityView, MessageView};
+use postmaster_bot::shell::engine::Engine;
+use postmaster_bot::shell::replay::{self, Format};
+use postmaster_bot::shell::store::Store;
+
+mod cli;
+
+use cli::{CasesCommand, Cli, Command, LogFormat};
+
+/// An error the user fixes in the config or the command line (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UsageError(String);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, cli.verbose);
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("postmaster-bot: error: {err:#}");
+            if err.downcast_ref::<UsageError>().is_some()
+                || err.downcast_ref::<config::ConfigError>().is_some()
+                || err
+                    .downcast_ref::<postmaster_bot::shell::engine::SetupError>()
+                    .is_some()
+                || err
+                    .downcast_ref::<postmaster_bot::pipeline::render::RenderError>()
+                    .is_some()
+            {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+fn init_logging(format: LogFormat, verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn load_config(path: Option<&Path>) -> Result<Config> {
+    match path {
+        Some(p) => Ok(config::load(p)?),
+        None => Ok(Config::default()),
+    }
+}
+
+fn warn_untrusted(config: &Config) {
+    if config.classify.authserv_ids.is_empty() {
+        tracing::warn!(
+            "no [trust] authserv_ids configured: no message counts as Microsoft's, so none is answered"
+        );
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match cli.command {
+        Command::Classify {
+            config,
+            format,
+            files,
+        } => {
+            let config = load_config(config.as_deref())?;
+            warn_untrusted(&config);
+            let engine = Engine::new(config)?;
+            let mut failed = false;
+            for file in files {
+                let shown = file.display().to_string();
+                let raw = match std::fs::read(&file) {
+                    Ok(raw) => raw,
+                    Err(e) => {
+                        failed = true;
+                        match format {
+                            Format::Json => writeln!(
+                                out,
+                                "{}",
+                                json!({"file": shown, "error": format!("failed to read file: {e}")})
+                            )?,
+                            Format::Text => {
+                                writeln!(out, "{shown}: error: failed to read file: {e}")?
+                            }
+                        }
+                        continue;
+                    }
+                };
+                let prepared = engine.prepare(&raw);
+                let v = &prepared.verdict;
+                match format {
+                    Format::Json => writeln!(
+                        out,
+                        "{}",
+                        json!({
+                            "file": shown,
+                            "kind": v.kind,
+                            "ticket_id": v.ticket_id,
+                            "ips": v.ips,
+                            "trusted": v.trusted,
+                            "origin": v.origin,
+                            "outcomes": v.outcomes,
+                            "bounce": v.bounce,
+                            "evidence": v.evidence,
+                            "message_id": prepared.inbound.message_id,
+                            "subject": prepared.inbound.subject,
+                            "truncated": prepared.inbound.truncated,
+                            "damage": prepared.inbound.damage,
+                        })
+                    )?,
+                    Format::Text => {
+                        writeln!(
+                            out,
+                            "{shown}: {} ticket={} ips={} trusted={}",
+                            v.kind,
+                            v.ticket_id.as_deref().unwrap_or("-"),
+                            if v.ips.is_empty() {
+                                "-".to_string()
+                            } else {
+                                v.ips.join(",")
+                            },
+                            if v.trusted { "yes" } else { "no" }
+                        )?;
+                        for e in &v.evidence {
+                            writeln!(out, "    {}: {}", e.rule, e.matched)?;
+                        }
+                    }
+                }
+            }
+            Ok(if failed {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Replay {
+            config,
+            state,
+            out: out_dir,
+            format,
+            paths,
+        } => {
+            let config = load_config(config.as_deref())?;
+            warn_untrusted(&config);
+            let engine = Engine::new(config)?;
+            // A temporary store unless one is named: replay must never touch the daemon's.
+            let temp = tempfile::tempdir().context("failed to create a temporary folder")?;
+            let state_path = state.unwrap_or_else(|| temp.path().join("replay.sqlite3"));
+            let mut store = Store::open(&state_path)?;
+            let summary = replay::run(
+                &engine,
+                &mut store,
+                &paths,
+                out_dir.as_deref(),
+                format,
+                &mut out,
+            )?;
+            if summary.failed > 0 {
+                eprintln!(
+                    "postmaster-bot: {} of {} file(s) could not be handled (see the error lines)",
+                    summary.failed,
+                    summary.failed + summary.messages
+                );
+                return Ok(ExitCode::from(1));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cases { command } => cases(command, &mut out),
+        Command::CheckConfig { config } => check_config(&config, &mut out),
+    }
+}
+
+fn state_path(config: Option<&Path>, state: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(s) = state {
+        return Ok(s);
+    }
+    let config = load_config(config)?;
+    Ok(config.state_path)
+}
+
+fn open_existing(path: &Path) -> Result<Store> {
+    if !path.exists() {
+        return Err(UsageError(format!(
+            "state store {} does not exist (give --state or --config)",
+            path.display()
+        ))
+        .into());
+    }
+    Ok(Store::open(path)?)
+}
+
+fn cases(command: CasesCommand, out: &mut dyn Write) -> Result<ExitCode> {
+    match command {
+        CasesCommand::List {
+            config,
+            state,
+            format,
+        } => {
+            let store = open_existing(&state_path(config.as_deref(), state)?)?;
+            let cases = store.cases()?;
+            match format {
+                Format::Json => {
+                    for c in cases {
+                        writeln!(out, "{}", serde_json::to_string(&c)?)?;
+                    }
+                }
+                Format::Text => {
+                    if cases.is_empty() {
+                        writeln!(out, "no cases")?;
+                    }
+                    for c in cases {
+                        writeln!(
+                            out,
+                            "#{:<4} {:<16} {:<15} {:<16} {:<30} updated {}",
+                            c.id,
+                            serde_json::to_value(c.topic)?.as_str().unwrap_or_default(),
+                            c.state,
+                            c.ticket_id.as_deref().unwrap_or("-"),
+                            if c.ips.is_empty() {
+                                "-".to_string()
+                            } else {
+                                c.ips.join(",")
+                            },
+                            render::rfc2822(c.updated_at)
+                        )?;
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CasesCommand::Show {
+            id,
+            config,
+            state,
+            format,
+        } => {
+            let store = open_existing(&state_path(config.as_deref(), state)?)?;
+            let Some(case) = store.case(id)? else {
+                return Err(
+                    UsageError(format!("no case #{id} in {}", store.path().display())).into(),
+                );
+            };
+            match format {
+                Format::Json => writeln!(
+                    out,
+                    "{}",
+                    json!({"case": case, "timeline": store.timeline(id)?, "outbox": store.outbox(Some(id))?})
+                )?,
+                Format::Text => {
+                    replay::write_case(out, &store, id)?;
+                    for row in store.outbox(Some(id))? {
+                        writeln!(
+                            out,
+                            "  outbox #{} {} {} {} to {} [{}]{}",
+                            row.id,
+                            row.template,
+                            row.disposition,
+                            row.status,
+                            row.recipients.join(", "),
+                            row.subject,
+                            row.reason.map(|r| format!(" ({r})")).unwrap_or_default()
+                        )?;
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn check_config(path: &Path, out: &mut dyn Write) -> Result<ExitCode> {
+    let config = config::load(path)?;
+    let engine = Engine::new(config.clone())?;
+    let sample = sample_context(&config);
+    engine.templates.check_all(&sample)?;
+    writeln!(out, "config {}: ok", path.display())?;
+    writeln!(out, "  mode: {}", config.mode)?;
+    writeln!(out, "  state: {}", config.state_path.display())?;
+    writeln!(
+        out,
+        "  rules: {} ticket, {} phrase, {} heading, {} bounce rules{}",
+        engine.rules.tickets.len(),
+        engine.rules.phrases.len(),
+        engine.rules.headings.len(),
+        engine.rules.bounces.len(),
+        config
+            .rules_file
+            .as_ref()
+            .map(|p| format!(" (with {})", p.display()))
+            .unwrap_or_default()
+    )?;
+    writeln!(
+        out,
+        "  templates: rendered escalation_reply, followup, operator_notification{}",
+        config
+            .templates_dir
+            .as_ref()
+            .map(|p| format!(" (from {} where present)", p.display()))
+            .unwrap_or_default()
+    )?;
+    if config.classify.authserv_ids.is_empty() {
+        writeln!(
+            out,
+            "  warning: [trust] authserv_ids is empty: no message will count as Microsoft's"
+        )?;
+    }
+    if config.identity.operator.as_deref() == Some(config.identity.address.as_str()) {
+        writeln!(
+            out,
+            "  note: [identity] operator is not set: notifications go to {}",
+            config.identity.address
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A context with every field filled, so that `check-config` catches a template that uses a
+/// variable the bot never provides.
+fn sample_context(config: &Config) -> render::Context {
+    let case = Case {
+        id: 1,
+        topic: Topic::OutlookBlock,
+        state: State::Escalated,
+        ticket_id: Some("SRX1234567890ID".into()),
+        ips: vec!["192.0.2.10".into()],
+        notice_key: None,
+        opened_at: 1_700_000_000,
+        updated_at: 1_700_000_000,
+        closed_at: None,
+        escalations: 1,
+        followups: 0,
+        last_escalated_at: Some(1_700_000_000),
+        last_followup_at: None,
+        last_microsoft_at: Some(1_700_000_000),
+        last_notified_at: None,
+        last_bounce: Some(
+            "550 5.7.1 Unfortunately, messages from [192.0.2.10] weren't sent. ... (S3140)".into(),
+        ),
+        last_microsoft: Some(Parent::default()),
+        thread_ids: vec![],
+    };
+    let transition = Transition {
+        case: Some(case),
+        action: postmaster_bot::pipeline::case::Action::DraftEscalationReply,
+        reason: "sample".into(),
+        ips: vec!["192.0.2.10".into()],
+    };
+    let verdict = Verdict {
+        kind: Kind::MsNotQualified,
+        ticket_id: Some("SRX1234567890ID".into()),
+        ips: vec!["192.0.2.10".into()],
+        outcomes: vec![],
+        trusted: true,
+        origin: Origin::Microsoft,
+        bounce: None,
+        evidence: vec![],
+    };
+    render::context(
+        &transition,
+        Some(&verdict),
+        Some(MessageView {
+            subject: "RE: SRX1234567890ID".into(),
+            from: "Outlook.com Deliverability Support <support@microsoft.com>".into(),
+            date: render::rfc2822(1_700_000_000),
+            message_id: Some("sample@example.com".into()),
+        }),
+        IdentityView {
+            name: config.identity.name.clone(),
+            address: config.identity.address.clone(),
+            organization: config.identity.organization.clone(),
+        },
+        Mode::Draft,
+        1_700_000_000,
+    )
+}

@@ -1,0 +1,195 @@
+use super::*;
+use crate::pipeline::parse::{parse, Limits};
+
+const OURS: &str = "Authentication-Results: mx1.example.net; dkim=pass header.d=microsoft.com; dmarc=pass header.from=microsoft.com\n";
+
+fn ctx() -> Context {
+    Context {
+        authserv_ids: vec!["mx1.example.net".into()],
+        microsoft_domains: vec!["microsoft.com".into()],
+        own_addresses: vec!["postmaster@example.net".into()],
+        own_message_id_domains: vec!["postmaster.example.net".into()],
+        loop_header: "X-Postmaster-Bot".into(),
+        our_networks: vec![],
+    }
+}
+
+fn classify_text(raw: &str) -> Verdict {
+    let rules = Rules::builtin().expect("rules");
+    classify(&parse(raw.as_bytes(), Limits::default()), &rules, &ctx())
+}
+
+fn ms(auth: &str, subject: &str, body: &str) -> String {
+    format!("{auth}From: Outlook.com Deliverability Support <support@microsoft.com>\nTo: postmaster@example.net\nSubject: {subject}\nMessage-ID: <x@microsoft.com>\n\n{body}")
+}
+
+#[track_caller]
+fn check(raw: &str, kind: Kind, ticket: Option<&str>, ips: &[&str]) -> Verdict {
+    let v = classify_text(raw);
+    assert_eq!(
+        (
+            v.kind,
+            v.ticket_id.as_deref(),
+            v.ips.iter().map(String::as_str).collect::<Vec<_>>()
+        ),
+        (kind, ticket, ips.to_vec()),
+        "evidence: {:?}",
+        v.evidence
+    );
+    v
+}
+
+const REFUSAL: &str = "We have completed reviewing the IP(s) you submitted.\n\nNot qualified for mitigation\n192.0.2.9\nOur investigation has determined that the above IP(s) do not qualify for mitigation.\n";
+
+#[test]
+fn verified_refusal_is_not_qualified() {
+    let v = check(
+        &ms(OURS, "RE: SRX1234567890ID - blocked", REFUSAL),
+        Kind::MsNotQualified,
+        Some("SRX1234567890ID"),
+        &["192.0.2.9"],
+    );
+    assert!(v.trusted);
+    assert!(v.evidence.iter().any(|e| e.rule == "heading.not_qualified"));
+}
+
+#[test]
+fn forged_results_below_ours_do_not_count() {
+    let forged = "Authentication-Results: mx1.example.net; dmarc=fail header.from=microsoft.com\nAuthentication-Results: mx1.example.net; dmarc=pass header.from=microsoft.com\n";
+    check(
+        &ms(forged, "RE: SRX1234567890ID", REFUSAL),
+        Kind::Other,
+        Some("SRX1234567890ID"),
+        &["192.0.2.9"],
+    );
+    let foreign =
+        "Authentication-Results: mx.microsoft.com; dmarc=pass header.from=microsoft.com\n";
+    check(
+        &ms(foreign, "RE: SRX1234567890ID", REFUSAL),
+        Kind::Other,
+        Some("SRX1234567890ID"),
+        &["192.0.2.9"],
+    );
+    let unaligned = "Authentication-Results: mx1.example.net; dkim=pass header.d=microsoft.com\n";
+    let raw = format!("{unaligned}From: Support <support@outlook-help.example>\nSubject: RE: SRX1234567890ID\n\n{REFUSAL}");
+    check(&raw, Kind::Other, Some("SRX1234567890ID"), &["192.0.2.9"]);
+}
+
+#[test]
+fn genuine_microsoft_mail_without_support_markers_is_other() {
+    let raw = format!("{OURS}From: Microsoft account team <account-security-noreply@accountprotection.microsoft.com>\nSubject: Unusual sign-in activity\n\nWe detected something unusual about a recent sign-in from 203.0.113.50.\n");
+    let v = check(&raw, Kind::Other, None, &["203.0.113.50"]);
+    assert_eq!(v.origin, Origin::Unrelated);
+}
+
+#[test]
+fn mixed_table_refuses_only_the_not_qualified_rows() {
+    let body = "The following table contains the results of our investigation.\n\nMitigated\n192.0.2.30\n\nNot qualified for mitigation\n192.0.2.31\n198.51.100.0 - 198.51.100.255\n";
+    let v = check(
+        &ms(OURS, "RE: SRX1234567890ID", body),
+        Kind::MsNotQualified,
+        Some("SRX1234567890ID"),
+        &["192.0.2.30", "192.0.2.31", "198.51.100.0/24"],
+    );
+    assert_eq!(v.refused_ips(), vec!["192.0.2.31", "198.51.100.0/24"]);
+}
+
+#[test]
+fn one_line_rows_carry_their_own_outcome() {
+    let body = "Results:\n192.0.2.40 | Mitigated\n192.0.2.41 | Conditionally mitigated\n";
+    let v = check(
+        &ms(OURS, "RE: SRX1234567890ID", body),
+        Kind::MsConditionallyMitigated,
+        Some("SRX1234567890ID"),
+        &["192.0.2.40", "192.0.2.41"],
+    );
+    assert_eq!(v.outcomes.len(), 2);
+}
+
+#[test]
+fn quoted_history_does_not_decide_the_kind() {
+    let body = "Hello,\n\nWe will be looking into this issue along with the Escalations Team regarding IP: (192.0.2.9).\n\n________________________________\nFrom: Example Postmaster <postmaster@example.net>\nSent: Tuesday\n\n> Not qualified for mitigation\n> 192.0.2.9\n";
+    check(
+        &ms(OURS, "RE: SRX1234567890ID", body),
+        Kind::MsEscalated,
+        Some("SRX1234567890ID"),
+        &["192.0.2.9"],
+    );
+}
+
+#[test]
+fn localized_templates_are_recognised() {
+    let de = "Sehr geehrte Damen und Herren,\n\nBedingt entsperrt\n192.0.2.50\nUnsere Untersuchung hat festgestellt, dass die oben genannte IP-Adresse(n) f\u{fc}r eine bedingte Entblockung qualifiziert ist (sind).\n";
+    check(
+        &ms(OURS, "RE: SRX1234567890ID", de),
+        Kind::MsConditionallyMitigated,
+        Some("SRX1234567890ID"),
+        &["192.0.2.50"],
+    );
+    let es = "Hola,\n\nHemos determinado que la IP 192.0.2.51 no califica para la mitigaci\u{f3}n en este momento.\n";
+    check(
+        &ms(OURS, "RE: SRX1234567890ID", es),
+        Kind::MsNotQualified,
+        Some("SRX1234567890ID"),
+        &["192.0.2.51"],
+    );
+}
+
+#[test]
+fn acknowledgement_that_echoes_a_refusal_stays_an_acknowledgement() {
+    let body = "Thank you for contacting us. We have received your request regarding:\n\n192.0.2.9\n\nYour description: last time you said we do not qualify for mitigation.\n";
+    check(
+        &ms(OURS, "Request ID: 7096815524", body),
+        Kind::MsAck,
+        Some("7096815524"),
+        &["192.0.2.9"],
+    );
+}
+
+#[test]
+fn bounce_codes_decide_block_list_or_throttle() {
+    let bounce = |diag: &str| {
+        format!("From: MAILER-DAEMON@out.example.net (Mail Delivery System)\nSubject: Undelivered Mail Returned to Sender\n\n<u@outlook.com>: host outlook-com.olc.protection.outlook.com[52.101.1.1] said:\n    {diag}\n")
+    };
+    let v = check(&bounce("550 5.7.1 Unfortunately, messages from [192.0.2.7] weren't sent. Please contact your Internet service provider since part of their network is on our block list (S3150)."), Kind::NdrMsBlocklist, None, &["192.0.2.7"]);
+    assert_eq!(
+        v.bounce.as_ref().map(|b| b.channel),
+        Some(Some(Channel::Outlook))
+    );
+    let v = check(&bounce("451 4.7.652 The mail server [192.0.2.7] has exceeded the maximum number of connections. (S3115)"), Kind::NdrOther, None, &["192.0.2.7"]);
+    assert!(!v.bounce.as_ref().is_some_and(|b| b.notify));
+    let v = check(&bounce("451 4.7.650 The mail server [192.0.2.7] has been temporarily rate limited due to IP reputation. (S775)"), Kind::NdrOther, None, &["192.0.2.7"]);
+    assert!(v.bounce.as_ref().is_some_and(|b| b.notify));
+    let v = check(&bounce("550 5.7.606 Access denied, banned sending IP [192.0.2.7]. To request removal from this list please visit https://sender.office.com/"), Kind::NdrMsBlocklist, None, &["192.0.2.7"]);
+    assert_eq!(
+        v.bounce.as_ref().map(|b| b.channel),
+        Some(Some(Channel::M365))
+    );
+}
+
+#[test]
+fn quoted_bounce_text_in_a_human_mail_is_not_a_bounce() {
+    let raw = "From: Customer <c@shop.example>\nSubject: Re: our mail bounces\n\nWe get this:\n550 5.7.1 Unfortunately, messages from [198.51.100.7] weren't sent. (S3140)\n";
+    check(raw, Kind::Other, None, &["198.51.100.7"]);
+}
+
+#[test]
+fn jmrp_reports_name_our_ip_not_the_reporter() {
+    let raw = "From: staff@hotmail.com\nSubject: complaint about message from 192.0.2.25\nContent-Type: multipart/mixed; boundary=B\n\n--B\nContent-Type: message/rfc822\n\nX-HmXmrOriginalRecipient: <u@hotmail.com>\nX-Reporter-IP: 203.0.113.201\nFrom: n@news.example\n\nhi\n--B--\n";
+    check(raw, Kind::JmrpReport, None, &["192.0.2.25"]);
+}
+
+#[test]
+fn our_own_mail_is_never_a_result() {
+    let raw = format!("{OURS}X-Postmaster-Bot: postmaster-bot\nFrom: Outlook.com Deliverability Support <support@microsoft.com>\nSubject: RE: SRX1234567890ID\n\n{REFUSAL}");
+    let v = check(&raw, Kind::Other, Some("SRX1234567890ID"), &["192.0.2.9"]);
+    assert_eq!(v.origin, Origin::Own);
+}
+
+#[test]
+fn auto_replies_and_lists_are_other() {
+    let ooo = format!("{OURS}From: Outlook.com Deliverability Support <support@microsoft.com>\nSubject: Automatic reply: SRX1234567890ID\n\n{REFUSAL}");
+    assert_eq!(classify_text(&ooo).origin, Origin::AutoReply);
+    let list = format!("{OURS}List-Id: <news.microsoft.com>\nFrom: Outlook.com Deliverability Support <support@microsoft.com>\nSubject: RE: SRX1234567890ID\n\n{REFUSAL}");
+    assert_eq!(classify_text(&list).origin, Origin::List);
+}

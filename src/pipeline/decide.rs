@@ -1,0 +1,307 @@
+//! Transition + mode + loop guards -> the mail to produce and what happens to each piece.
+//!
+//! Replies to Microsoft go out only for verified Microsoft mail on a ticket thread; everything
+//! that fails a guard is held with the reason, never silently dropped.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::pipeline::case::{Action, Transition};
+use crate::pipeline::classify::{Origin, Verdict};
+
+/// How replies leave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Replies are sent unattended.
+    Auto,
+    /// Dry run: replies become drafts only; nothing is ever sent.
+    #[default]
+    Draft,
+    /// Replies wait in the approval queue until an operator approves them.
+    Approve,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Auto => "auto",
+            Mode::Draft => "draft",
+            Mode::Approve => "approve",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Mode::Auto),
+            "draft" => Ok(Mode::Draft),
+            "approve" => Ok(Mode::Approve),
+            other => Err(format!(
+                "unknown mode `{other}`: expected auto, draft or approve"
+            )),
+        }
+    }
+}
+
+/// Which template a planned message uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Template {
+    /// The "still blocked, please escalate" reply on the ticket thread.
+    EscalationReply,
+    /// Asking again after a long silence following our escalation.
+    Followup,
+    /// A message to the operator.
+    OperatorNotification,
+}
+
+impl Template {
+    /// The template's file stem in `templates/`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Template::EscalationReply => "escalation_reply",
+            Template::Followup => "followup",
+            Template::OperatorNotification => "operator_notification",
+        }
+    }
+
+    /// Whether it answers Microsoft on the ticket thread.
+    pub fn is_reply(self) -> bool {
+        !matches!(self, Template::OperatorNotification)
+    }
+}
+
+/// What happens to one planned message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "disposition", content = "reason")]
+pub enum Disposition {
+    Send,
+    Draft,
+    Queue,
+    /// Not sent, not drafted: waits for the operator with the reason.
+    Hold(String),
+}
+
+impl Disposition {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Disposition::Send => "send",
+            Disposition::Draft => "draft",
+            Disposition::Queue => "queue",
+            Disposition::Hold(_) => "hold",
+        }
+    }
+}
+
+/// One message to produce.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Planned {
+    pub template: Template,
+    pub disposition: Disposition,
+}
+
+/// Which case events the operator is told about besides `notify_operator`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct NotifyOn {
+    pub open_case: bool,
+    pub close_case: bool,
+    pub escalation: bool,
+}
+
+impl Default for NotifyOn {
+    fn default() -> Self {
+        NotifyOn {
+            open_case: true,
+            close_case: true,
+            escalation: false,
+        }
+    }
+}
+
+/// Plans the mail for one transition.
+pub fn plan(
+    transition: &Transition,
+    verdict: Option<&Verdict>,
+    mode: Mode,
+    notify_on: NotifyOn,
+    has_operator: bool,
+) -> Vec<Planned> {
+    let mut out = Vec::new();
+    let reply = match transition.action {
+        Action::DraftEscalationReply => Some(Template::EscalationReply),
+        Action::DraftFollowup => Some(Template::Followup),
+        _ => None,
+    };
+    if let Some(template) = reply {
+        out.push(Planned {
+            template,
+            disposition: reply_guard(transition, verdict, mode),
+        });
+    }
+    let notify = match transition.action {
+        Action::NotifyOperator => true,
+        Action::OpenCase => notify_on.open_case,
+        Action::CloseCase => notify_on.close_case,
+        Action::DraftEscalationReply | Action::DraftFollowup => notify_on.escalation,
+        Action::None => false,
+    };
+    if notify {
+        out.push(Planned {
+            template: Template::OperatorNotification,
+            disposition: if !has_operator {
+                Disposition::Hold("no operator address configured".to_string())
+            } else if mode == Mode::Draft {
+                Disposition::Draft
+            } else {
+                Disposition::Send
+            },
+        });
+    }
+    out
+}
+
+/// The loop and trust guards for a reply to Microsoft (RFC 3834 and experience).
+fn reply_guard(transition: &Transition, verdict: Option<&Verdict>, mode: Mode) -> Disposition {
+    let case = transition.case.as_ref();
+    if case.and_then(|c| c.last_microsoft.as_ref()).is_none() {
+        return Disposition::Hold("no Microsoft message to reply to".to_string());
+    }
+    if let Some(v) = verdict {
+        // NOTE: Microsoft's templated results invite a reply although they are automatic, so
+        // Auto-Submitted does not stop them; verification and origin do.
+        if !v.trusted || v.origin != Origin::Microsoft {
+            return Disposition::Hold("unverified sender".to_string());
+        }
+    }
+    let reply_to = case
+        .and_then(|c| c.last_microsoft.as_ref())
+        .and_then(|p| p.reply_to.clone())
+        .unwrap_or_default();
+    let local = reply_to
+        .split('@')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    if reply_to.is_empty()
+        || ["mailer-daemon", "postmaster", "double-bounce"].contains(&local.as_str())
+    {
+        return Disposition::Hold(format!("no usable reply address ({reply_to:?})"));
+    }
+    match mode {
+        Mode::Auto => Disposition::Send,
+        Mode::Draft => Disposition::Draft,
+        Mode::Approve => Disposition::Queue,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::case::{Case, Parent, State, Topic};
+    use crate::pipeline::classify::Kind;
+
+    fn transition(action: Action, reply_to: Option<&str>) -> Transition {
+        let case = Case {
+            id: 1,
+            topic: Topic::OutlookBlock,
+            state: State::Escalated,
+            ticket_id: Some("SRX1ID".into()),
+            ips: vec![],
+            notice_key: None,
+            opened_at: 0,
+            updated_at: 0,
+            closed_at: None,
+            escalations: 1,
+            followups: 0,
+            last_escalated_at: None,
+            last_followup_at: None,
+            last_microsoft_at: None,
+            last_notified_at: None,
+            last_bounce: None,
+            last_microsoft: Some(Parent {
+                reply_to: reply_to.map(str::to_string),
+                ..Parent::default()
+            }),
+            thread_ids: vec![],
+        };
+        Transition {
+            case: Some(case),
+            action,
+            reason: String::new(),
+            ips: vec![],
+        }
+    }
+
+    fn verdict(trusted: bool, origin: Origin) -> Verdict {
+        Verdict {
+            kind: Kind::MsNotQualified,
+            ticket_id: None,
+            ips: vec![],
+            outcomes: vec![],
+            trusted,
+            origin,
+            bounce: None,
+            evidence: vec![],
+        }
+    }
+
+    #[track_caller]
+    fn check(t: &Transition, v: Option<&Verdict>, mode: Mode, expect: &[(&str, &str)]) {
+        let got: Vec<(&str, &str)> = plan(t, v, mode, NotifyOn::default(), true)
+            .iter()
+            .map(|p| (p.template.name(), p.disposition.as_str()))
+            .collect();
+        assert_eq!(got, expect);
+    }
+
+    #[test]
+    fn escalation_follows_the_mode() {
+        let t = transition(Action::DraftEscalationReply, Some("support@microsoft.com"));
+        let v = verdict(true, Origin::Microsoft);
+        check(&t, Some(&v), Mode::Auto, &[("escalation_reply", "send")]);
+        check(&t, Some(&v), Mode::Draft, &[("escalation_reply", "draft")]);
+        check(
+            &t,
+            Some(&v),
+            Mode::Approve,
+            &[("escalation_reply", "queue")],
+        );
+    }
+
+    #[test]
+    fn unverified_or_daemon_senders_are_held() {
+        let t = transition(Action::DraftEscalationReply, Some("support@microsoft.com"));
+        let v = verdict(false, Origin::Microsoft);
+        check(&t, Some(&v), Mode::Auto, &[("escalation_reply", "hold")]);
+        let t = transition(
+            Action::DraftEscalationReply,
+            Some("MAILER-DAEMON@x.example"),
+        );
+        let v = verdict(true, Origin::Microsoft);
+        check(&t, Some(&v), Mode::Auto, &[("escalation_reply", "hold")]);
+    }
+
+    #[test]
+    fn notifications_are_drafts_in_draft_mode_and_held_without_operator() {
+        let t = transition(Action::NotifyOperator, None);
+        check(&t, None, Mode::Draft, &[("operator_notification", "draft")]);
+        check(
+            &t,
+            None,
+            Mode::Approve,
+            &[("operator_notification", "send")],
+        );
+        let held = plan(&t, None, Mode::Auto, NotifyOn::default(), false);
+        assert_eq!(held[0].disposition.as_str(), "hold");
+    }
+}

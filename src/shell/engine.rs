@@ -1,0 +1,440 @@
+//! One message through the whole pipeline: parse -> classify (pure, [`Engine::prepare`]), then
+//! case lookup -> step -> decide -> render -> compose -> one store transaction
+//! ([`Engine::apply`]). Replay and the daemon both call these two.
+
+use std::path::Path;
+
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::pipeline::case::{self, Action, Arrival, CaseId, Parent, State};
+use crate::pipeline::classify::{self, Verdict};
+use crate::pipeline::compose::{self, ComposeError, Outgoing};
+use crate::pipeline::decide::{self, Disposition, Planned, Template};
+use crate::pipeline::parse::{self, Inbound};
+use crate::pipeline::render::{self, IdentityView, MessageView, RenderError, Templates};
+use crate::pipeline::rules::{Rules, RulesError};
+use crate::shell::store::{NewOutbox, ProcessedMessage, Store, StoreError, TimelineEntry};
+
+/// The engine could not be set up from its config.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("failed to read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Rules(#[from] RulesError),
+    #[error(transparent)]
+    Templates(#[from] RenderError),
+}
+
+/// Handling one message failed; nothing of it was stored.
+#[derive(Debug, thiserror::Error)]
+pub enum HandleError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Render(#[from] RenderError),
+    #[error("failed to compose {template}: {source}")]
+    Compose {
+        template: &'static str,
+        #[source]
+        source: ComposeError,
+    },
+}
+
+/// Config, rules and templates, loaded once.
+pub struct Engine {
+    pub config: Config,
+    pub rules: Rules,
+    pub templates: Templates,
+}
+
+/// A parsed and classified message, not yet applied to any state.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub inbound: Inbound,
+    pub verdict: Verdict,
+}
+
+/// What became of one produced message.
+#[derive(Debug, Clone, Serialize)]
+pub struct Produced {
+    pub outbox_id: i64,
+    pub template: Template,
+    pub disposition: Disposition,
+    pub outgoing: Option<Outgoing>,
+    #[serde(skip)]
+    pub body: String,
+}
+
+/// The outcome of applying one message.
+#[derive(Debug, Clone, Serialize)]
+pub struct Handled {
+    pub duplicate: bool,
+    pub case_id: Option<CaseId>,
+    pub case_state: Option<State>,
+    pub action: Action,
+    pub reason: String,
+    pub produced: Vec<Produced>,
+}
+
+/// The status outbox rows get: `pending` rows are delivered by the daemon, `replayed` rows
+/// never leave the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboxStatus {
+    Pending,
+    Replayed,
+}
+
+impl Engine {
+    /// Loads the rules file and template folder the config names.
+    pub fn new(config: Config) -> Result<Engine, SetupError> {
+        let rules = match &config.rules_file {
+            Some(path) => {
+                let text = read(path)?;
+                Rules::with_overrides(Some((&path.display().to_string(), &text)))?
+            }
+            None => Rules::builtin()?,
+        };
+        let mut user_templates = Vec::new();
+        if let Some(dir) = &config.templates_dir {
+            let entries = std::fs::read_dir(dir).map_err(|source| SetupError::Read {
+                path: dir.display().to_string(),
+                source,
+            })?;
+            let mut paths: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            paths.sort();
+            for path in paths {
+                let Some(name) = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.strip_suffix(".txt.hbs"))
+                else {
+                    continue;
+                };
+                user_templates.push((name.to_string(), path.display().to_string(), read(&path)?));
+            }
+        }
+        let templates = Templates::new(&user_templates)?;
+        Ok(Engine {
+            config,
+            rules,
+            templates,
+        })
+    }
+
+    /// Parses and classifies. Pure.
+    pub fn prepare(&self, raw: &[u8]) -> Prepared {
+        let inbound = parse::parse(raw, self.config.limits);
+        let verdict = classify::classify(&inbound, &self.rules, &self.config.classify);
+        Prepared { inbound, verdict }
+    }
+
+    /// Applies a prepared message to the store: one transaction, all or nothing.
+    pub fn apply(
+        &self,
+        store: &mut Store,
+        source: &str,
+        prepared: &Prepared,
+        now: i64,
+        status: OutboxStatus,
+    ) -> Result<Handled, HandleError> {
+        let Prepared { inbound, verdict } = prepared;
+        let message_id = inbound.message_id.as_deref();
+        let tx = store.begin()?;
+        if tx.seen(message_id, &inbound.content_hash)? {
+            info!(
+                source,
+                message_id = message_id.unwrap_or("-"),
+                "already handled: skipped"
+            );
+            return Ok(Handled {
+                duplicate: true,
+                case_id: None,
+                case_state: None,
+                action: Action::None,
+                reason: "already handled".to_string(),
+                produced: Vec::new(),
+            });
+        }
+
+        let lookups = case::lookups(verdict, &inbound.in_reply_to, &inbound.references);
+        let found = tx.find_case(&lookups)?;
+        let arrival = Arrival {
+            message_id: inbound.message_id.clone(),
+            parent: parent_of(inbound),
+        };
+        let mut transition = case::step(found, verdict, &arrival, &self.config.policy, now);
+        if let Some(c) = transition.case.as_mut() {
+            tx.save_case(c)?;
+        }
+
+        let plans = decide::plan(
+            &transition,
+            Some(verdict),
+            self.config.mode,
+            self.config.notify_on,
+            self.config.identity.operator.is_some(),
+        );
+        let seed = inbound
+            .message_id
+            .clone()
+            .unwrap_or_else(|| inbound.content_hash.clone());
+        let mut produced = Vec::new();
+        for planned in &plans {
+            produced.push(self.produce(&transition, verdict, inbound, planned, &seed, now)?);
+        }
+
+        let status_str = match status {
+            OutboxStatus::Pending => "pending",
+            OutboxStatus::Replayed => "replayed",
+        };
+        for p in &mut produced {
+            let (msg_id, recipients, subject, bytes) = match &p.outgoing {
+                Some(o) => (
+                    o.message_id.clone(),
+                    o.to.clone(),
+                    o.subject.clone(),
+                    o.bytes.clone(),
+                ),
+                None => (
+                    compose::message_id(&seed, now, &self.config.identity.message_id_domain),
+                    Vec::new(),
+                    String::new(),
+                    Vec::new(),
+                ),
+            };
+            let reason = match &p.disposition {
+                Disposition::Hold(r) => Some(r.as_str()),
+                _ => None,
+            };
+            let row_status = if matches!(p.disposition, Disposition::Hold(_)) {
+                "held"
+            } else {
+                status_str
+            };
+            p.outbox_id = tx.add_outbox(
+                &NewOutbox {
+                    message_id: &msg_id,
+                    case_id: transition.case.as_ref().map(|c| c.id),
+                    inbound_message_id: message_id,
+                    template: p.template.name(),
+                    disposition: p.disposition.as_str(),
+                    status: row_status,
+                    reason,
+                    recipients: &recipients,
+                    subject: &subject,
+                    bytes: &bytes,
+                },
+                now,
+            )?;
+        }
+
+        if let Some(c) = transition.case.as_mut() {
+            for p in &produced {
+                if let (true, Some(o)) = (p.template.is_reply(), &p.outgoing) {
+                    if !c.thread_ids.contains(&o.message_id) {
+                        c.thread_ids.push(o.message_id.clone());
+                    }
+                }
+            }
+            tx.save_case(c)?;
+            tx.add_timeline(
+                c.id,
+                &TimelineEntry {
+                    at: now,
+                    kind: Some(verdict.kind.as_str().to_string()),
+                    action: transition.action.as_str().to_string(),
+                    state: c.state.as_str().to_string(),
+                    message_id: inbound.message_id.clone(),
+                    summary: transition.reason.clone(),
+                },
+            )?;
+            for p in &produced {
+                let to = p
+                    .outgoing
+                    .as_ref()
+                    .map(|o| o.to.join(", "))
+                    .unwrap_or_default();
+                let how = match &p.disposition {
+                    Disposition::Hold(r) => format!("held: {r}"),
+                    d => d.as_str().to_string(),
+                };
+                tx.add_timeline(
+                    c.id,
+                    &TimelineEntry {
+                        at: now,
+                        kind: None,
+                        action: "outbox".to_string(),
+                        state: c.state.as_str().to_string(),
+                        message_id: p.outgoing.as_ref().map(|o| o.message_id.clone()),
+                        summary: format!("{} to {to} ({how})", p.template.name()),
+                    },
+                )?;
+            }
+        }
+
+        let evidence_json =
+            serde_json::to_string(&verdict.evidence).unwrap_or_else(|_| "[]".into());
+        tx.add_message(
+            &ProcessedMessage {
+                message_id,
+                content_hash: &inbound.content_hash,
+                source,
+                kind: verdict.kind.as_str(),
+                ticket_id: verdict.ticket_id.as_deref(),
+                ips: &verdict.ips,
+                trusted: verdict.trusted,
+                case_id: transition.case.as_ref().map(|c| c.id),
+                action: transition.action,
+                reason: &transition.reason,
+                evidence_json: &evidence_json,
+            },
+            now,
+        )?;
+        tx.commit()?;
+
+        let case_id = transition.case.as_ref().map(|c| c.id);
+        info!(
+            source,
+            message_id = message_id.unwrap_or("-"),
+            kind = verdict.kind.as_str(),
+            ticket = verdict.ticket_id.as_deref().unwrap_or("-"),
+            case = case_id.unwrap_or(0),
+            action = transition.action.as_str(),
+            reason = %transition.reason,
+            "decision"
+        );
+        for p in &produced {
+            if let Disposition::Hold(reason) = &p.disposition {
+                warn!(
+                    case = case_id.unwrap_or(0),
+                    template = p.template.name(),
+                    reason = %reason,
+                    "reply held for the operator"
+                );
+            }
+        }
+        Ok(Handled {
+            duplicate: false,
+            case_id,
+            case_state: transition.case.as_ref().map(|c| c.state),
+            action: transition.action,
+            reason: transition.reason,
+            produced,
+        })
+    }
+
+    fn produce(
+        &self,
+        transition: &case::Transition,
+        verdict: &Verdict,
+        inbound: &Inbound,
+        planned: &Planned,
+        seed: &str,
+        now: i64,
+    ) -> Result<Produced, HandleError> {
+        let identity = &self.config.identity;
+        let context = render::context(
+            transition,
+            Some(verdict),
+            Some(message_view(inbound)),
+            IdentityView {
+                name: identity.name.clone(),
+                address: identity.address.clone(),
+                organization: identity.organization.clone(),
+            },
+            self.config.mode,
+            now,
+        );
+        let draft = self.templates.render(planned.template, &context)?;
+        let message_id = compose::message_id(
+            &format!("{seed}/{}", planned.template.name()),
+            now,
+            &identity.message_id_domain,
+        );
+        let composed = match planned.template {
+            Template::OperatorNotification => {
+                compose::notification(&draft, identity, &message_id, now)
+            }
+            Template::EscalationReply | Template::Followup => {
+                let case = transition.case.as_ref();
+                match case.and_then(|c| c.last_microsoft.as_ref()) {
+                    Some(parent) => compose::reply(
+                        parent,
+                        case.and_then(|c| c.ticket_id.as_deref()),
+                        &draft,
+                        identity,
+                        &message_id,
+                        now,
+                    ),
+                    None => Err(ComposeError::NoRecipient(
+                        "no Microsoft message on the case".into(),
+                    )),
+                }
+            }
+        };
+        let (outgoing, disposition) = match (composed, &planned.disposition) {
+            (Ok(o), d) => (Some(o), d.clone()),
+            // A held message that cannot be composed is still recorded, with its reason.
+            (Err(_), Disposition::Hold(r)) => (None, Disposition::Hold(r.clone())),
+            (Err(source), _) => {
+                return Err(HandleError::Compose {
+                    template: planned.template.name(),
+                    source,
+                })
+            }
+        };
+        Ok(Produced {
+            outbox_id: 0,
+            template: planned.template,
+            disposition,
+            outgoing,
+            body: draft.body,
+        })
+    }
+}
+
+fn read(path: &Path) -> Result<String, SetupError> {
+    std::fs::read_to_string(path).map_err(|source| SetupError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// What a reply to this message answers.
+pub fn parent_of(inbound: &Inbound) -> Parent {
+    let target = inbound.reply_to.as_ref().or(inbound.from.as_ref());
+    Parent {
+        message_id: inbound.message_id.clone(),
+        subject: inbound.subject.clone(),
+        references: inbound.references.clone(),
+        in_reply_to: inbound.in_reply_to.clone(),
+        thread_index: inbound.header("thread-index").map(str::to_string),
+        thread_topic: inbound.header("thread-topic").map(str::to_string),
+        reply_to: target.map(|m| m.address.clone()),
+        reply_to_name: target.and_then(|m| m.name.clone()),
+        date: inbound.date,
+    }
+}
+
+fn message_view(inbound: &Inbound) -> MessageView {
+    MessageView {
+        subject: inbound.subject.clone(),
+        from: inbound
+            .from
+            .as_ref()
+            .map(|f| match &f.name {
+                Some(n) => format!("{n} <{}>", f.address),
+                None => f.address.clone(),
+            })
+            .unwrap_or_default(),
+        date: inbound.date.map(render::rfc2822).unwrap_or_default(),
+        message_id: inbound.message_id.clone(),
+    }
+}

@@ -1,0 +1,671 @@
+//! The embedded SQLite state store: cases, timelines, processed messages, the outbox.
+//!
+//! Created and migrated on open. Everything one message changes is written in one transaction,
+//! so a crash leaves either all of it or none of it.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+use serde::Serialize;
+
+use crate::pipeline::case::{Action, Case, CaseId, Lookup, Topic};
+
+/// A store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("failed to open state store {path}: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("failed to create state store {path}: {source}")]
+    Create {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("state store {path} is locked by another process")]
+    Locked { path: String },
+    #[error("state store {path}: {source}")]
+    Sql {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("state store {path}: case {case} is damaged: {message}")]
+    Damaged {
+        path: String,
+        case: CaseId,
+        message: String,
+    },
+    #[error("state store {path} has schema version {found}, newer than this build ({supported})")]
+    TooNew {
+        path: String,
+        found: i64,
+        supported: i64,
+    },
+}
+
+impl StoreError {
+    /// Whether retrying later can help.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Locked { .. })
+    }
+}
+
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE cases (
+    id INTEGER PRIMARY KEY,
+    topic TEXT NOT NULL,
+    state TEXT NOT NULL,
+    ticket_id TEXT,
+    notice_key TEXT,
+    opened_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    closed_at INTEGER,
+    data TEXT NOT NULL
+);
+CREATE INDEX cases_ticket ON cases(ticket_id);
+CREATE INDEX cases_notice ON cases(notice_key);
+CREATE TABLE case_ips (
+    case_id INTEGER NOT NULL REFERENCES cases(id),
+    ip TEXT NOT NULL,
+    PRIMARY KEY (case_id, ip)
+);
+CREATE INDEX case_ips_ip ON case_ips(ip);
+CREATE TABLE case_messages (
+    message_id TEXT NOT NULL,
+    case_id INTEGER NOT NULL REFERENCES cases(id),
+    PRIMARY KEY (message_id, case_id)
+);
+CREATE TABLE timeline (
+    id INTEGER PRIMARY KEY,
+    case_id INTEGER NOT NULL REFERENCES cases(id),
+    at INTEGER NOT NULL,
+    kind TEXT,
+    action TEXT NOT NULL,
+    state TEXT NOT NULL,
+    message_id TEXT,
+    summary TEXT NOT NULL
+);
+CREATE INDEX timeline_case ON timeline(case_id, at);
+CREATE TABLE messages (
+    id INTEGER PRIMARY KEY,
+    message_id TEXT,
+    content_hash TEXT NOT NULL,
+    source TEXT NOT NULL,
+    processed_at INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    ticket_id TEXT,
+    ips TEXT NOT NULL,
+    trusted INTEGER NOT NULL,
+    case_id INTEGER,
+    action TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    evidence TEXT NOT NULL
+);
+CREATE UNIQUE INDEX messages_message_id ON messages(message_id) WHERE message_id IS NOT NULL;
+CREATE UNIQUE INDEX messages_hash ON messages(content_hash);
+CREATE TABLE outbox (
+    id INTEGER PRIMARY KEY,
+    message_id TEXT NOT NULL UNIQUE,
+    case_id INTEGER,
+    inbound_message_id TEXT,
+    template TEXT NOT NULL,
+    disposition TEXT NOT NULL,
+    status TEXT NOT NULL,
+    reason TEXT,
+    recipients TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    bytes BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE INDEX outbox_status ON outbox(status);
+CREATE TABLE quarantine (
+    id INTEGER PRIMARY KEY,
+    source TEXT NOT NULL,
+    message_id TEXT,
+    content_hash TEXT NOT NULL,
+    error TEXT NOT NULL,
+    at INTEGER NOT NULL
+);
+CREATE TABLE mailbox_sync (
+    mailbox TEXT PRIMARY KEY,
+    uidvalidity INTEGER NOT NULL,
+    last_uid INTEGER NOT NULL
+);
+"#];
+
+/// The state store.
+pub struct Store {
+    conn: Connection,
+    path: String,
+}
+
+/// One timeline line of a case.
+#[derive(Debug, Clone, Serialize)]
+pub struct TimelineEntry {
+    pub at: i64,
+    pub kind: Option<String>,
+    pub action: String,
+    pub state: String,
+    pub message_id: Option<String>,
+    pub summary: String,
+}
+
+/// A row of the outbox.
+#[derive(Debug, Clone, Serialize)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub message_id: String,
+    pub case_id: Option<CaseId>,
+    pub template: String,
+    pub disposition: String,
+    pub status: String,
+    pub reason: Option<String>,
+    pub recipients: Vec<String>,
+    pub subject: String,
+    pub created_at: i64,
+}
+
+/// A new outbox row.
+#[derive(Debug, Clone)]
+pub struct NewOutbox<'a> {
+    pub message_id: &'a str,
+    pub case_id: Option<CaseId>,
+    pub inbound_message_id: Option<&'a str>,
+    pub template: &'a str,
+    pub disposition: &'a str,
+    pub status: &'a str,
+    pub reason: Option<&'a str>,
+    pub recipients: &'a [String],
+    pub subject: &'a str,
+    pub bytes: &'a [u8],
+}
+
+/// What is recorded about a processed message.
+#[derive(Debug, Clone)]
+pub struct ProcessedMessage<'a> {
+    pub message_id: Option<&'a str>,
+    pub content_hash: &'a str,
+    pub source: &'a str,
+    pub kind: &'a str,
+    pub ticket_id: Option<&'a str>,
+    pub ips: &'a [String],
+    pub trusted: bool,
+    pub case_id: Option<CaseId>,
+    pub action: Action,
+    pub reason: &'a str,
+    pub evidence_json: &'a str,
+}
+
+fn sql(path: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+    move |source| match &source {
+        rusqlite::Error::SqliteFailure(e, _)
+            if matches!(
+                e.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            ) =>
+        {
+            StoreError::Locked {
+                path: path.to_string(),
+            }
+        }
+        _ => StoreError::Sql {
+            path: path.to_string(),
+            source,
+        },
+    }
+}
+
+impl Store {
+    /// Opens (creating and migrating as needed) the store at `path`. A new file is made
+    /// readable by its owner only, since it holds mail text.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let shown = path.display().to_string();
+        let existed = path.exists();
+        if !existed {
+            create_private(path).map_err(|source| StoreError::Create {
+                path: shown.clone(),
+                source,
+            })?;
+        }
+        let conn = Connection::open(path).map_err(|source| StoreError::Open {
+            path: shown.clone(),
+            source,
+        })?;
+        let mut store = Store { conn, path: shown };
+        store.configure()?;
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// The file the store lives in.
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(&self.path)
+    }
+
+    fn configure(&mut self) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        self.conn
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(sql(&path))?;
+        self.conn
+            .execute_batch(
+                "PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;",
+            )
+            .map_err(sql(&path))
+    }
+
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(sql(&path))?;
+        let supported = MIGRATIONS.len() as i64;
+        if version > supported {
+            return Err(StoreError::TooNew {
+                path,
+                found: version,
+                supported,
+            });
+        }
+        for (i, migration) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql(&path))?;
+            tx.execute_batch(migration).map_err(sql(&path))?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)
+                .map_err(sql(&path))?;
+            tx.commit().map_err(sql(&path))?;
+        }
+        Ok(())
+    }
+
+    /// Starts the one transaction that handling a message writes in.
+    pub fn begin(&mut self) -> Result<StoreTx<'_>, StoreError> {
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql(&path))?;
+        Ok(StoreTx { tx, path })
+    }
+
+    /// All cases, newest first.
+    pub fn cases(&self) -> Result<Vec<Case>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, data FROM cases ORDER BY id")
+            .map_err(sql(&self.path))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+            .map_err(sql(&self.path))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, data) = row.map_err(sql(&self.path))?;
+            out.push(decode_case(&self.path, id, &data)?);
+        }
+        Ok(out)
+    }
+
+    /// One case.
+    pub fn case(&self, id: CaseId) -> Result<Option<Case>, StoreError> {
+        case_by_id(&self.conn, &self.path, id)
+    }
+
+    /// A case's timeline, oldest first.
+    pub fn timeline(&self, id: CaseId) -> Result<Vec<TimelineEntry>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT at, kind, action, state, message_id, summary FROM timeline
+                 WHERE case_id = ?1 ORDER BY at, id",
+            )
+            .map_err(sql(&self.path))?;
+        let rows = stmt
+            .query_map([id], |r| {
+                Ok(TimelineEntry {
+                    at: r.get(0)?,
+                    kind: r.get(1)?,
+                    action: r.get(2)?,
+                    state: r.get(3)?,
+                    message_id: r.get(4)?,
+                    summary: r.get(5)?,
+                })
+            })
+            .map_err(sql(&self.path))?;
+        rows.collect::<Result<_, _>>().map_err(sql(&self.path))
+    }
+
+    /// Outbox rows of a case (or all with `None`), oldest first.
+    pub fn outbox(&self, case: Option<CaseId>) -> Result<Vec<OutboxRow>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id, message_id, case_id, template, disposition, status, reason,
+                        recipients, subject, created_at
+                 FROM outbox WHERE (?1 IS NULL OR case_id = ?1) ORDER BY id",
+            )
+            .map_err(sql(&self.path))?;
+        let rows = stmt
+            .query_map([case], |r| {
+                let recipients: String = r.get(7)?;
+                Ok(OutboxRow {
+                    id: r.get(0)?,
+                    message_id: r.get(1)?,
+                    case_id: r.get(2)?,
+                    template: r.get(3)?,
+                    disposition: r.get(4)?,
+                    status: r.get(5)?,
+                    reason: r.get(6)?,
+                    recipients: serde_json::from_str(&recipients).unwrap_or_default(),
+                    subject: r.get(8)?,
+                    created_at: r.get(9)?,
+                })
+            })
+            .map_err(sql(&self.path))?;
+        rows.collect::<Result<_, _>>().map_err(sql(&self.path))
+    }
+
+    /// Records a message that could not be handled, with the error chain.
+    pub fn quarantine(
+        &mut self,
+        source: &str,
+        message_id: Option<&str>,
+        content_hash: &str,
+        error: &str,
+        at: i64,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO quarantine (source, message_id, content_hash, error, at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![source, message_id, content_hash, error, at],
+            )
+            .map_err(sql(&self.path))?;
+        Ok(())
+    }
+}
+
+/// The open transaction for one message.
+pub struct StoreTx<'a> {
+    tx: Transaction<'a>,
+    path: String,
+}
+
+impl StoreTx<'_> {
+    /// Whether this message was handled before: same Message-ID, or same bytes.
+    pub fn seen(&self, message_id: Option<&str>, content_hash: &str) -> Result<bool, StoreError> {
+        let found: Option<i64> = self
+            .tx
+            .query_row(
+                "SELECT id FROM messages WHERE content_hash = ?2
+                 OR (?1 IS NOT NULL AND message_id = ?1) LIMIT 1",
+                params![message_id, content_hash],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(sql(&self.path))?;
+        Ok(found.is_some())
+    }
+
+    /// The case the first matching lookup finds.
+    pub fn find_case(&self, lookups: &[Lookup]) -> Result<Option<Case>, StoreError> {
+        for lookup in lookups {
+            let id: Option<i64> = match lookup {
+                Lookup::Ticket(t) => self
+                    .tx
+                    .query_row(
+                        "SELECT id FROM cases WHERE ticket_id = ?1 ORDER BY id DESC LIMIT 1",
+                        [t],
+                        |r| r.get(0),
+                    )
+                    .optional(),
+                Lookup::MessageId(m) => self
+                    .tx
+                    .query_row(
+                        "SELECT case_id FROM case_messages WHERE message_id = ?1
+                         ORDER BY case_id DESC LIMIT 1",
+                        [m],
+                        |r| r.get(0),
+                    )
+                    .optional(),
+                Lookup::Notice(key) => self
+                    .tx
+                    .query_row(
+                        "SELECT id FROM cases WHERE notice_key = ?1 AND state != 'closed'
+                         ORDER BY id DESC LIMIT 1",
+                        [key],
+                        |r| r.get(0),
+                    )
+                    .optional(),
+                Lookup::OpenForIps {
+                    topic,
+                    ips,
+                    without_ticket,
+                } => self.open_case_for_ips(*topic, ips, *without_ticket),
+            }
+            .map_err(sql(&self.path))?;
+            if let Some(id) = id {
+                return case_by_id(&self.tx, &self.path, id);
+            }
+        }
+        Ok(None)
+    }
+
+    fn open_case_for_ips(
+        &self,
+        topic: Topic,
+        ips: &[String],
+        without_ticket: bool,
+    ) -> Result<Option<i64>, rusqlite::Error> {
+        let topic = topic_str(topic);
+        let mut stmt = self.tx.prepare(
+            "SELECT c.id FROM cases c JOIN case_ips i ON i.case_id = c.id
+             WHERE i.ip = ?1 AND c.topic = ?2 AND c.state != 'closed'
+               AND (?3 = 0 OR c.ticket_id IS NULL)
+             ORDER BY c.id DESC LIMIT 1",
+        )?;
+        for ip in ips {
+            if let Some(id) = stmt
+                .query_row(params![ip, topic, without_ticket], |r| r.get(0))
+                .optional()?
+            {
+                return Ok(Some(id));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Stores a case: inserts it when its id is 0 and returns the id.
+    pub fn save_case(&self, case: &mut Case) -> Result<CaseId, StoreError> {
+        let path = &self.path;
+        if case.id == 0 {
+            self.tx
+                .execute(
+                    "INSERT INTO cases (topic, state, ticket_id, notice_key, opened_at, updated_at, closed_at, data)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, '{}')",
+                    params![
+                        topic_str(case.topic),
+                        case.state.as_str(),
+                        case.ticket_id,
+                        case.notice_key,
+                        case.opened_at,
+                        case.updated_at,
+                        case.closed_at
+                    ],
+                )
+                .map_err(sql(path))?;
+            case.id = self.tx.last_insert_rowid();
+        }
+        let data = serde_json::to_string(case).map_err(|e| StoreError::Damaged {
+            path: path.clone(),
+            case: case.id,
+            message: e.to_string(),
+        })?;
+        self.tx
+            .execute(
+                "UPDATE cases SET topic = ?2, state = ?3, ticket_id = ?4, notice_key = ?5,
+                        updated_at = ?6, closed_at = ?7, data = ?8 WHERE id = ?1",
+                params![
+                    case.id,
+                    topic_str(case.topic),
+                    case.state.as_str(),
+                    case.ticket_id,
+                    case.notice_key,
+                    case.updated_at,
+                    case.closed_at,
+                    data
+                ],
+            )
+            .map_err(sql(path))?;
+        for ip in &case.ips {
+            self.tx
+                .execute(
+                    "INSERT OR IGNORE INTO case_ips (case_id, ip) VALUES (?1, ?2)",
+                    params![case.id, ip],
+                )
+                .map_err(sql(path))?;
+        }
+        for id in &case.thread_ids {
+            self.tx
+                .execute(
+                    "INSERT OR IGNORE INTO case_messages (message_id, case_id) VALUES (?1, ?2)",
+                    params![id, case.id],
+                )
+                .map_err(sql(path))?;
+        }
+        Ok(case.id)
+    }
+
+    /// Adds a line to a case's timeline.
+    pub fn add_timeline(&self, case_id: CaseId, entry: &TimelineEntry) -> Result<(), StoreError> {
+        self.tx
+            .execute(
+                "INSERT INTO timeline (case_id, at, kind, action, state, message_id, summary)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    case_id,
+                    entry.at,
+                    entry.kind,
+                    entry.action,
+                    entry.state,
+                    entry.message_id,
+                    entry.summary
+                ],
+            )
+            .map_err(sql(&self.path))?;
+        Ok(())
+    }
+
+    /// Writes an outgoing message to the outbox, before anything is sent or drafted.
+    pub fn add_outbox(&self, row: &NewOutbox<'_>, now: i64) -> Result<i64, StoreError> {
+        let recipients = serde_json::to_string(row.recipients).unwrap_or_else(|_| "[]".into());
+        self.tx
+            .execute(
+                "INSERT INTO outbox (message_id, case_id, inbound_message_id, template, disposition,
+                                     status, reason, recipients, subject, bytes, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)",
+                params![
+                    row.message_id,
+                    row.case_id,
+                    row.inbound_message_id,
+                    row.template,
+                    row.disposition,
+                    row.status,
+                    row.reason,
+                    recipients,
+                    row.subject,
+                    row.bytes,
+                    now
+                ],
+            )
+            .map_err(sql(&self.path))?;
+        Ok(self.tx.last_insert_rowid())
+    }
+
+    /// Records a message as handled.
+    pub fn add_message(&self, m: &ProcessedMessage<'_>, now: i64) -> Result<(), StoreError> {
+        let ips = serde_json::to_string(m.ips).unwrap_or_else(|_| "[]".into());
+        self.tx
+            .execute(
+                "INSERT INTO messages (message_id, content_hash, source, processed_at, kind, ticket_id,
+                                       ips, trusted, case_id, action, reason, evidence)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                params![
+                    m.message_id,
+                    m.content_hash,
+                    m.source,
+                    now,
+                    m.kind,
+                    m.ticket_id,
+                    ips,
+                    m.trusted,
+                    m.case_id,
+                    m.action.as_str(),
+                    m.reason,
+                    m.evidence_json
+                ],
+            )
+            .map_err(sql(&self.path))?;
+        Ok(())
+    }
+
+    /// Makes everything written in this transaction durable.
+    pub fn commit(self) -> Result<(), StoreError> {
+        self.tx.commit().map_err(sql(&self.path))
+    }
+}
+
+fn case_by_id(conn: &Connection, path: &str, id: CaseId) -> Result<Option<Case>, StoreError> {
+    let data: Option<String> = conn
+        .query_row("SELECT data FROM cases WHERE id = ?1", [id], |r| r.get(0))
+        .optional()
+        .map_err(sql(path))?;
+    data.map(|d| decode_case(path, id, &d)).transpose()
+}
+
+fn decode_case(path: &str, id: CaseId, data: &str) -> Result<Case, StoreError> {
+    let mut case: Case = serde_json::from_str(data).map_err(|e| StoreError::Damaged {
+        path: path.to_string(),
+        case: id,
+        message: e.to_string(),
+    })?;
+    case.id = id;
+    Ok(case)
+}
+
+fn topic_str(topic: Topic) -> &'static str {
+    match topic {
+        Topic::OutlookBlock => "outlook_block",
+        Topic::M365Block => "m365_block",
+        Topic::Complaints => "complaints",
+        Topic::Snds => "snds",
+        Topic::DeliveryNotice => "delivery_notice",
+    }
+}
+
+#[cfg(unix)]
+fn create_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map(drop)
+}
+
+#[cfg(not(unix))]
+fn create_private(path: &Path) -> std::io::Result<()> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map(drop)
+}

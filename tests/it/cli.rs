@@ -1,0 +1,223 @@
+//! The binary as operators and other tools run it.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use crate::support::fixtures;
+
+fn bot(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_postmaster-bot"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("binary runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn classify_json_has_the_fields_tools_read() {
+    let corpus = fixtures().join("corpus");
+    let files: Vec<String> = ["d008.eml", "d024.eml", "d030.eml"]
+        .iter()
+        .map(|f| corpus.join(f).display().to_string())
+        .collect();
+    let mut args = vec![
+        "classify",
+        "--config",
+        "examples/config.toml",
+        "--format",
+        "json",
+    ];
+    args.extend(files.iter().map(String::as_str));
+    let o = bot(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(lines.len(), 3);
+    for v in &lines {
+        for key in ["file", "kind", "ticket_id", "ips", "trusted", "evidence"] {
+            assert!(v.get(key).is_some(), "missing {key} in {v}");
+        }
+    }
+    assert_eq!(lines[0]["kind"], "ms_not_qualified");
+    assert_eq!(lines[0]["trusted"], true);
+    assert_eq!(lines[1]["kind"], "other");
+    assert_eq!(lines[2]["ticket_id"], "7096815524");
+}
+
+#[test]
+fn quick_start_replay_shows_timeline_and_drafted_reply() {
+    let out = tempfile::tempdir().expect("temp dir");
+    let out_dir = out.path().display().to_string();
+    let o = bot(&[
+        "replay",
+        "--config",
+        "examples/config.toml",
+        "--out",
+        &out_dir,
+        "examples/thread",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains("-> draft_escalation_reply"), "{text}");
+    assert!(
+        text.contains("case #1 [outlook_block] closed ticket=SRX1569221851ID"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Could you please escalate this ticket"),
+        "{text}"
+    );
+    let written: Vec<_> = std::fs::read_dir(out.path())
+        .expect("out folder")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        written.iter().any(|n| n.ends_with("escalation_reply.eml")),
+        "{written:?}"
+    );
+}
+
+#[test]
+fn replay_json_and_cases_commands_share_a_state_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state.sqlite3").display().to_string();
+    let o = bot(&[
+        "replay",
+        "--config",
+        "examples/config.toml",
+        "--state",
+        &state,
+        "--format",
+        "json",
+        "examples/thread",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let actions: Vec<String> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
+        .map(|v| {
+            for key in ["file", "kind", "ticket_id", "ips", "case", "action"] {
+                assert!(v.get(key).is_some(), "missing {key} in {v}");
+            }
+            v["action"].as_str().unwrap_or_default().to_string()
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "open_case",
+            "none",
+            "draft_escalation_reply",
+            "none",
+            "close_case"
+        ]
+    );
+    let list = bot(&["cases", "list", "--state", &state]);
+    assert!(list.status.success(), "{}", stderr(&list));
+    assert!(
+        stdout(&list).contains("SRX1569221851ID"),
+        "{}",
+        stdout(&list)
+    );
+    let show = bot(&["cases", "show", "1", "--state", &state]);
+    assert!(stdout(&show).contains("outbox #"), "{}", stdout(&show));
+    let missing = bot(&["cases", "show", "99", "--state", &state]);
+    assert_eq!(missing.status.code(), Some(2));
+}
+
+#[test]
+fn unreadable_file_is_named_and_the_others_still_run() {
+    let good = fixtures().join("corpus/d008.eml").display().to_string();
+    let o = bot(&["classify", "no/such/file.eml", &good]);
+    assert_eq!(o.status.code(), Some(1));
+    let text = stdout(&o);
+    assert!(
+        text.contains("no/such/file.eml: error: failed to read file"),
+        "{text}"
+    );
+    assert!(text.contains("d008.eml: "), "{text}");
+    let o = bot(&["replay", "no/such/file.eml", &good]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains("d008.eml: "), "{}", stdout(&o));
+}
+
+#[test]
+fn config_errors_name_file_and_key_and_exit_2() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, "[trust]\nauthserv_idz = [\"mx1\"]\n").expect("write");
+    let o = bot(&["check-config", "--config", &config.display().to_string()]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(
+        err.contains("bad.toml") && err.contains("authserv_idz"),
+        "{err}"
+    );
+
+    std::fs::write(&config, "[identity]\nfrom = \"not an address\"\n").expect("write");
+    let o = bot(&[
+        "classify",
+        "--config",
+        &config.display().to_string(),
+        "x.eml",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("identity.from"), "{}", stderr(&o));
+}
+
+#[test]
+fn check_config_renders_templates_and_names_a_bad_one() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let templates = dir.path().join("templates");
+    std::fs::create_dir(&templates).expect("mkdir");
+    std::fs::write(
+        templates.join("escalation_reply.txt.hbs"),
+        "Hello {{ticket_id}}, {{no_such_field}}\n",
+    )
+    .expect("write");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        "[trust]\nauthserv_ids = [\"mx1.example.net\"]\n[templates]\ndir = \"templates\"\n",
+    )
+    .expect("write");
+    let o = bot(&["check-config", "--config", &config.display().to_string()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("escalation_reply.txt.hbs") && err.contains("no_such_field"),
+        "{err}"
+    );
+
+    std::fs::write(
+        templates.join("escalation_reply.txt.hbs"),
+        "Hello {{ticket_id}}\n",
+    )
+    .expect("write");
+    let o = bot(&["check-config", "--config", &config.display().to_string()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains(": ok"), "{}", stdout(&o));
+}
+
+#[test]
+fn example_config_in_repo_is_valid() {
+    for config in ["examples/config.toml", "config.example.toml"] {
+        assert!(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(config).exists(),
+            "{config}"
+        );
+        let o = bot(&["check-config", "--config", config]);
+        assert!(o.status.success(), "{config}: {}", stderr(&o));
+    }
+}

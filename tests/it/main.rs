@@ -1,0 +1,7 @@
+//! The one integration-test binary: corpus, snapshots, the command line and code tidiness.
+
+mod cli;
+mod corpus;
+mod snapshots;
+mod support;
+mod tidy;

@@ -1,0 +1,114 @@
+//! Rendered mail is snapshotted (insta), so every template or composition change is reviewed.
+
+use postmaster_bot::pipeline::case;
+use postmaster_bot::pipeline::decide::{self, Mode, NotifyOn};
+use postmaster_bot::pipeline::render::{self, IdentityView};
+use postmaster_bot::shell::engine::OutboxStatus;
+use postmaster_bot::shell::store::Store;
+
+use crate::support::{engine, fixtures, manifest};
+
+fn produced_mail(set: &str) -> Vec<(String, String)> {
+    let engine = engine();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut store = Store::open(&dir.path().join("state.sqlite3")).expect("store opens");
+    let mut out = Vec::new();
+    for row in manifest(set) {
+        let raw = std::fs::read(fixtures().join(set).join(&row.file)).expect("fixture readable");
+        let prepared = engine.prepare(&raw);
+        let now = prepared.inbound.date.unwrap_or(0);
+        let handled = engine
+            .apply(
+                &mut store,
+                &row.file,
+                &prepared,
+                now,
+                OutboxStatus::Replayed,
+            )
+            .expect("applies");
+        for p in handled.produced {
+            if let Some(o) = p.outgoing {
+                let name = format!(
+                    "{set}-{}-{}",
+                    row.file.trim_end_matches(".eml"),
+                    p.template.name()
+                );
+                out.push((name, readable(&o.bytes)));
+            }
+        }
+    }
+    out
+}
+
+/// The header block as written, then the decoded text: what a reviewer reads. Parsing the
+/// bytes back also checks that the composed message is well formed.
+fn readable(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes).replace("\r\n", "\n");
+    let headers = text.split("\n\n").next().unwrap_or_default().to_string();
+    let parsed = mail_parser::MessageParser::default()
+        .parse(bytes)
+        .expect("composed mail parses");
+    let body = parsed.body_text(0).expect("composed mail has a text body");
+    format!("{headers}\n\n{body}")
+}
+
+#[test]
+fn corpus_replies_and_notifications() {
+    let mail = produced_mail("corpus");
+    assert!(mail.iter().any(|(n, _)| n.ends_with("escalation_reply")));
+    for (name, text) in mail {
+        insta::assert_snapshot!(name, text);
+    }
+}
+
+#[test]
+fn followup_after_a_silent_week() {
+    let engine = engine();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut store = Store::open(&dir.path().join("state.sqlite3")).expect("store opens");
+    let mut last_case = None;
+    for file in ["d029.eml", "d030.eml", "d031.eml"] {
+        let raw = std::fs::read(fixtures().join("corpus").join(file)).expect("fixture");
+        let prepared = engine.prepare(&raw);
+        let now = prepared.inbound.date.unwrap_or(0);
+        let handled = engine
+            .apply(&mut store, file, &prepared, now, OutboxStatus::Replayed)
+            .expect("applies");
+        last_case = handled.case_id;
+    }
+    let case = store
+        .case(last_case.expect("a case"))
+        .expect("store reads")
+        .expect("case exists");
+    let policy = &engine.config.policy;
+    let week_later = case.last_escalated_at.expect("escalated") + 7 * 86_400;
+    let early = case::tick(&case, policy, week_later - 3600);
+    assert_eq!(early.action, case::Action::None);
+    let t = case::tick(&case, policy, week_later);
+    assert_eq!(t.action, case::Action::DraftFollowup);
+    let plans = decide::plan(&t, None, Mode::Approve, NotifyOn::default(), true);
+    assert_eq!(plans[0].disposition, decide::Disposition::Queue);
+    let ctx = render::context(
+        &t,
+        None,
+        None,
+        IdentityView {
+            name: engine.config.identity.name.clone(),
+            address: engine.config.identity.address.clone(),
+            organization: engine.config.identity.organization.clone(),
+        },
+        Mode::Approve,
+        week_later,
+    );
+    let draft = engine
+        .templates
+        .render(decide::Template::Followup, &ctx)
+        .expect("renders");
+    insta::assert_snapshot!("followup_body", draft.body);
+    let again = case::tick(
+        t.case.as_ref().expect("case"),
+        policy,
+        week_later + 30 * 86_400,
+    );
+    assert_eq!(again.action, case::Action::None, "one follow-up only");
+}
