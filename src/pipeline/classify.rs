@@ -305,10 +305,16 @@ fn negative(
 ) -> Verdict {
     verdict.kind = Kind::Other;
     verdict.origin = origin;
+    // Forwarded-as-attachment text counts here too: it is what the message is about.
+    let mut text = inbound.body.clone();
+    for a in &inbound.attached {
+        text.push('\n');
+        text.push_str(&a.body);
+    }
     verdict.ticket_id = extract::ticket_id(&inbound.subject, rules)
-        .or_else(|| extract::ticket_id(&inbound.body, rules))
+        .or_else(|| extract::ticket_id(&text, rules))
         .map(|(id, _)| id);
-    verdict.ips = extract::sender_ips(&inbound.body, rules, &ctx.our_networks);
+    verdict.ips = extract::sender_ips(&text, rules, &ctx.our_networks);
     verdict.evidence = evidence;
     verdict
 }

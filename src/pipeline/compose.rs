@@ -126,7 +126,7 @@ pub fn reply(
     let mut builder = MessageBuilder::new()
         .from((identity.name.clone(), identity.address.clone()))
         .to(recipient)
-        .subject(subject.clone())
+        .header("Subject", subject_header(&subject))
         .date(now)
         .message_id(message_id.to_string());
     if let Some(id) = &parent.message_id {
@@ -176,7 +176,7 @@ pub fn notification(
     let builder = MessageBuilder::new()
         .from((identity.name.clone(), identity.address.clone()))
         .to(to.clone())
-        .subject(subject.clone())
+        .header("Subject", subject_header(&subject))
         .date(now)
         .message_id(message_id.to_string())
         .header("Auto-Submitted", Raw::new("auto-generated"))
@@ -204,6 +204,17 @@ fn stamp<'x>(builder: MessageBuilder<'x>, identity: &Identity) -> MessageBuilder
         );
     }
     builder
+}
+
+/// An ASCII subject goes out as folded plain text, so a ticket id is never split across
+/// encoded-words; only a non-ASCII one is RFC 2047-encoded.
+fn subject_header(subject: &str) -> mail_builder::headers::HeaderType<'static> {
+    let clean = sanitize_header(subject);
+    if clean.is_ascii() {
+        Raw::new(clean).into()
+    } else {
+        mail_builder::headers::text::Text::new(clean).into()
+    }
 }
 
 /// Header text with control characters removed, so nothing can inject a header line.

@@ -112,3 +112,24 @@ fn followup_after_a_silent_week() {
     );
     assert_eq!(again.action, case::Action::None, "one follow-up only");
 }
+
+#[test]
+fn variants_replies_and_notifications() {
+    let mail = produced_mail("variants");
+    let reply = |file: &str| {
+        mail.iter()
+            .find(|(n, _)| n == &format!("variants-{file}-escalation_reply"))
+            .map(|(_, t)| t.clone())
+            .unwrap_or_else(|| panic!("no escalation reply for {file}"))
+    };
+    // A mixed result escalates only the refused IP.
+    let mixed = reply("v05");
+    assert!(mixed.contains("mail from 203.0.113.30 to"), "{mixed}");
+    assert!(!mixed.contains("203.0.113.31 to"), "{mixed}");
+    // A reply goes to Reply-To when Microsoft sets one.
+    assert!(reply("v23")
+        .contains("To: \"Outlook.com Deliverability Support\" <olcdeliverability@microsoft.com>"));
+    for (name, text) in mail {
+        insta::assert_snapshot!(name, text);
+    }
+}
