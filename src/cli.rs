@@ -63,10 +63,69 @@ pub enum Command {
         #[command(subcommand)]
         command: CasesCommand,
     },
+    /// Watch the mailbox (IMAP IDLE or polling) and act on each new message; replies go out,
+    /// become drafts or wait for approval according to the mode.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+        /// Catch up, act, deliver, and exit.
+        #[arg(long)]
+        once: bool,
+        /// Override the config's `mode`.
+        #[arg(long, value_enum)]
+        mode: Option<ModeArg>,
+    },
+    /// Work the approval queue (replies waiting in `approve` mode).
+    Queue {
+        #[command(subcommand)]
+        command: QueueCommand,
+    },
     /// Validate a config file, its rules file and templates (each template is rendered).
     CheckConfig {
         #[arg(long)]
         config: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ModeArg {
+    Auto,
+    Draft,
+    Approve,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// Replies waiting for approval.
+    List {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        state: Option<PathBuf>,
+    },
+    /// One queued reply, in full.
+    Show {
+        id: i64,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        state: Option<PathBuf>,
+    },
+    /// Approve a reply: the daemon sends it on its next pass, once.
+    Approve {
+        id: i64,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        state: Option<PathBuf>,
+    },
+    /// Reject a reply: it is never sent.
+    Reject {
+        id: i64,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        state: Option<PathBuf>,
     },
 }
 

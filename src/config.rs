@@ -49,6 +49,214 @@ pub struct RawConfig {
     pub policy: RawPolicy,
     #[serde(default)]
     pub limits: RawLimits,
+    pub mailbox: Option<RawMailbox>,
+    pub smtp: Option<RawSmtp>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMailbox {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub tls: Option<Tls>,
+    pub username: Option<String>,
+    pub password_env: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub password_command: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    pub folder: Option<String>,
+    pub drafts_folder: Option<String>,
+    pub review_folder: Option<String>,
+    pub approved_folder: Option<String>,
+    pub sent_folder: Option<String>,
+    pub handled_keyword: Option<String>,
+    pub idle: Option<bool>,
+    pub idle_renew_seconds: Option<u64>,
+    pub poll_seconds: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSmtp {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub tls: Option<Tls>,
+    pub username: Option<String>,
+    pub password_env: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub password_command: Option<String>,
+    pub ca_file: Option<PathBuf>,
+}
+
+/// How a connection is secured. Plain text is never offered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tls {
+    /// TLS from the first byte (IMAPS 993, SMTPS 465).
+    Implicit,
+    /// STARTTLS on the plain port (IMAP 143, submission 587); refused when not offered.
+    Starttls,
+}
+
+/// Where a password comes from. It is read when a connection is made, never stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    Env(String),
+    File(PathBuf),
+    Command(String),
+}
+
+/// The IMAP mailbox the bot watches.
+#[derive(Debug, Clone)]
+pub struct MailboxConfig {
+    pub host: String,
+    pub port: u16,
+    pub tls: Tls,
+    pub username: String,
+    pub password: SecretSource,
+    pub ca_file: Option<PathBuf>,
+    pub folder: String,
+    /// `None`: the folder with the \Drafts SPECIAL-USE attribute, else "Drafts".
+    pub drafts_folder: Option<String>,
+    pub review_folder: String,
+    pub approved_folder: String,
+    pub sent_folder: Option<String>,
+    pub handled_keyword: Option<String>,
+    pub idle: bool,
+    pub idle_renew: std::time::Duration,
+    pub poll_interval: std::time::Duration,
+}
+
+/// The SMTP submission server replies go through (auto mode and notifications).
+#[derive(Debug, Clone)]
+pub struct SmtpConfig {
+    pub host: String,
+    pub port: u16,
+    pub tls: Tls,
+    pub username: Option<String>,
+    pub password: Option<SecretSource>,
+    pub ca_file: Option<PathBuf>,
+}
+
+fn secret_source(
+    section: &str,
+    env: &Option<String>,
+    file: &Option<PathBuf>,
+    command: &Option<String>,
+    origin: &str,
+) -> Result<Option<SecretSource>, ConfigError> {
+    let given: Vec<SecretSource> = [
+        env.clone().map(SecretSource::Env),
+        file.clone().map(SecretSource::File),
+        command.clone().map(SecretSource::Command),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    match given.len() {
+        0 => Ok(None),
+        1 => Ok(given.into_iter().next()),
+        _ => Err(ConfigError::Invalid {
+            path: origin.to_string(),
+            key: format!("{section}.password_env"),
+            message: "give only one of password_env, password_file, password_command".into(),
+        }),
+    }
+}
+
+fn mailbox_config(raw: &RawMailbox, origin: &str) -> Result<MailboxConfig, ConfigError> {
+    let invalid = |key: &str, message: &str| ConfigError::Invalid {
+        path: origin.to_string(),
+        key: format!("mailbox.{key}"),
+        message: message.to_string(),
+    };
+    let host = raw
+        .host
+        .clone()
+        .ok_or_else(|| invalid("host", "is required"))?;
+    let username = raw
+        .username
+        .clone()
+        .ok_or_else(|| invalid("username", "is required"))?;
+    let tls = raw.tls.unwrap_or(Tls::Implicit);
+    let password = secret_source(
+        "mailbox",
+        &raw.password_env,
+        &raw.password_file,
+        &raw.password_command,
+        origin,
+    )?
+    .ok_or_else(|| {
+        invalid(
+            "password_env",
+            "one of password_env, password_file or password_command is required",
+        )
+    })?;
+    // NOTE: RFC 2177: servers may end an IDLE after 30 minutes; Exchange Online and NAT
+    // boxes drop idle connections sooner, hence a 10-minute default.
+    let idle_renew_seconds = raw.idle_renew_seconds.unwrap_or(600);
+    if !(5..=1740).contains(&idle_renew_seconds) {
+        return Err(invalid(
+            "idle_renew_seconds",
+            "must be 5 to 1740 (servers may drop an IDLE after 29 minutes)",
+        ));
+    }
+    let poll_seconds = raw.poll_seconds.unwrap_or(60);
+    if poll_seconds == 0 {
+        return Err(invalid("poll_seconds", "must be at least 1"));
+    }
+    Ok(MailboxConfig {
+        host,
+        port: raw.port.unwrap_or(match tls {
+            Tls::Implicit => 993,
+            Tls::Starttls => 143,
+        }),
+        tls,
+        username,
+        password,
+        ca_file: raw.ca_file.clone(),
+        folder: raw.folder.clone().unwrap_or_else(|| "INBOX".to_string()),
+        drafts_folder: raw.drafts_folder.clone(),
+        review_folder: raw
+            .review_folder
+            .clone()
+            .unwrap_or_else(|| "postmaster-bot/Review".to_string()),
+        approved_folder: raw
+            .approved_folder
+            .clone()
+            .unwrap_or_else(|| "postmaster-bot/Approved".to_string()),
+        sent_folder: raw.sent_folder.clone(),
+        handled_keyword: raw.handled_keyword.clone(),
+        idle: raw.idle.unwrap_or(true),
+        idle_renew: std::time::Duration::from_secs(idle_renew_seconds),
+        poll_interval: std::time::Duration::from_secs(poll_seconds),
+    })
+}
+
+fn smtp_config(raw: &RawSmtp, origin: &str) -> Result<SmtpConfig, ConfigError> {
+    let host = raw.host.clone().ok_or_else(|| ConfigError::Invalid {
+        path: origin.to_string(),
+        key: "smtp.host".to_string(),
+        message: "is required".to_string(),
+    })?;
+    let tls = raw.tls.unwrap_or(Tls::Starttls);
+    Ok(SmtpConfig {
+        host,
+        port: raw.port.unwrap_or(match tls {
+            Tls::Implicit => 465,
+            Tls::Starttls => 587,
+        }),
+        tls,
+        username: raw.username.clone(),
+        password: secret_source(
+            "smtp",
+            &raw.password_env,
+            &raw.password_file,
+            &raw.password_command,
+            origin,
+        )?,
+        ca_file: raw.ca_file.clone(),
+    })
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -101,6 +309,7 @@ pub struct RawPolicy {
     pub notify_on_close_case: Option<bool>,
     pub notify_on_escalation: Option<bool>,
     pub mark_replies_auto_submitted: Option<bool>,
+    pub max_reply_age_days: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -123,6 +332,10 @@ pub struct Config {
     pub policy: Policy,
     pub notify_on: NotifyOn,
     pub limits: Limits,
+    /// Replies to messages older than this are held, not sent (first runs over old mail).
+    pub max_reply_age_days: u32,
+    pub mailbox: Option<MailboxConfig>,
+    pub smtp: Option<SmtpConfig>,
 }
 
 /// The bot's From when none is configured.
@@ -286,7 +499,20 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
             .unwrap_or_else(|| "postmaster-bot".to_string()),
         mark_replies_auto_submitted: p.mark_replies_auto_submitted.unwrap_or(false),
     };
+    let mailbox = raw
+        .mailbox
+        .as_ref()
+        .map(|m| mailbox_config(m, origin))
+        .transpose()?;
+    let smtp = raw
+        .smtp
+        .as_ref()
+        .map(|m| smtp_config(m, origin))
+        .transpose()?;
     Ok(Config {
+        max_reply_age_days: p.max_reply_age_days.unwrap_or(7),
+        mailbox,
+        smtp,
         origin: origin.to_string(),
         mode: raw.mode.unwrap_or_default(),
         identity,
@@ -336,6 +562,22 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         resolve(p);
     }
     resolve(&mut config.state_path);
+    if let Some(m) = config.mailbox.as_mut() {
+        if let Some(p) = m.ca_file.as_mut() {
+            resolve(p);
+        }
+        if let SecretSource::File(p) = &mut m.password {
+            resolve(p);
+        }
+    }
+    if let Some(s) = config.smtp.as_mut() {
+        if let Some(p) = s.ca_file.as_mut() {
+            resolve(p);
+        }
+        if let Some(SecretSource::File(p)) = s.password.as_mut() {
+            resolve(p);
+        }
+    }
     Ok(config)
 }
 

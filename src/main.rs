@@ -20,7 +20,7 @@ use postmaster_bot::shell::store::Store;
 
 mod cli;
 
-use cli::{CasesCommand, Cli, Command, LogFormat};
+use cli::{CasesCommand, Cli, Command, LogFormat, ModeArg, QueueCommand};
 
 /// An error the user fixes in the config or the command line (exit code 2).
 #[derive(Debug, thiserror::Error)]
@@ -196,8 +196,145 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Cases { command } => cases(command, &mut out),
+        Command::Queue { command } => queue(command, &mut out),
+        Command::Run { config, once, mode } => run_daemon(&config, once, mode),
         Command::CheckConfig { config } => check_config(&config, &mut out),
     }
+}
+
+fn run_daemon(path: &Path, once: bool, mode: Option<ModeArg>) -> Result<ExitCode> {
+    let mut config = config::load(path)?;
+    if let Some(m) = mode {
+        config.mode = match m {
+            ModeArg::Auto => Mode::Auto,
+            ModeArg::Draft => Mode::Draft,
+            ModeArg::Approve => Mode::Approve,
+        };
+    }
+    warn_untrusted(&config);
+    if config.mailbox.is_none() {
+        return Err(UsageError(format!(
+            "config {}: a [mailbox] section is required to run",
+            path.display()
+        ))
+        .into());
+    }
+    // One crypto provider for the whole process (rustls 0.23 needs it chosen).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut store = Store::open(&config.state_path)?;
+    let engine = Engine::new(config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")?;
+    runtime.block_on(async {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let signals = tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("signal received: finishing the message in hand, then stopping");
+            let _ = tx.send(true);
+        });
+        let result = postmaster_bot::shell::daemon::run(&engine, &mut store, once, rx).await;
+        signals.abort();
+        result
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn queue(command: QueueCommand, out: &mut dyn Write) -> Result<ExitCode> {
+    let now = postmaster_bot::clock::now();
+    match command {
+        QueueCommand::List { config, state } => {
+            let store = open_existing(&state_path(config.as_deref(), state)?)?;
+            let items = store.outbox_items("awaiting_approval")?;
+            if items.is_empty() {
+                writeln!(out, "no replies wait for approval")?;
+            }
+            for i in items {
+                writeln!(
+                    out,
+                    "#{:<4} case #{:<4} {:<22} to {} [{}]",
+                    i.id,
+                    i.case_id.unwrap_or(0),
+                    i.template,
+                    i.recipients.join(", "),
+                    i.subject
+                )?;
+            }
+        }
+        QueueCommand::Show { id, config, state } => {
+            let store = open_existing(&state_path(config.as_deref(), state)?)?;
+            let Some(item) = store.outbox_item(id)? else {
+                return Err(UsageError(format!("no outbox entry #{id}")).into());
+            };
+            writeln!(
+                out,
+                "outbox #{} ({}, {})",
+                item.id, item.template, item.status
+            )?;
+            out.write_all(&item.bytes)?;
+            writeln!(out)?;
+        }
+        QueueCommand::Approve { id, config, state } => {
+            let store = open_existing(&state_path(config.as_deref(), state)?)?;
+            if !store.transition_outbox(
+                id,
+                "awaiting_approval",
+                "approved",
+                Some("approved from the command line"),
+                now,
+            )? {
+                return Err(UsageError(format!("outbox #{id} is not waiting for approval")).into());
+            }
+            if let Some(case) = store.outbox_item(id)?.and_then(|i| i.case_id) {
+                store.note(case, now, "delivery", "approved from the command line")?;
+            }
+            writeln!(
+                out,
+                "outbox #{id} approved: the daemon sends it on its next pass"
+            )?;
+        }
+        QueueCommand::Reject { id, config, state } => {
+            let store = open_existing(&state_path(config.as_deref(), state)?)?;
+            if !store.transition_outbox(
+                id,
+                "awaiting_approval",
+                "rejected",
+                Some("rejected from the command line"),
+                now,
+            )? {
+                return Err(UsageError(format!("outbox #{id} is not waiting for approval")).into());
+            }
+            if let Some(case) = store.outbox_item(id)?.and_then(|i| i.case_id) {
+                store.note(case, now, "delivery", "rejected from the command line")?;
+            }
+            writeln!(out, "outbox #{id} rejected: it will never be sent")?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn state_path(config: Option<&Path>, state: Option<PathBuf>) -> Result<PathBuf> {

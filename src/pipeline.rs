@@ -12,3 +12,4 @@ pub mod extract;
 pub mod parse;
 pub mod render;
 pub mod rules;
+pub mod sync;

@@ -2,6 +2,11 @@
 //!
 //! No business decisions live here; every branch is about I/O succeeding or failing.
 
+pub mod daemon;
 pub mod engine;
+pub mod imap;
 pub mod replay;
+pub mod secret;
+pub mod smtp;
 pub mod store;
+pub mod tls;

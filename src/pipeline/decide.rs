@@ -129,12 +129,16 @@ impl Default for NotifyOn {
 }
 
 /// Plans the mail for one transition.
+///
+/// `stale` says the message is older than the configured reply age (for example on a first
+/// run over an old mailbox): its reply is held rather than sent to a ticket long closed.
 pub fn plan(
     transition: &Transition,
     verdict: Option<&Verdict>,
     mode: Mode,
     notify_on: NotifyOn,
     has_operator: bool,
+    stale: bool,
 ) -> Vec<Planned> {
     let mut out = Vec::new();
     let reply = match transition.action {
@@ -143,9 +147,15 @@ pub fn plan(
         _ => None,
     };
     if let Some(template) = reply {
+        let disposition = match reply_guard(transition, verdict, mode) {
+            Disposition::Send | Disposition::Draft | Disposition::Queue if stale => {
+                Disposition::Hold("message too old to answer automatically".to_string())
+            }
+            d => d,
+        };
         out.push(Planned {
             template,
-            disposition: reply_guard(transition, verdict, mode),
+            disposition,
         });
     }
     let notify = match transition.action {
@@ -257,7 +267,7 @@ mod tests {
 
     #[track_caller]
     fn check(t: &Transition, v: Option<&Verdict>, mode: Mode, expect: &[(&str, &str)]) {
-        let got: Vec<(&str, &str)> = plan(t, v, mode, NotifyOn::default(), true)
+        let got: Vec<(&str, &str)> = plan(t, v, mode, NotifyOn::default(), true, false)
             .iter()
             .map(|p| (p.template.name(), p.disposition.as_str()))
             .collect();
@@ -292,6 +302,14 @@ mod tests {
     }
 
     #[test]
+    fn stale_messages_are_never_answered_automatically() {
+        let t = transition(Action::DraftEscalationReply, Some("support@microsoft.com"));
+        let v = verdict(true, Origin::Microsoft);
+        let p = plan(&t, Some(&v), Mode::Auto, NotifyOn::default(), true, true);
+        assert_eq!(p[0].disposition.as_str(), "hold");
+    }
+
+    #[test]
     fn notifications_are_drafts_in_draft_mode_and_held_without_operator() {
         let t = transition(Action::NotifyOperator, None);
         check(&t, None, Mode::Draft, &[("operator_notification", "draft")]);
@@ -301,7 +319,7 @@ mod tests {
             Mode::Approve,
             &[("operator_notification", "send")],
         );
-        let held = plan(&t, None, Mode::Auto, NotifyOn::default(), false);
+        let held = plan(&t, None, Mode::Auto, NotifyOn::default(), false, false);
         assert_eq!(held[0].disposition.as_str(), "hold");
     }
 }

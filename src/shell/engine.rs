@@ -174,12 +174,17 @@ impl Engine {
             tx.save_case(c)?;
         }
 
+        let max_age = i64::from(self.config.max_reply_age_days) * 86_400;
+        let stale = inbound
+            .date
+            .is_some_and(|d| now.saturating_sub(d) > max_age);
         let plans = decide::plan(
             &transition,
             Some(verdict),
             self.config.mode,
             self.config.notify_on,
             self.config.identity.operator.is_some(),
+            stale,
         );
         let seed = inbound
             .message_id

@@ -392,6 +392,167 @@ impl Store {
     }
 }
 
+/// An outbox row with its bytes, for delivery.
+#[derive(Debug, Clone)]
+pub struct OutboxItem {
+    pub id: i64,
+    pub message_id: String,
+    pub case_id: Option<CaseId>,
+    pub inbound_message_id: Option<String>,
+    pub template: String,
+    pub disposition: String,
+    pub status: String,
+    pub recipients: Vec<String>,
+    pub subject: String,
+    pub bytes: Vec<u8>,
+}
+
+impl Store {
+    /// Where reading `mailbox` resumes.
+    pub fn cursor(
+        &self,
+        mailbox: &str,
+    ) -> Result<Option<crate::pipeline::sync::Cursor>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT uidvalidity, last_uid FROM mailbox_sync WHERE mailbox = ?1",
+                [mailbox],
+                |r| {
+                    Ok(crate::pipeline::sync::Cursor {
+                        uid_validity: r.get(0)?,
+                        last_uid: r.get(1)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(sql(&self.path))
+    }
+
+    /// Moves the cursor of `mailbox` forward (never backwards within one UIDVALIDITY).
+    pub fn set_cursor(
+        &self,
+        mailbox: &str,
+        uid_validity: u32,
+        last_uid: u32,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO mailbox_sync (mailbox, uidvalidity, last_uid) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(mailbox) DO UPDATE SET
+                   last_uid = CASE WHEN uidvalidity = excluded.uidvalidity
+                                   THEN max(last_uid, excluded.last_uid) ELSE excluded.last_uid END,
+                   uidvalidity = excluded.uidvalidity",
+                params![mailbox, uid_validity, last_uid],
+            )
+            .map_err(sql(&self.path))?;
+        Ok(())
+    }
+
+    /// Outbox rows in one status, oldest first, with their bytes.
+    pub fn outbox_items(&self, status: &str) -> Result<Vec<OutboxItem>, StoreError> {
+        self.outbox_query("status = ?1", [status.to_string()])
+    }
+
+    /// One outbox row with its bytes.
+    pub fn outbox_item(&self, id: i64) -> Result<Option<OutboxItem>, StoreError> {
+        Ok(self
+            .outbox_query("id = ?1", [id.to_string()])?
+            .into_iter()
+            .next())
+    }
+
+    fn outbox_query(&self, filter: &str, arg: [String; 1]) -> Result<Vec<OutboxItem>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!(
+                "SELECT id, message_id, case_id, inbound_message_id, template, disposition, status,
+                        recipients, subject, bytes FROM outbox WHERE {filter} ORDER BY id"
+            ))
+            .map_err(sql(&self.path))?;
+        let rows = stmt
+            .query_map(arg, |r| {
+                let recipients: String = r.get(7)?;
+                Ok(OutboxItem {
+                    id: r.get(0)?,
+                    message_id: r.get(1)?,
+                    case_id: r.get(2)?,
+                    inbound_message_id: r.get(3)?,
+                    template: r.get(4)?,
+                    disposition: r.get(5)?,
+                    status: r.get(6)?,
+                    recipients: serde_json::from_str(&recipients).unwrap_or_default(),
+                    subject: r.get(8)?,
+                    bytes: r.get(9)?,
+                })
+            })
+            .map_err(sql(&self.path))?;
+        rows.collect::<Result<_, _>>().map_err(sql(&self.path))
+    }
+
+    /// Moves an outbox row from one status to another; false when it was not in `from` (so two
+    /// processes never both act on it).
+    pub fn transition_outbox(
+        &self,
+        id: i64,
+        from: &str,
+        to: &str,
+        reason: Option<&str>,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let changed = self
+            .conn
+            .execute(
+                "UPDATE outbox SET status = ?3, reason = COALESCE(?4, reason), updated_at = ?5
+                 WHERE id = ?1 AND status = ?2",
+                params![id, from, to, reason, now],
+            )
+            .map_err(sql(&self.path))?;
+        Ok(changed == 1)
+    }
+
+    /// Replaces the bytes (and Message-ID) of a row, for an approved draft the operator edited.
+    pub fn replace_outbox_bytes(
+        &self,
+        id: i64,
+        message_id: &str,
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "UPDATE outbox SET bytes = ?2, message_id = ?3 WHERE id = ?1",
+                params![id, bytes, message_id],
+            )
+            .map_err(sql(&self.path))?;
+        Ok(())
+    }
+
+    /// Adds a timeline line to a case outside a message transaction (delivery results).
+    pub fn note(
+        &self,
+        case_id: CaseId,
+        at: i64,
+        action: &str,
+        summary: &str,
+    ) -> Result<(), StoreError> {
+        let state: String = self
+            .conn
+            .query_row("SELECT state FROM cases WHERE id = ?1", [case_id], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(sql(&self.path))?
+            .unwrap_or_default();
+        self.conn
+            .execute(
+                "INSERT INTO timeline (case_id, at, kind, action, state, message_id, summary)
+                 VALUES (?1, ?2, NULL, ?3, ?4, NULL, ?5)",
+                params![case_id, at, action, state, summary],
+            )
+            .map_err(sql(&self.path))?;
+        Ok(())
+    }
+}
+
 /// The open transaction for one message.
 pub struct StoreTx<'a> {
     tx: Transaction<'a>,

@@ -86,7 +86,7 @@ fn followup_after_a_silent_week() {
     assert_eq!(early.action, case::Action::None);
     let t = case::tick(&case, policy, week_later);
     assert_eq!(t.action, case::Action::DraftFollowup);
-    let plans = decide::plan(&t, None, Mode::Approve, NotifyOn::default(), true);
+    let plans = decide::plan(&t, None, Mode::Approve, NotifyOn::default(), true, false);
     assert_eq!(plans[0].disposition, decide::Disposition::Queue);
     let ctx = render::context(
         &t,

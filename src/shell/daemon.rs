@@ -1,0 +1,385 @@
+//! The daemon: catch up by UID range, run each new message through the engine, deliver the
+//! outbox (send, draft or queue), then wait with IDLE (or poll) and do it again. Reconnects with
+//! capped exponential backoff; stops cleanly on SIGINT/SIGTERM between two messages.
+
+use std::time::Duration;
+
+use secrecy::SecretString;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::config::MailboxConfig;
+use crate::pipeline::sync::{self, Resume};
+use crate::shell::engine::{Engine, OutboxStatus};
+use crate::shell::imap::{Imap, ImapError, Wake};
+use crate::shell::secret::{self, SecretError};
+use crate::shell::smtp::{Smtp, SmtpError};
+use crate::shell::store::{OutboxItem, Store, StoreError};
+
+/// The daemon cannot go on.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("no [mailbox] section in the config: the daemon needs a mailbox to watch")]
+    NoMailbox,
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error(transparent)]
+    Imap(#[from] ImapError),
+    #[error(transparent)]
+    Smtp(#[from] SmtpError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl DaemonError {
+    fn is_transient(&self) -> bool {
+        match self {
+            DaemonError::Imap(e) => e.is_transient(),
+            DaemonError::Store(e) => e.is_transient(),
+            _ => false,
+        }
+    }
+}
+
+/// Flags for the IMAP folders the bot writes to.
+const DRAFT_FLAGS: &str = "(\\Draft \\Seen)";
+const REVIEW_FLAGS: &str = "(\\Draft)";
+
+/// Runs until shutdown (or after one pass with `once`).
+pub async fn run(
+    engine: &Engine,
+    store: &mut Store,
+    once: bool,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), DaemonError> {
+    let mailbox = engine
+        .config
+        .mailbox
+        .clone()
+        .ok_or(DaemonError::NoMailbox)?;
+    let smtp = match &engine.config.smtp {
+        Some(cfg) => {
+            let password = match &cfg.password {
+                Some(src) => Some(secret::resolve(src).await?),
+                None => None,
+            };
+            Some(Smtp::new(cfg, password)?)
+        }
+        None => None,
+    };
+    let mut delay = Duration::from_secs(1);
+    loop {
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+        let password = secret::resolve(&mailbox.password).await?;
+        match session(
+            engine,
+            store,
+            &mailbox,
+            &password,
+            smtp.as_ref(),
+            once,
+            &mut shutdown,
+        )
+        .await
+        {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_transient() && !once => {
+                warn!(error = %e, retry_in = ?delay, "connection lost; reconnecting");
+                tokio::select! {
+                    _ = tokio::time::sleep(jitter(delay)) => {}
+                    _ = shutdown.changed() => return Ok(()),
+                }
+                delay = (delay * 2).min(Duration::from_secs(300));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Up to 25% random-looking extra delay, so many bots do not reconnect in step.
+fn jitter(d: Duration) -> Duration {
+    let nanos = u64::from(crate::clock::now().unsigned_abs() as u32 ^ std::process::id());
+    d + d.mul_f64((nanos % 250) as f64 / 1000.0)
+}
+
+async fn session(
+    engine: &Engine,
+    store: &mut Store,
+    mailbox: &MailboxConfig,
+    password: &SecretString,
+    smtp: Option<&Smtp>,
+    once: bool,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), DaemonError> {
+    let mut imap = Imap::connect(mailbox, password).await?;
+    let drafts = match &mailbox.drafts_folder {
+        Some(f) => f.clone(),
+        None => imap
+            .special_use("\\Drafts")
+            .await?
+            .unwrap_or_else(|| "Drafts".to_string()),
+    };
+    if engine.config.mode == crate::pipeline::decide::Mode::Approve {
+        imap.ensure_folder(&mailbox.review_folder).await?;
+        imap.ensure_folder(&mailbox.approved_folder).await?;
+    }
+    loop {
+        catch_up(engine, store, mailbox, &mut imap).await?;
+        if engine.config.mode == crate::pipeline::decide::Mode::Approve {
+            collect_approvals(engine, store, mailbox, &mut imap).await?;
+        }
+        deliver(engine, store, mailbox, &drafts, &mut imap, smtp).await?;
+        if once {
+            imap.logout().await;
+            return Ok(());
+        }
+        imap.select(&mailbox.folder).await?;
+        imap.drain_unsolicited();
+        match imap
+            .wait(
+                mailbox.idle,
+                mailbox.idle_renew,
+                mailbox.poll_interval,
+                shutdown,
+            )
+            .await?
+        {
+            Wake::Shutdown => {
+                info!("shutting down");
+                imap.logout().await;
+                return Ok(());
+            }
+            Wake::Changed | Wake::Timeout => {}
+        }
+    }
+}
+
+/// Reads every message above the stored cursor, oldest first; the cursor moves only after a
+/// message's transaction committed, so a crash re-reads it and dedup skips it.
+async fn catch_up(
+    engine: &Engine,
+    store: &mut Store,
+    mailbox: &MailboxConfig,
+    imap: &mut Imap,
+) -> Result<(), DaemonError> {
+    let selected = imap.select(&mailbox.folder).await?;
+    let key = format!("{}@{}/{}", mailbox.username, mailbox.host, mailbox.folder);
+    let after = match sync::resume(store.cursor(&key)?, selected.uid_validity) {
+        Resume::After(uid) => uid,
+        Resume::Rescan => {
+            info!(folder = %mailbox.folder, uid_validity = selected.uid_validity, "reading the whole folder (new or changed UIDVALIDITY)");
+            0
+        }
+    };
+    let uids = imap.uids_after(after).await?;
+    if uids.is_empty() {
+        store.set_cursor(&key, selected.uid_validity, after)?;
+        return Ok(());
+    }
+    for chunk in uids.chunks(50) {
+        for (uid, raw) in imap.fetch(chunk).await? {
+            let now = crate::clock::now();
+            let prepared = engine.prepare(&raw);
+            let source = format!("{}/{uid}", mailbox.folder);
+            match engine.apply(store, &source, &prepared, now, OutboxStatus::Pending) {
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(uid, error = %e, "message quarantined");
+                    store.quarantine(
+                        &source,
+                        prepared.inbound.message_id.as_deref(),
+                        &prepared.inbound.content_hash,
+                        &format!("{e:#}"),
+                        now,
+                    )?;
+                }
+            }
+            if let Some(keyword) = &mailbox.handled_keyword {
+                imap.add_keyword(uid, keyword).await?;
+            }
+            store.set_cursor(&key, selected.uid_validity, uid)?;
+        }
+    }
+    Ok(())
+}
+
+/// Delivers pending outbox rows by their disposition, and approved ones.
+async fn deliver(
+    engine: &Engine,
+    store: &mut Store,
+    mailbox: &MailboxConfig,
+    drafts: &str,
+    imap: &mut Imap,
+    smtp: Option<&Smtp>,
+) -> Result<(), DaemonError> {
+    let now = crate::clock::now();
+    for item in store.outbox_items("pending")? {
+        match item.disposition.as_str() {
+            "draft" => {
+                imap.append(drafts, DRAFT_FLAGS, &item.bytes).await?;
+                store.transition_outbox(item.id, "pending", "drafted", None, now)?;
+                note(
+                    store,
+                    &item,
+                    now,
+                    &format!("{} drafted in {drafts}", item.template),
+                )?;
+                info!(outbox = item.id, template = %item.template, folder = drafts, "drafted");
+            }
+            "queue" => {
+                imap.append(&mailbox.review_folder, REVIEW_FLAGS, &item.bytes)
+                    .await?;
+                store.transition_outbox(item.id, "pending", "awaiting_approval", None, now)?;
+                note(
+                    store,
+                    &item,
+                    now,
+                    &format!("{} waits for approval", item.template),
+                )?;
+                info!(outbox = item.id, template = %item.template, "queued for approval");
+            }
+            "send" => send(engine, store, mailbox, imap, smtp, &item, "pending").await?,
+            other => {
+                store.transition_outbox(
+                    item.id,
+                    "pending",
+                    "held",
+                    Some(&format!("unknown disposition {other}")),
+                    now,
+                )?;
+            }
+        }
+    }
+    for item in store.outbox_items("approved")? {
+        send(engine, store, mailbox, imap, smtp, &item, "approved").await?;
+    }
+    Ok(())
+}
+
+async fn send(
+    engine: &Engine,
+    store: &mut Store,
+    mailbox: &MailboxConfig,
+    imap: &mut Imap,
+    smtp: Option<&Smtp>,
+    item: &OutboxItem,
+    from_status: &str,
+) -> Result<(), DaemonError> {
+    let now = crate::clock::now();
+    let Some(smtp) = smtp else {
+        store.transition_outbox(
+            item.id,
+            from_status,
+            "held",
+            Some("no [smtp] section configured"),
+            now,
+        )?;
+        warn!(
+            outbox = item.id,
+            "cannot send: no [smtp] section configured"
+        );
+        return Ok(());
+    };
+    // Recorded before the first SMTP byte: a crash from here on leaves `sending`, which is
+    // never retried automatically.
+    if !store.transition_outbox(item.id, from_status, "sending", None, now)? {
+        return Ok(());
+    }
+    match smtp
+        .send(
+            &engine.config.identity.address,
+            &item.recipients,
+            &item.bytes,
+        )
+        .await
+    {
+        Ok(()) => {
+            store.transition_outbox(item.id, "sending", "sent", None, crate::clock::now())?;
+            note(
+                store,
+                item,
+                now,
+                &format!("{} sent to {}", item.template, item.recipients.join(", ")),
+            )?;
+            info!(outbox = item.id, message_id = %item.message_id, to = ?item.recipients, "sent");
+            if let Some(sent) = &mailbox.sent_folder {
+                imap.append(sent, "(\\Seen)", &item.bytes).await?;
+            }
+        }
+        Err(e) if e.is_transient() => {
+            store.transition_outbox(
+                item.id,
+                "sending",
+                from_status,
+                Some(&e.to_string()),
+                crate::clock::now(),
+            )?;
+            warn!(outbox = item.id, error = %e, "send failed for now; retrying on the next pass");
+        }
+        Err(e) => {
+            store.transition_outbox(
+                item.id,
+                "sending",
+                "failed",
+                Some(&e.to_string()),
+                crate::clock::now(),
+            )?;
+            warn!(outbox = item.id, error = %e, "send refused; held for the operator");
+        }
+    }
+    Ok(())
+}
+
+/// An operator approves a queued reply by moving its draft into the approved folder; the text
+/// sent is the draft's, edits included.
+async fn collect_approvals(
+    _engine: &Engine,
+    store: &mut Store,
+    mailbox: &MailboxConfig,
+    imap: &mut Imap,
+) -> Result<(), DaemonError> {
+    let waiting = store.outbox_items("awaiting_approval")?;
+    if waiting.is_empty() {
+        return Ok(());
+    }
+    imap.select(&mailbox.approved_folder).await?;
+    let uids = imap.uids_after(0).await?;
+    let now = crate::clock::now();
+    for (_, raw) in imap.fetch(&uids).await? {
+        let Some(parsed) = mail_parser::MessageParser::default().parse(&raw) else {
+            continue;
+        };
+        let message_id = parsed.message_id().map(str::to_string);
+        let in_reply_to = parsed.in_reply_to().as_text().map(str::to_string);
+        let row = waiting.iter().find(|w| {
+            message_id.as_deref() == Some(w.message_id.as_str())
+                || (w.template != "operator_notification"
+                    && in_reply_to.is_some()
+                    && in_reply_to == w.inbound_message_id)
+        });
+        let Some(row) = row else { continue };
+        if let Some(id) = &message_id {
+            store.replace_outbox_bytes(row.id, id, &raw)?;
+        }
+        if store.transition_outbox(
+            row.id,
+            "awaiting_approval",
+            "approved",
+            Some("moved to the approved folder"),
+            now,
+        )? {
+            note(store, row, now, "approved in the mail client")?;
+            info!(outbox = row.id, "approved by folder move");
+        }
+    }
+    Ok(())
+}
+
+fn note(store: &Store, item: &OutboxItem, now: i64, summary: &str) -> Result<(), StoreError> {
+    match item.case_id {
+        Some(case) => store.note(case, now, "delivery", summary),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,550 @@
+//! The IMAP adapter (async-imap over tokio-rustls): connect with implicit TLS or STARTTLS, log in,
+//! select, fetch new messages by UID without setting \Seen, append drafts, wait with IDLE.
+//! No decisions are made here: every branch is about I/O.
+
+use std::time::Duration;
+
+use async_imap::extensions::idle::IdleResponse;
+use futures::TryStreamExt;
+use secrecy::{ExposeSecret, SecretString};
+use tokio::net::TcpStream;
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::TlsConnector;
+use tracing::{debug, info};
+
+use crate::config::{MailboxConfig, Tls};
+use crate::shell::tls::{self, TlsSetupError};
+
+type Stream = tokio_rustls::client::TlsStream<TcpStream>;
+type Session = async_imap::Session<Stream>;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+/// UIDs fetched per FETCH command, so memory stays bounded on a large catch-up.
+const FETCH_BATCH: usize = 50;
+
+/// An IMAP operation failed; the message names the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ImapError {
+    #[error("failed to connect to {server}: {source}")]
+    Connect {
+        server: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS with {server} failed: {message}")]
+    Tls { server: String, message: String },
+    #[error(transparent)]
+    TlsSetup(#[from] TlsSetupError),
+    #[error("{server} does not offer STARTTLS: {message}")]
+    NoStartTls { server: String, message: String },
+    #[error("login to {server} as {user} failed: {message}")]
+    Login {
+        server: String,
+        user: String,
+        message: String,
+    },
+    #[error("{server}: {command} failed: {source}")]
+    Command {
+        server: String,
+        command: String,
+        #[source]
+        source: async_imap::error::Error,
+    },
+    #[error("{server}: {command} timed out")]
+    Timeout { server: String, command: String },
+    #[error("{server}: folder {folder} has no UIDVALIDITY")]
+    NoUidValidity { server: String, folder: String },
+    #[error("{server} closed the connection")]
+    Closed { server: String },
+}
+
+impl ImapError {
+    /// Whether reconnecting later can help; a login or TLS failure needs a config change.
+    pub fn is_transient(&self) -> bool {
+        !matches!(
+            self,
+            ImapError::Login { .. }
+                | ImapError::Tls { .. }
+                | ImapError::TlsSetup(_)
+                | ImapError::NoStartTls { .. }
+        )
+    }
+}
+
+/// A selected folder's sync state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Selected {
+    pub uid_validity: u32,
+    pub uid_next: Option<u32>,
+    pub exists: u32,
+}
+
+/// Why a wait ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// The server reported a change (or sent something we did not wait for).
+    Changed,
+    /// The IDLE renewal or poll interval passed.
+    Timeout,
+    /// Shutdown was requested.
+    Shutdown,
+}
+
+/// A logged-in IMAP connection.
+pub struct Imap {
+    session: Option<Session>,
+    server: String,
+    capabilities: Vec<String>,
+}
+
+impl Imap {
+    /// Connects, secures and logs in.
+    pub async fn connect(cfg: &MailboxConfig, password: &SecretString) -> Result<Imap, ImapError> {
+        let server = format!("{}:{}", cfg.host, cfg.port);
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&server))
+            .await
+            .map_err(|_| ImapError::Connect {
+                server: server.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
+            })?
+            .map_err(|source| ImapError::Connect {
+                server: server.clone(),
+                source,
+            })?;
+        let connector = TlsConnector::from(tls::client_config(cfg.ca_file.as_deref())?);
+        let name = ServerName::try_from(cfg.host.clone()).map_err(|e| ImapError::Tls {
+            server: server.clone(),
+            message: e.to_string(),
+        })?;
+        let tls_err = |e: std::io::Error| ImapError::Tls {
+            server: server.clone(),
+            message: e.to_string(),
+        };
+        let closed = || ImapError::Closed {
+            server: server.clone(),
+        };
+        let stream = match cfg.tls {
+            Tls::Implicit => connector.connect(name, tcp).await.map_err(tls_err)?,
+            Tls::Starttls => {
+                let mut plain = async_imap::Client::new(tcp);
+                plain
+                    .read_response()
+                    .await
+                    .map_err(|source| ImapError::Connect {
+                        server: server.clone(),
+                        source,
+                    })?
+                    .ok_or_else(closed)?;
+                plain
+                    .run_command_and_check_ok("STARTTLS", None)
+                    .await
+                    .map_err(|e| ImapError::NoStartTls {
+                        server: server.clone(),
+                        message: e.to_string(),
+                    })?;
+                connector
+                    .connect(name, plain.into_inner())
+                    .await
+                    .map_err(tls_err)?
+            }
+        };
+        let mut client = async_imap::Client::new(stream);
+        if cfg.tls == Tls::Implicit {
+            client
+                .read_response()
+                .await
+                .map_err(|source| ImapError::Connect {
+                    server: server.clone(),
+                    source,
+                })?
+                .ok_or_else(closed)?;
+        }
+        let mut session = client
+            .login(&cfg.username, password.expose_secret())
+            .await
+            .map_err(|(e, _)| ImapError::Login {
+                server: server.clone(),
+                user: cfg.username.clone(),
+                message: e.to_string(),
+            })?;
+        let caps = session
+            .capabilities()
+            .await
+            .map_err(|source| ImapError::Command {
+                server: server.clone(),
+                command: "CAPABILITY".into(),
+                source,
+            })?;
+        let capabilities: Vec<String> = caps
+            .iter()
+            .map(|c| match c {
+                async_imap::types::Capability::Imap4rev1 => "IMAP4REV1".to_string(),
+                async_imap::types::Capability::Auth(a) => {
+                    format!("AUTH={}", a.to_ascii_uppercase())
+                }
+                async_imap::types::Capability::Atom(a) => a.to_ascii_uppercase(),
+            })
+            .collect();
+        info!(server = %server, user = %cfg.username, "imap logged in");
+        debug!(?capabilities, "imap capabilities");
+        Ok(Imap {
+            session: Some(session),
+            server,
+            capabilities,
+        })
+    }
+
+    /// Whether the server announced a capability (e.g. `IDLE`).
+    pub fn has_capability(&self, name: &str) -> bool {
+        self.capabilities
+            .iter()
+            .any(|c| c.eq_ignore_ascii_case(name))
+    }
+
+    fn session(&mut self) -> Result<&mut Session, ImapError> {
+        self.session.as_mut().ok_or_else(|| ImapError::Closed {
+            server: self.server.clone(),
+        })
+    }
+
+    fn cmd_err(&self, command: &str) -> impl Fn(async_imap::error::Error) -> ImapError + '_ {
+        let command = command.to_string();
+        move |source| ImapError::Command {
+            server: self.server.clone(),
+            command: command.clone(),
+            source,
+        }
+    }
+
+    /// Selects a folder.
+    pub async fn select(&mut self, folder: &str) -> Result<Selected, ImapError> {
+        let server = self.server.clone();
+        let session = self.session()?;
+        let mailbox = match tokio::time::timeout(COMMAND_TIMEOUT, session.select(folder)).await {
+            Ok(r) => r.map_err(|source| ImapError::Command {
+                server: server.clone(),
+                command: format!("SELECT {folder}"),
+                source,
+            })?,
+            Err(_) => {
+                return Err(ImapError::Timeout {
+                    server,
+                    command: format!("SELECT {folder}"),
+                })
+            }
+        };
+        let uid_validity = mailbox
+            .uid_validity
+            .ok_or_else(|| ImapError::NoUidValidity {
+                server: self.server.clone(),
+                folder: folder.to_string(),
+            })?;
+        Ok(Selected {
+            uid_validity,
+            uid_next: mailbox.uid_next,
+            exists: mailbox.exists,
+        })
+    }
+
+    /// UIDs above `after` in the selected folder, ascending.
+    pub async fn uids_after(&mut self, after: u32) -> Result<Vec<u32>, ImapError> {
+        let query = format!("UID {}:*", after.saturating_add(1));
+        let server = self.server.clone();
+        let session = self.session()?;
+        let found = match tokio::time::timeout(COMMAND_TIMEOUT, session.uid_search(&query)).await {
+            Ok(r) => r.map_err(|source| ImapError::Command {
+                server: server.clone(),
+                command: format!("UID SEARCH {query}"),
+                source,
+            })?,
+            Err(_) => {
+                return Err(ImapError::Timeout {
+                    server,
+                    command: "UID SEARCH".into(),
+                })
+            }
+        };
+        // NOTE: RFC 3501: "n:*" always matches the highest UID, even when it is below n.
+        let mut uids: Vec<u32> = found.into_iter().filter(|u| *u > after).collect();
+        uids.sort_unstable();
+        Ok(uids)
+    }
+
+    /// Fetches whole messages by UID with BODY.PEEK[] (nothing is marked \Seen), in batches.
+    pub async fn fetch(&mut self, uids: &[u32]) -> Result<Vec<(u32, Vec<u8>)>, ImapError> {
+        let mut out = Vec::with_capacity(uids.len());
+        for chunk in uids.chunks(FETCH_BATCH) {
+            let set = chunk
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
+            let server = self.server.clone();
+            let session = self.session()?;
+            let fetched: Vec<async_imap::types::Fetch> =
+                match tokio::time::timeout(COMMAND_TIMEOUT, async {
+                    session
+                        .uid_fetch(&set, "(UID BODY.PEEK[])")
+                        .await?
+                        .try_collect::<Vec<_>>()
+                        .await
+                })
+                .await
+                {
+                    Ok(r) => r.map_err(|source| ImapError::Command {
+                        server: server.clone(),
+                        command: "UID FETCH".into(),
+                        source,
+                    })?,
+                    Err(_) => {
+                        return Err(ImapError::Timeout {
+                            server,
+                            command: "UID FETCH".into(),
+                        })
+                    }
+                };
+            for f in fetched {
+                if let (Some(uid), Some(body)) = (f.uid, f.body()) {
+                    out.push((uid, body.to_vec()));
+                }
+            }
+        }
+        out.sort_by_key(|(uid, _)| *uid);
+        out.dedup_by_key(|(uid, _)| *uid);
+        Ok(out)
+    }
+
+    /// The first folder carrying a SPECIAL-USE attribute such as `\Drafts`.
+    pub async fn special_use(&mut self, attribute: &str) -> Result<Option<String>, ImapError> {
+        let server = self.server.clone();
+        let session = self.session()?;
+        let names: Vec<async_imap::types::Name> =
+            match tokio::time::timeout(COMMAND_TIMEOUT, async {
+                session
+                    .list(Some(""), Some("*"))
+                    .await?
+                    .try_collect::<Vec<_>>()
+                    .await
+            })
+            .await
+            {
+                Ok(r) => r.map_err(|source| ImapError::Command {
+                    server: server.clone(),
+                    command: "LIST".into(),
+                    source,
+                })?,
+                Err(_) => {
+                    return Err(ImapError::Timeout {
+                        server,
+                        command: "LIST".into(),
+                    })
+                }
+            };
+        Ok(names
+            .iter()
+            .find(|n| {
+                n.attributes().iter().any(|a| {
+                    format!("{a:?}")
+                        .to_ascii_lowercase()
+                        .contains(&attribute.trim_start_matches('\\').to_ascii_lowercase())
+                })
+            })
+            .map(|n| n.name().to_string()))
+    }
+
+    /// Creates a folder unless it exists.
+    pub async fn ensure_folder(&mut self, folder: &str) -> Result<(), ImapError> {
+        let server = self.server.clone();
+        let session = self.session()?;
+        let exists = session
+            .list(Some(""), Some(folder))
+            .await
+            .map_err(|source| ImapError::Command {
+                server: server.clone(),
+                command: format!("LIST {folder}"),
+                source,
+            })?
+            .try_collect::<Vec<_>>()
+            .await
+            .map_err(|source| ImapError::Command {
+                server: server.clone(),
+                command: format!("LIST {folder}"),
+                source,
+            })?
+            .iter()
+            .any(|n| n.name() == folder);
+        if !exists {
+            session
+                .create(folder)
+                .await
+                .map_err(|source| ImapError::Command {
+                    server,
+                    command: format!("CREATE {folder}"),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Deletes a folder (tests use it to force a new UIDVALIDITY).
+    pub async fn delete_folder(&mut self, folder: &str) -> Result<(), ImapError> {
+        let server = self.server.clone();
+        let session = self.session()?;
+        session
+            .delete(folder)
+            .await
+            .map_err(|source| ImapError::Command {
+                server,
+                command: format!("DELETE {folder}"),
+                source,
+            })
+    }
+
+    /// Flags of every message in the selected folder, by UID.
+    pub async fn flags(&mut self) -> Result<Vec<(u32, Vec<String>)>, ImapError> {
+        let server = self.server.clone();
+        let session = self.session()?;
+        let fetched: Vec<async_imap::types::Fetch> = async {
+            session
+                .uid_fetch("1:*", "(UID FLAGS)")
+                .await?
+                .try_collect::<Vec<_>>()
+                .await
+        }
+        .await
+        .map_err(|source| ImapError::Command {
+            server,
+            command: "UID FETCH FLAGS".into(),
+            source,
+        })?;
+        Ok(fetched
+            .iter()
+            .filter_map(|f| {
+                f.uid
+                    .map(|uid| (uid, f.flags().map(|fl| format!("{fl:?}")).collect()))
+            })
+            .collect())
+    }
+
+    /// Appends a message to a folder with flags such as `(\Draft \Seen)`.
+    pub async fn append(
+        &mut self,
+        folder: &str,
+        flags: &str,
+        bytes: &[u8],
+    ) -> Result<(), ImapError> {
+        let server = self.server.clone();
+        let session = self.session()?;
+        match tokio::time::timeout(
+            COMMAND_TIMEOUT,
+            session.append(folder, Some(flags), None, bytes),
+        )
+        .await
+        {
+            Ok(r) => r.map_err(|source| ImapError::Command {
+                server,
+                command: format!("APPEND {folder}"),
+                source,
+            }),
+            Err(_) => Err(ImapError::Timeout {
+                server,
+                command: format!("APPEND {folder}"),
+            }),
+        }
+    }
+
+    /// Sets a keyword on a message of the selected folder.
+    pub async fn add_keyword(&mut self, uid: u32, keyword: &str) -> Result<(), ImapError> {
+        let server = self.server.clone();
+        let session = self.session()?;
+        let r = match session
+            .uid_store(uid.to_string(), format!("+FLAGS.SILENT ({keyword})"))
+            .await
+        {
+            Ok(stream) => stream.try_collect::<Vec<_>>().await.map(drop),
+            Err(e) => Err(e),
+        };
+        r.map_err(|source| ImapError::Command {
+            server,
+            command: "UID STORE".into(),
+            source,
+        })
+    }
+
+    /// Lets the server know we are alive and collects pending updates.
+    pub async fn noop(&mut self) -> Result<(), ImapError> {
+        let server = self.server.clone();
+        let session = self.session()?;
+        match tokio::time::timeout(COMMAND_TIMEOUT, session.noop()).await {
+            Ok(r) => r.map_err(|source| ImapError::Command {
+                server,
+                command: "NOOP".into(),
+                source,
+            }),
+            Err(_) => Err(ImapError::Timeout {
+                server,
+                command: "NOOP".into(),
+            }),
+        }
+    }
+
+    /// Waits for a change with IDLE (re-issued after `renew`), or sleeps `poll` when the server
+    /// has no IDLE. Whatever wakes it, the caller catches up by UID range afterwards.
+    pub async fn wait(
+        &mut self,
+        use_idle: bool,
+        renew: Duration,
+        poll: Duration,
+        shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> Result<Wake, ImapError> {
+        if *shutdown.borrow() {
+            return Ok(Wake::Shutdown);
+        }
+        if !(use_idle && self.has_capability("IDLE")) {
+            tokio::select! {
+                _ = tokio::time::sleep(poll) => return self.noop().await.map(|_| Wake::Timeout),
+                _ = shutdown.changed() => return Ok(Wake::Shutdown),
+            }
+        }
+        let session = self.session.take().ok_or_else(|| ImapError::Closed {
+            server: self.server.clone(),
+        })?;
+        let mut handle = session.idle();
+        handle.init().await.map_err(self.cmd_err("IDLE"))?;
+        let (wait, stop) = handle.wait_with_timeout(renew);
+        let outcome = tokio::select! {
+            r = wait => r.map(|resp| match resp {
+                IdleResponse::NewData(_) => Wake::Changed,
+                IdleResponse::Timeout => Wake::Timeout,
+                IdleResponse::ManualInterrupt => Wake::Shutdown,
+            }),
+            _ = shutdown.changed() => Ok(Wake::Shutdown),
+        };
+        drop(stop);
+        let outcome = outcome.map_err(self.cmd_err("IDLE"))?;
+        let session = tokio::time::timeout(Duration::from_secs(30), handle.done())
+            .await
+            .map_err(|_| ImapError::Timeout {
+                server: self.server.clone(),
+                command: "DONE".into(),
+            })?
+            .map_err(self.cmd_err("DONE"))?;
+        self.session = Some(session);
+        Ok(outcome)
+    }
+
+    /// Drains notifications the library queued for us (we always re-read by UID range).
+    pub fn drain_unsolicited(&mut self) {
+        if let Some(s) = self.session.as_mut() {
+            while s.unsolicited_responses.try_recv().is_ok() {}
+        }
+    }
+
+    /// Logs out politely; errors are of no interest at that point.
+    pub async fn logout(mut self) {
+        if let Some(mut s) = self.session.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), s.logout()).await;
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! Passwords from the environment, a file or a command; held as `SecretString`, whose `Debug`
+//! redacts, so they never reach a log or an error message.
+
+use secrecy::SecretString;
+
+use crate::config::SecretSource;
+
+/// A password could not be read. The message names the source, never the secret.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("environment variable {0} is not set or empty")]
+    Env(String),
+    #[error("failed to read password file {path}: {source}")]
+    File {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("password command `{command}` failed: {message}")]
+    Command { command: String, message: String },
+}
+
+/// Reads a password from its source; surrounding whitespace (a trailing newline) is dropped.
+pub async fn resolve(source: &SecretSource) -> Result<SecretString, SecretError> {
+    let text = match source {
+        SecretSource::Env(name) => std::env::var(name)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| SecretError::Env(name.clone()))?,
+        SecretSource::File(path) => {
+            tokio::fs::read_to_string(path)
+                .await
+                .map_err(|source| SecretError::File {
+                    path: path.display().to_string(),
+                    source,
+                })?
+        }
+        SecretSource::Command(command) => {
+            let out = tokio::process::Command::new("sh")
+                .arg("-c")
+                .arg(command)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .await
+                .map_err(|e| SecretError::Command {
+                    command: command.clone(),
+                    message: e.to_string(),
+                })?;
+            if !out.status.success() {
+                return Err(SecretError::Command {
+                    command: command.clone(),
+                    message: format!("exit status {}", out.status),
+                });
+            }
+            String::from_utf8(out.stdout).map_err(|_| SecretError::Command {
+                command: command.clone(),
+                message: "output is not UTF-8".into(),
+            })?
+        }
+    };
+    Ok(SecretString::from(text.trim().to_string()))
+}

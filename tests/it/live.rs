@@ -1,0 +1,464 @@
+//! The live bot against the real Dovecot and Postfix started by `scripts/mailstack up`.
+//! Each test works in its own folders with its own ticket id, so tests run in parallel.
+// These tests are plain threads waiting for real servers, not async code: sleeping is the point.
+#![allow(clippy::disallowed_methods)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use postmaster_bot::config;
+use postmaster_bot::shell::imap::Imap;
+use secrecy::SecretString;
+
+use crate::support::fixtures;
+
+/// The running mail stack, from `$POSTMASTER_BOT_MAILSTACK/env`.
+struct Stack {
+    imaps_port: u16,
+    smtps_port: u16,
+    ca: String,
+}
+
+fn stack() -> Stack {
+    let dir = std::env::var("POSTMASTER_BOT_MAILSTACK")
+        .unwrap_or_else(|_| "/tmp/postmaster-bot-mailstack".to_string());
+    let env_file = PathBuf::from(&dir).join("env");
+    let text = std::fs::read_to_string(&env_file).unwrap_or_else(|_| {
+        panic!(
+            "the test mail stack is not running ({} is missing): start it with `scripts/mailstack up` (as root), or run `scripts/test`, which starts it",
+            env_file.display()
+        )
+    });
+    let get = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("{key} missing in {}", env_file.display()))
+            .to_string()
+    };
+    let s = Stack {
+        imaps_port: get("MAILSTACK_IMAPS_PORT").parse().expect("port"),
+        smtps_port: get("MAILSTACK_SMTPS_PORT").parse().expect("port"),
+        ca: get("MAILSTACK_CA_CERT"),
+    };
+    if std::net::TcpStream::connect(("127.0.0.1", s.imaps_port)).is_err() {
+        panic!(
+            "the test mail stack is not answering on 127.0.0.1:{}: start it with `scripts/mailstack up` (as root)",
+            s.imaps_port
+        );
+    }
+    s
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A unique tag for this test's folders and ticket id.
+fn unique() -> String {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let t = postmaster_bot::clock::now() as u32 % 100_000;
+    format!("{:05}{:02}{:03}", t, n, std::process::id() % 1000)
+}
+
+struct Case {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    folder: String,
+    drafts: String,
+    review: String,
+    approved: String,
+    ticket: String,
+    stack: Stack,
+}
+
+fn setup(mode: &str, extra: &str) -> Case {
+    let stack = stack();
+    let tag = unique();
+    let folder = format!("t{tag}");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("config.toml");
+    let text = format!(
+        r#"mode = "{mode}"
+[identity]
+from = "Dana Whitfield <postmaster@example.net>"
+operator = "noc@example.net"
+message_id_domain = "postmaster.example.net"
+[trust]
+authserv_ids = ["mx1.example.net"]
+[state]
+path = "state.sqlite3"
+[policy]
+notify_on_open_case = false
+notify_on_close_case = false
+[mailbox]
+host = "127.0.0.1"
+port = {imaps}
+tls = "implicit"
+username = "postmaster@example.net"
+password_env = "PMB_TEST_PASSWORD"
+ca_file = "{ca}"
+folder = "{folder}"
+drafts_folder = "{folder}-Drafts"
+review_folder = "{folder}-Review"
+approved_folder = "{folder}-Approved"
+{extra}
+[smtp]
+host = "127.0.0.1"
+port = {smtps}
+tls = "implicit"
+username = "postmaster@example.net"
+password_env = "PMB_TEST_PASSWORD"
+ca_file = "{ca}"
+"#,
+        imaps = stack.imaps_port,
+        smtps = stack.smtps_port,
+        ca = stack.ca,
+    );
+    std::fs::write(&config, text).expect("write config");
+    let case = Case {
+        dir,
+        config,
+        drafts: format!("{folder}-Drafts"),
+        review: format!("{folder}-Review"),
+        approved: format!("{folder}-Approved"),
+        folder,
+        ticket: format!("SRX{}ID", &format!("17{tag}")[..10]),
+        stack,
+    };
+    block_on(async {
+        let mut imap = case.connect("postmaster@example.net").await;
+        for f in [&case.folder, &case.drafts, &case.review, &case.approved] {
+            imap.ensure_folder(f).await.expect("create folder");
+        }
+        imap.logout().await;
+    });
+    case
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(f)
+}
+
+impl Case {
+    async fn connect(&self, user: &str) -> Imap {
+        let cfg = config::parse(
+            &format!(
+                "[mailbox]\nhost = \"127.0.0.1\"\nport = {}\nusername = \"{user}\"\npassword_env = \"X\"\nca_file = \"{}\"\n",
+                self.stack.imaps_port, self.stack.ca
+            ),
+            "test",
+        )
+        .expect("valid")
+        .mailbox
+        .expect("mailbox");
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        Imap::connect(&cfg, &SecretString::from("password".to_string()))
+            .await
+            .expect("test IMAP login")
+    }
+
+    /// A corpus message made current: today's date, this test's ticket id, and the Microsoft
+    /// side's address the test stack knows.
+    fn fixture(&self, file: &str) -> Vec<u8> {
+        let raw = std::fs::read(fixtures().join("corpus").join(file)).expect("fixture");
+        let text = String::from_utf8_lossy(&raw)
+            .replace("SRX1569221851ID", &self.ticket)
+            .replace("srx1569221851id", &self.ticket.to_ascii_lowercase())
+            .replace("olcdeliverability@microsoft.com", "support@microsoft.com")
+            .replace("olc-noreply@microsoft.com", "support@microsoft.com");
+        let now = postmaster_bot::pipeline::render::rfc2822(postmaster_bot::clock::now());
+        let mut out = String::new();
+        for line in text.split_inclusive('\n') {
+            if line.starts_with("Date:") {
+                out.push_str(&format!("Date: {now}\n"));
+            } else {
+                out.push_str(line);
+            }
+        }
+        out.into_bytes()
+    }
+
+    fn deliver(&self, files: &[&str]) {
+        block_on(async {
+            let mut imap = self.connect("postmaster@example.net").await;
+            for f in files {
+                imap.append(&self.folder, "()", &self.fixture(f))
+                    .await
+                    .expect("append");
+            }
+            imap.logout().await;
+        });
+    }
+
+    fn bot(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_postmaster-bot"))
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("PMB_TEST_PASSWORD", "password")
+            .output()
+            .expect("binary runs")
+    }
+
+    fn run_once(&self) {
+        let o = self.bot(&[
+            "run",
+            "--once",
+            "--config",
+            &self.config.display().to_string(),
+        ]);
+        assert!(
+            o.status.success(),
+            "run --once failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+
+    fn messages(&self, user: &str, folder: &str) -> Vec<Vec<u8>> {
+        block_on(async {
+            let mut imap = self.connect(user).await;
+            imap.select(folder).await.expect("select");
+            let uids = imap.uids_after(0).await.expect("search");
+            let all = imap.fetch(&uids).await.expect("fetch");
+            imap.logout().await;
+            all.into_iter().map(|(_, b)| b).collect()
+        })
+    }
+
+    /// Replies to this test's ticket that reached the Microsoft side's INBOX.
+    fn delivered_replies(&self) -> Vec<mail_parser::Message<'static>> {
+        self.messages("support@microsoft.com", "INBOX")
+            .into_iter()
+            .filter_map(|b| {
+                mail_parser::MessageParser::default()
+                    .parse(&b)
+                    .map(|m| m.into_owned())
+            })
+            .filter(|m| m.subject().is_some_and(|s| s.contains(&self.ticket)))
+            .collect()
+    }
+
+    fn wait_for_replies(&self, n: usize) -> Vec<mail_parser::Message<'static>> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let got = self.delivered_replies();
+            if got.len() >= n || Instant::now() > deadline {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+const THREAD: [&str; 3] = ["d006.eml", "d007.eml", "d008.eml"];
+const REFUSAL_ID: &str =
+    "CH3PR21MB9986072BF6F670B8599A9D007CAB5A882C56@CH3PR21MB9986.namprd21.prod.outlook.com";
+
+#[test]
+fn draft_mode_produces_exactly_one_threaded_draft() {
+    let case = setup("draft", "");
+    case.deliver(&THREAD);
+    case.run_once();
+    case.run_once();
+    let drafts = case.messages("postmaster@example.net", &case.drafts);
+    assert_eq!(drafts.len(), 1, "one draft, even after a second run");
+    let draft = mail_parser::MessageParser::default()
+        .parse(&drafts[0])
+        .expect("parses");
+    assert_eq!(draft.in_reply_to().as_text(), Some(REFUSAL_ID));
+    assert!(draft
+        .subject()
+        .is_some_and(|s| s.starts_with("RE: ") && s.contains(&case.ticket)));
+    assert!(
+        case.delivered_replies().is_empty(),
+        "draft mode never sends"
+    );
+}
+
+#[test]
+fn auto_mode_sends_exactly_one_reply_on_the_thread() {
+    let case = setup("auto", "");
+    case.deliver(&THREAD);
+    case.run_once();
+    let replies = case.wait_for_replies(1);
+    assert_eq!(replies.len(), 1);
+    let reply = &replies[0];
+    assert_eq!(reply.in_reply_to().as_text(), Some(REFUSAL_ID));
+    let refs = reply
+        .references()
+        .as_text_list()
+        .map(|l| l.to_vec())
+        .unwrap_or_default();
+    assert_eq!(
+        refs.last().map(|r| r.as_ref()),
+        Some(REFUSAL_ID),
+        "{refs:?}"
+    );
+    assert!(reply.subject().is_some_and(|s| s.starts_with("RE: ")));
+    // Running again, and the same message delivered again, never produce a second reply.
+    case.deliver(&["d008.eml"]);
+    case.run_once();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(case.delivered_replies().len(), 1);
+}
+
+#[test]
+fn approve_mode_sends_nothing_until_approved_then_once() {
+    let case = setup("approve", "");
+    case.deliver(&THREAD);
+    case.run_once();
+    assert_eq!(
+        case.messages("postmaster@example.net", &case.review).len(),
+        1,
+        "mirrored for review"
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(
+        case.delivered_replies().is_empty(),
+        "nothing leaves without approval"
+    );
+    let config = case.config.display().to_string();
+    let list = case.bot(&["queue", "list", "--config", &config]);
+    let listing = String::from_utf8_lossy(&list.stdout).to_string();
+    let id = listing
+        .split_whitespace()
+        .next()
+        .and_then(|w| w.strip_prefix('#'))
+        .unwrap_or_else(|| panic!("no queued reply: {listing}"))
+        .to_string();
+    let ok = case.bot(&["queue", "approve", &id, "--config", &config]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let again = case.bot(&["queue", "approve", &id, "--config", &config]);
+    assert_eq!(again.status.code(), Some(2), "an approval applies once");
+    case.run_once();
+    case.run_once();
+    assert_eq!(case.wait_for_replies(1).len(), 1);
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(case.delivered_replies().len(), 1);
+}
+
+#[test]
+fn approve_by_moving_the_draft_sends_the_edited_text() {
+    let case = setup("approve", "");
+    case.deliver(&THREAD);
+    case.run_once();
+    let review = case.messages("postmaster@example.net", &case.review);
+    assert_eq!(review.len(), 1);
+    // The operator edits the draft and moves it into the approved folder.
+    let edited =
+        String::from_utf8_lossy(&review[0]).replace("Kind regards,", "Best regards from a human,");
+    block_on(async {
+        let mut imap = case.connect("postmaster@example.net").await;
+        imap.append(&case.approved, "(\\Draft)", edited.as_bytes())
+            .await
+            .expect("append");
+        imap.logout().await;
+    });
+    case.run_once();
+    let replies = case.wait_for_replies(1);
+    assert_eq!(replies.len(), 1);
+    assert!(replies[0]
+        .body_text(0)
+        .is_some_and(|b| b.contains("Best regards from a human")));
+    case.run_once();
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(case.delivered_replies().len(), 1);
+}
+
+fn time_until_draft(case: &Case, extra_wait: Duration) -> Duration {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_postmaster-bot"))
+        .args(["run", "--config", &case.config.display().to_string()])
+        .current_dir(case.dir.path())
+        .env("PMB_TEST_PASSWORD", "password")
+        .spawn()
+        .expect("daemon starts");
+    // Let it finish its first pass and start waiting.
+    std::thread::sleep(extra_wait);
+    let start = Instant::now();
+    case.deliver(&THREAD);
+    let deadline = start + Duration::from_secs(10);
+    let took = loop {
+        if !case
+            .messages("postmaster@example.net", &case.drafts)
+            .is_empty()
+        {
+            break start.elapsed();
+        }
+        if Instant::now() > deadline {
+            break Duration::from_secs(999);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // SIGTERM: the daemon stops cleanly.
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let status = child.wait().expect("daemon exits");
+    assert!(status.success(), "daemon exit status {status}");
+    took
+}
+
+#[test]
+fn idle_is_reissued_and_still_wakes_the_daemon() {
+    // The renewal (DONE, catch-up, IDLE again) happens twice before the mail arrives.
+    let case = setup("draft", "idle_renew_seconds = 5");
+    let took = time_until_draft(&case, Duration::from_millis(11_000));
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+}
+
+#[test]
+fn new_uidvalidity_rescans_without_a_second_reply() {
+    let case = setup("draft", "handled_keyword = \"$PostmasterBot\"");
+    case.deliver(&THREAD);
+    case.run_once();
+    assert_eq!(
+        case.messages("postmaster@example.net", &case.drafts).len(),
+        1
+    );
+    // Nothing was marked read; handled messages carry the keyword.
+    let flags = block_on(async {
+        let mut imap = case.connect("postmaster@example.net").await;
+        imap.select(&case.folder).await.expect("select");
+        let f = imap.flags().await.expect("flags");
+        imap.logout().await;
+        f
+    });
+    assert_eq!(flags.len(), 3);
+    for (_, f) in &flags {
+        assert!(!f.iter().any(|x| x.contains("Seen")), "{f:?}");
+        assert!(f.iter().any(|x| x.contains("PostmasterBot")), "{f:?}");
+    }
+    // The folder is recreated (a new UIDVALIDITY) and the same mail lands in it again.
+    block_on(async {
+        let mut imap = case.connect("postmaster@example.net").await;
+        imap.delete_folder(&case.folder).await.expect("delete");
+        imap.ensure_folder(&case.folder).await.expect("create");
+        imap.logout().await;
+    });
+    case.deliver(&THREAD);
+    case.run_once();
+    assert_eq!(
+        case.messages("postmaster@example.net", &case.drafts).len(),
+        1,
+        "no second draft"
+    );
+}
+
+#[test]
+fn idle_wakes_the_daemon_within_two_seconds() {
+    let case = setup("draft", "");
+    let took = time_until_draft(&case, Duration::from_millis(1500));
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+}
+
+#[test]
+fn without_idle_the_daemon_polls() {
+    let case = setup("draft", "idle = false\npoll_seconds = 1");
+    let took = time_until_draft(&case, Duration::from_millis(1500));
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+}
