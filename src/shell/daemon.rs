@@ -126,7 +126,12 @@ async fn session(
         imap.ensure_folder(&mailbox.approved_folder).await?;
     }
     loop {
-        catch_up(engine, store, mailbox, &mut imap).await?;
+        catch_up(engine, store, mailbox, &mut imap, shutdown).await?;
+        if *shutdown.borrow() {
+            info!("shutting down");
+            imap.logout().await;
+            return Ok(());
+        }
         if engine.config.mode == crate::pipeline::decide::Mode::Approve {
             collect_approvals(engine, store, mailbox, &mut imap).await?;
         }
@@ -163,7 +168,11 @@ async fn catch_up(
     store: &mut Store,
     mailbox: &MailboxConfig,
     imap: &mut Imap,
+    shutdown: &watch::Receiver<bool>,
 ) -> Result<(), DaemonError> {
+    if let Some(folder) = &mailbox.handled_folder {
+        imap.ensure_folder(folder).await?;
+    }
     let selected = imap.select(&mailbox.folder).await?;
     let key = format!("{}@{}/{}", mailbox.username, mailbox.host, mailbox.folder);
     let after = match sync::resume(store.cursor(&key)?, selected.uid_validity) {
@@ -179,6 +188,11 @@ async fn catch_up(
         return Ok(());
     }
     for chunk in uids.chunks(50) {
+        // A signal stops the catch-up between two messages; the cursor already covers the
+        // ones handled.
+        if *shutdown.borrow() {
+            return Ok(());
+        }
         for (uid, raw) in imap.fetch(chunk).await? {
             let now = crate::clock::now();
             let prepared = engine.prepare(&raw);
@@ -200,6 +214,11 @@ async fn catch_up(
                 imap.add_keyword(uid, keyword).await?;
             }
             store.set_cursor(&key, selected.uid_validity, uid)?;
+            if let Some(folder) = &mailbox.handled_folder {
+                if !imap.move_uid(uid, folder).await? {
+                    warn!(folder = %folder, "the server has neither MOVE nor UIDPLUS: handled mail stays where it is");
+                }
+            }
         }
     }
     Ok(())

@@ -472,6 +472,50 @@ impl Imap {
         })
     }
 
+    /// Moves a message of the selected folder: UID MOVE (RFC 6851), else UID COPY, then
+    /// \Deleted and UID EXPUNGE of that UID only (RFC 4315); never a bare EXPUNGE, which would
+    /// remove other clients' deleted mail.
+    pub async fn move_uid(&mut self, uid: u32, folder: &str) -> Result<bool, ImapError> {
+        let server = self.server.clone();
+        let has_move = self.has_capability("MOVE");
+        let has_uidplus = self.has_capability("UIDPLUS");
+        let session = self.session()?;
+        let err = |command: &str, source| ImapError::Command {
+            server: server.clone(),
+            command: command.to_string(),
+            source,
+        };
+        if has_move {
+            session
+                .uid_mv(uid.to_string(), folder)
+                .await
+                .map_err(|e| err("UID MOVE", e))?;
+            return Ok(true);
+        }
+        if !has_uidplus {
+            return Ok(false);
+        }
+        session
+            .uid_copy(uid.to_string(), folder)
+            .await
+            .map_err(|e| err("UID COPY", e))?;
+        session
+            .uid_store(uid.to_string(), "+FLAGS.SILENT (\\Deleted)")
+            .await
+            .map_err(|e| err("UID STORE", e))?
+            .try_collect::<Vec<_>>()
+            .await
+            .map_err(|e| err("UID STORE", e))?;
+        session
+            .uid_expunge(uid.to_string())
+            .await
+            .map_err(|e| err("UID EXPUNGE", e))?
+            .try_collect::<Vec<_>>()
+            .await
+            .map_err(|e| err("UID EXPUNGE", e))?;
+        Ok(true)
+    }
+
     /// Lets the server know we are alive and collects pending updates.
     pub async fn noop(&mut self) -> Result<(), ImapError> {
         let server = self.server.clone();

@@ -60,3 +60,39 @@ pub async fn resolve(source: &SecretSource) -> Result<SecretString, SecretError>
     };
     Ok(SecretString::from(text.trim().to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    fn resolve_now(source: SecretSource) -> Result<SecretString, SecretError> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(resolve(&source))
+    }
+
+    #[test]
+    fn file_and_command_sources_trim_the_newline() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "s3cret\n").expect("write");
+        let from_file = resolve_now(SecretSource::File(file)).expect("file");
+        assert_eq!(from_file.expose_secret(), "s3cret");
+        let from_cmd =
+            resolve_now(SecretSource::Command("printf 'hunter2\\n'".into())).expect("command");
+        assert_eq!(from_cmd.expose_secret(), "hunter2");
+    }
+
+    #[test]
+    fn errors_name_the_source_never_the_secret() {
+        let err = resolve_now(SecretSource::Env("PMB_SURELY_UNSET_VARIABLE".into())).unwrap_err();
+        assert!(err.to_string().contains("PMB_SURELY_UNSET_VARIABLE"));
+        let err = resolve_now(SecretSource::Command("exit 3".into())).unwrap_err();
+        assert!(err.to_string().contains("exit status"), "{err}");
+        let secret = SecretString::from("topsecret".to_string());
+        assert!(!format!("{secret:?}").contains("topsecret"));
+    }
+}

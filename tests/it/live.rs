@@ -450,6 +450,90 @@ fn new_uidvalidity_rescans_without_a_second_reply() {
 }
 
 #[test]
+fn handled_mail_can_be_moved_to_a_folder() {
+    let case = setup(
+        "draft",
+        &format!("handled_folder = \"t-handled-{}\"", unique()),
+    );
+    let handled = std::fs::read_to_string(&case.config)
+        .expect("config")
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("handled_folder = \"")
+                .map(|v| v.trim_end_matches('"').to_string())
+        })
+        .expect("handled folder");
+    case.deliver(&THREAD);
+    case.run_once();
+    assert!(case
+        .messages("postmaster@example.net", &case.folder)
+        .is_empty());
+    assert_eq!(case.messages("postmaster@example.net", &handled).len(), 3);
+    assert_eq!(
+        case.messages("postmaster@example.net", &case.drafts).len(),
+        1
+    );
+}
+
+#[test]
+fn starttls_works_for_imap_and_smtp() {
+    let case = setup("auto", "");
+    let env = std::fs::read_to_string(
+        PathBuf::from(
+            std::env::var("POSTMASTER_BOT_MAILSTACK")
+                .unwrap_or_else(|_| "/tmp/postmaster-bot-mailstack".into()),
+        )
+        .join("env"),
+    )
+    .expect("env");
+    let port = |k: &str| {
+        env.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .expect("port")
+            .to_string()
+    };
+    let text = std::fs::read_to_string(&case.config)
+        .expect("config")
+        .replacen(
+            &format!("port = {}\ntls = \"implicit\"", case.stack.imaps_port),
+            &format!("port = {}\ntls = \"starttls\"", port("MAILSTACK_IMAP_PORT")),
+            1,
+        )
+        .replacen(
+            &format!("port = {}\ntls = \"implicit\"", case.stack.smtps_port),
+            &format!("port = {}\ntls = \"starttls\"", port("MAILSTACK_SMTP_PORT")),
+            1,
+        );
+    assert_eq!(text.matches("starttls").count(), 2, "{text}");
+    std::fs::write(&case.config, text).expect("write");
+    case.deliver(&THREAD);
+    case.run_once();
+    assert_eq!(case.wait_for_replies(1).len(), 1);
+}
+
+#[test]
+fn an_untrusted_certificate_is_fatal_and_names_the_host() {
+    let case = setup("draft", "");
+    let text = std::fs::read_to_string(&case.config).expect("config");
+    let text: String = text
+        .lines()
+        .filter(|l| !l.starts_with("ca_file"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&case.config, text).expect("write");
+    let o = case.bot(&[
+        "run",
+        "--once",
+        "--config",
+        &case.config.display().to_string(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("127.0.0.1:") && err.contains("TLS"), "{err}");
+    assert!(!err.contains("password"), "{err}");
+}
+
+#[test]
 fn idle_wakes_the_daemon_within_two_seconds() {
     let case = setup("draft", "");
     let took = time_until_draft(&case, Duration::from_millis(1500));
