@@ -534,6 +534,71 @@ fn an_untrusted_certificate_is_fatal_and_names_the_host() {
 }
 
 #[test]
+fn notifications_follow_the_mode_and_sent_copies_only_where_configured() {
+    let with_ticket = |case: &Case, user: &str, folder: &str| {
+        case.messages(user, folder)
+            .into_iter()
+            .filter(|b| String::from_utf8_lossy(b).contains(&case.ticket))
+            .count()
+    };
+    // auto: the notification is mailed to the operator; the reply is copied to Sent.
+    let tag = unique();
+    let auto = setup("auto", &format!("sent_folder = \"t-sent-{tag}\""));
+    let policy = std::fs::read_to_string(&auto.config)
+        .expect("config")
+        .replace(
+            "notify_on_close_case = false",
+            "notify_on_close_case = false\nnotify_on_escalation = true",
+        );
+    std::fs::write(&auto.config, policy).expect("write");
+    block_on(async {
+        let mut imap = auto.connect("postmaster@example.net").await;
+        imap.ensure_folder(&format!("t-sent-{tag}"))
+            .await
+            .expect("create");
+        imap.logout().await;
+    });
+    auto.deliver(&THREAD);
+    auto.run_once();
+    assert_eq!(auto.wait_for_replies(1).len(), 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while with_ticket(&auto, "noc@example.net", "INBOX") == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        with_ticket(&auto, "noc@example.net", "INBOX"),
+        1,
+        "one notification mailed"
+    );
+    // Everything sent (the reply and the notification) is copied, as a mail client would.
+    assert_eq!(
+        auto.messages("postmaster@example.net", &format!("t-sent-{tag}"))
+            .len(),
+        2
+    );
+
+    // draft: the same notification is only a draft; nothing reaches the operator.
+    let draft = setup("draft", "");
+    let policy = std::fs::read_to_string(&draft.config)
+        .expect("config")
+        .replace(
+            "notify_on_close_case = false",
+            "notify_on_close_case = false\nnotify_on_escalation = true",
+        );
+    std::fs::write(&draft.config, policy).expect("write");
+    draft.deliver(&THREAD);
+    draft.run_once();
+    assert_eq!(
+        draft
+            .messages("postmaster@example.net", &draft.drafts)
+            .len(),
+        2
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(with_ticket(&draft, "noc@example.net", "INBOX"), 0);
+}
+
+#[test]
 fn idle_wakes_the_daemon_within_two_seconds() {
     let case = setup("draft", "");
     let took = time_until_draft(&case, Duration::from_millis(1500));
