@@ -10,7 +10,7 @@ use tracing::{info, warn};
 
 use crate::config::MailboxConfig;
 use crate::pipeline::sync::{self, Resume};
-use crate::shell::engine::{Engine, OutboxStatus};
+use crate::shell::engine::{Engine, HandleError, OutboxStatus};
 use crate::shell::imap::{Imap, ImapError, Wake};
 use crate::shell::secret::{self, SecretError};
 use crate::shell::smtp::{Smtp, SmtpError};
@@ -57,7 +57,9 @@ pub async fn run(
         .mailbox
         .clone()
         .ok_or(DaemonError::NoMailbox)?;
+    // In draft mode nothing may ever be sent, so no SMTP client is even built.
     let smtp = match &engine.config.smtp {
+        Some(_) if engine.config.mode == crate::pipeline::decide::Mode::Draft => None,
         Some(cfg) => {
             let password = match &cfg.password {
                 Some(src) => Some(secret::resolve(src).await?),
@@ -199,6 +201,9 @@ async fn catch_up(
             let source = format!("{}/{uid}", mailbox.folder);
             match engine.apply(store, &source, &prepared, now, OutboxStatus::Pending) {
                 Ok(_) => {}
+                // The store failing is no fault of the message: stop before the cursor moves,
+                // so the message is read again once the store is back.
+                Err(HandleError::Store(e)) => return Err(e.into()),
                 Err(e) => {
                     warn!(uid, error = %e, "message quarantined");
                     store.quarantine(
@@ -288,17 +293,13 @@ async fn send(
 ) -> Result<(), DaemonError> {
     let now = crate::clock::now();
     let Some(smtp) = smtp else {
-        store.transition_outbox(
-            item.id,
-            from_status,
-            "held",
-            Some("no [smtp] section configured"),
-            now,
-        )?;
-        warn!(
-            outbox = item.id,
-            "cannot send: no [smtp] section configured"
-        );
+        let reason = if engine.config.mode == crate::pipeline::decide::Mode::Draft {
+            "draft mode: nothing is sent"
+        } else {
+            "no [smtp] section configured"
+        };
+        store.transition_outbox(item.id, from_status, "held", Some(reason), now)?;
+        warn!(outbox = item.id, reason, "not sent; held for the operator");
         return Ok(());
     };
     // Recorded before the first SMTP byte: a crash from here on leaves `sending`, which is

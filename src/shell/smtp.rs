@@ -51,6 +51,12 @@ impl Smtp {
             message,
         };
         let mut params = TlsParameters::builder(cfg.host.clone());
+        // lettre brings Mozilla's roots; the system store is added like for IMAP.
+        for der in crate::shell::tls::system_roots() {
+            if let Ok(cert) = Certificate::from_der(der.to_vec()) {
+                params = params.add_root_certificate(cert);
+            }
+        }
         if let Some(path) = &cfg.ca_file {
             let pem = std::fs::read(path)
                 .map_err(|e| setup(format!("failed to read CA file {}: {e}", path.display())))?;

@@ -1,5 +1,6 @@
-//! TLS client settings shared by IMAP and SMTP: rustls with the ring provider, Mozilla's roots
-//! plus an optional CA file. Certificate errors are fatal; nothing is ever downgraded.
+//! TLS client settings shared by IMAP and SMTP: rustls with the ring provider, trusting the
+//! system's certificate store, Mozilla's roots (for hosts without a store) and an optional CA
+//! file. Certificate errors are fatal; nothing is ever downgraded.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -33,10 +34,16 @@ pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsSetu
     Ok(certs)
 }
 
-/// A rustls client config trusting Mozilla's roots and the certificates in `ca_file`.
+/// The system's trusted certificates (unreadable entries are skipped: they cannot be trusted).
+pub fn system_roots() -> Vec<CertificateDer<'static>> {
+    rustls_native_certs::load_native_certs().certs
+}
+
+/// A rustls client config trusting the system store, Mozilla's roots and `ca_file`.
 pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsSetupError> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let _ = roots.add_parsable_certificates(system_roots());
     if let Some(path) = ca_file {
         for cert in read_ca_file(path)? {
             roots.add(cert)?;
