@@ -62,9 +62,18 @@ pub fn message_id(seed: &str, now: i64, domain: &str) -> String {
 
 const MAX_REFERENCES: usize = 20;
 
-/// The subject of a reply: `RE: ` + the parent's, keeping the ticket id visible.
+static GATEWAY_TAG: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+    regex::Regex::new(
+        r"(?i)^(?:\[(?:external|ext|extern|externe?|caution|warning|suspicious|spam\??)\]\s*|\*{1,2}external\*{1,2}\s*|external:\s*)+",
+    )
+    .expect("static regex is valid")
+});
+
+/// The subject of a reply: `RE: ` + the parent's, keeping the ticket id visible. Tags our own
+/// mail gateway put in front (`[EXTERNAL]`) are not sent back to Microsoft.
 pub fn reply_subject(parent_subject: &str, ticket_id: Option<&str>) -> String {
-    let trimmed = parent_subject.trim();
+    let trimmed = GATEWAY_TAG.replace(parent_subject.trim(), "");
+    let trimmed = trimmed.trim();
     let lower = trimmed.to_ascii_lowercase();
     let mut subject = if ["re:", "aw:", "sv:", "antw:", "r:"]
         .iter()

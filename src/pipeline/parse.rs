@@ -200,15 +200,20 @@ fn collect_parts(message: &Message<'_>, inbound: &mut Inbound, budget: &mut usiz
                 .damage
                 .push(format!("part {part_id}: content could not be decoded"));
         }
-        if let Some(text) = message.body_text(pos) {
-            texts.push(text.into_owned());
+        match &part.body {
+            PartType::Html(html) => texts.push(html_to_text(html)),
+            _ => {
+                if let Some(text) = message.body_text(pos) {
+                    texts.push(text.into_owned());
+                }
+            }
         }
     }
     // An HTML-only message whose HTML did not land in text_body (e.g. attached HTML).
     if texts.is_empty() {
         for pos in 0..message.html_body.len() {
             if let Some(html) = message.body_html(pos) {
-                texts.push(mail_parser::decoders::html::html_to_text(&html));
+                texts.push(html_to_text(&html));
             }
         }
     }
@@ -255,6 +260,18 @@ fn collect_parts(message: &Message<'_>, inbound: &mut Inbound, budget: &mut usiz
             _ => {}
         }
     }
+}
+
+static BLOCK_TAG: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+    regex::Regex::new(r"(?i)<(/?(?:tr|td|th|div|li|ul|ol|table|h[1-6]|p|blockquote))\b")
+        .expect("static regex is valid")
+});
+
+/// HTML to text with a line break at every block element, so that a result table keeps one
+/// heading or IP per line (mail-parser breaks only at `<br>` and `</p>`).
+fn html_to_text(html: &str) -> String {
+    let broken = BLOCK_TAG.replace_all(html, "<br><$1");
+    mail_parser::decoders::html::html_to_text(&broken)
 }
 
 fn is_attachment(part: &mail_parser::MessagePart<'_>) -> bool {

@@ -133,3 +133,14 @@ fn variants_replies_and_notifications() {
         insta::assert_snapshot!(name, text);
     }
 }
+
+#[test]
+fn html_only_mixed_table_escalates_only_the_refused_ip() {
+    let mail = produced_mail("variants");
+    let (_, reply) = mail
+        .iter()
+        .find(|(n, _)| n == "variants-v26-escalation_reply")
+        .expect("escalation reply for v26");
+    assert!(reply.contains("mail from 198.51.100.161 to"), "{reply}");
+    assert!(!reply.contains("198.51.100.160"), "{reply}");
+}
