@@ -127,6 +127,7 @@ async fn session(
         imap.ensure_folder(&mailbox.review_folder).await?;
         imap.ensure_folder(&mailbox.approved_folder).await?;
     }
+    settle_uncertain(store, mailbox, &mut imap).await?;
     loop {
         catch_up(engine, store, mailbox, &mut imap, shutdown).await?;
         if *shutdown.borrow() {
@@ -347,6 +348,61 @@ async fn send(
                 crate::clock::now(),
             )?;
             warn!(outbox = item.id, error = %e, "send refused; held for the operator");
+        }
+    }
+    Ok(())
+}
+
+/// Rows left in `sending` by a crash or a lost connection after DATA may or may not have left.
+/// They are never resent blindly: found in the Sent folder they are `sent`; otherwise they go
+/// to the approval queue with the reason, where a person decides.
+async fn settle_uncertain(
+    store: &mut Store,
+    mailbox: &MailboxConfig,
+    imap: &mut Imap,
+) -> Result<(), DaemonError> {
+    let uncertain = store.outbox_items("sending")?;
+    if uncertain.is_empty() {
+        return Ok(());
+    }
+    let sent_folder = match &mailbox.sent_folder {
+        Some(f) => Some(f.clone()),
+        None => imap.special_use("\\Sent").await?,
+    };
+    let now = crate::clock::now();
+    for item in uncertain {
+        let mut found = false;
+        if let Some(folder) = &sent_folder {
+            if imap.select(folder).await.is_ok() {
+                found = imap.has_message_id(&item.message_id).await?;
+            }
+        }
+        if found {
+            store.transition_outbox(
+                item.id,
+                "sending",
+                "sent",
+                Some("found in the Sent folder after a restart"),
+                now,
+            )?;
+            note(
+                store,
+                &item,
+                now,
+                "found in the Sent folder after a restart",
+            )?;
+            info!(
+                outbox = item.id,
+                "uncertain send found in Sent: marked sent"
+            );
+        } else {
+            let reason = "fate uncertain: the bot stopped during the send; check the recipient's copy before approving";
+            store.transition_outbox(item.id, "sending", "awaiting_approval", Some(reason), now)?;
+            note(store, &item, now, reason)?;
+            warn!(
+                outbox = item.id,
+                "uncertain send queued for a person; never resent automatically"
+            );
         }
     }
     Ok(())

@@ -247,6 +247,22 @@ impl Imap {
         })
     }
 
+    /// Whether the selected folder holds a message with this Message-ID.
+    pub async fn has_message_id(&mut self, message_id: &str) -> Result<bool, ImapError> {
+        let server = self.server.clone();
+        let quoted = format!("<{}>", message_id.replace(['"', '\\'], ""));
+        let session = self.session()?;
+        let found = session
+            .uid_search(format!("HEADER Message-ID \"{quoted}\""))
+            .await
+            .map_err(|source| ImapError::Command {
+                server,
+                command: "UID SEARCH HEADER Message-ID".into(),
+                source,
+            })?;
+        Ok(!found.is_empty())
+    }
+
     /// UIDs above `after` in the selected folder, ascending.
     pub async fn uids_after(&mut self, after: u32) -> Result<Vec<u32>, ImapError> {
         let query = format!("UID {}:*", after.saturating_add(1));

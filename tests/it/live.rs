@@ -611,3 +611,60 @@ fn without_idle_the_daemon_polls() {
     let took = time_until_draft(&case, Duration::from_millis(1500));
     assert!(took < Duration::from_secs(3), "took {took:?}");
 }
+
+/// Puts every sent row back into `sending`, as a crash between DATA and the 250 would leave it.
+fn simulate_crash_during_send(case: &Case) -> usize {
+    let db = rusqlite::Connection::open(case.dir.path().join("state.sqlite3")).expect("state");
+    db.execute(
+        "UPDATE outbox SET status = 'sending' WHERE status = 'sent'",
+        [],
+    )
+    .expect("update")
+}
+
+#[test]
+fn an_uncertain_send_is_never_resent_automatically() {
+    // Without a copy in Sent, the row goes to a person.
+    let case = setup("auto", "");
+    case.deliver(&THREAD);
+    case.run_once();
+    assert_eq!(case.wait_for_replies(1).len(), 1);
+    assert_eq!(simulate_crash_during_send(&case), 1);
+    case.run_once();
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(case.delivered_replies().len(), 1, "not resent");
+    let list = case.bot(&[
+        "queue",
+        "list",
+        "--config",
+        &case.config.display().to_string(),
+    ]);
+    assert!(String::from_utf8_lossy(&list.stdout).contains("escalation_reply"));
+
+    // With the copy in Sent, it is recognised as sent.
+    let tag = unique();
+    let case = setup("auto", &format!("sent_folder = \"t-sent-{tag}\""));
+    block_on(async {
+        let mut imap = case.connect("postmaster@example.net").await;
+        imap.ensure_folder(&format!("t-sent-{tag}"))
+            .await
+            .expect("create");
+        imap.logout().await;
+    });
+    case.deliver(&THREAD);
+    case.run_once();
+    assert_eq!(case.wait_for_replies(1).len(), 1);
+    assert_eq!(simulate_crash_during_send(&case), 1);
+    case.run_once();
+    let db = rusqlite::Connection::open(case.dir.path().join("state.sqlite3")).expect("state");
+    let sent: i64 = db
+        .query_row(
+            "SELECT count(*) FROM outbox WHERE status = 'sent'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert_eq!(sent, 1);
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(case.delivered_replies().len(), 1, "not resent");
+}
