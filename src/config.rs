@@ -314,6 +314,17 @@ pub struct RawPolicy {
     pub notify_on_escalation: Option<bool>,
     pub mark_replies_auto_submitted: Option<bool>,
     pub max_reply_age_days: Option<u32>,
+    pub max_replies_per_hour: Option<u32>,
+    pub min_hours_between_replies: Option<u32>,
+}
+
+/// Persistent limits on replies to Microsoft, counted from the store.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplyLimits {
+    /// Replies (all tickets together) per rolling hour.
+    pub max_replies_per_hour: u32,
+    /// Hours between two replies on one case.
+    pub min_hours_between_replies: u32,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -338,6 +349,7 @@ pub struct Config {
     pub limits: Limits,
     /// Replies to messages older than this are held, not sent (first runs over old mail).
     pub max_reply_age_days: u32,
+    pub reply_limits: ReplyLimits,
     pub mailbox: Option<MailboxConfig>,
     pub smtp: Option<SmtpConfig>,
 }
@@ -515,6 +527,10 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         .transpose()?;
     Ok(Config {
         max_reply_age_days: p.max_reply_age_days.unwrap_or(7),
+        reply_limits: ReplyLimits {
+            max_replies_per_hour: p.max_replies_per_hour.unwrap_or(10),
+            min_hours_between_replies: p.min_hours_between_replies.unwrap_or(24),
+        },
         mailbox,
         smtp,
         origin: origin.to_string(),

@@ -132,6 +132,7 @@ impl Default for NotifyOn {
 ///
 /// `stale` says the message is older than the configured reply age (for example on a first
 /// run over an old mailbox): its reply is held rather than sent to a ticket long closed.
+/// `cap` names a persistent limit the reply would exceed; it is then held with that reason.
 pub fn plan(
     transition: &Transition,
     verdict: Option<&Verdict>,
@@ -139,6 +140,7 @@ pub fn plan(
     notify_on: NotifyOn,
     has_operator: bool,
     stale: bool,
+    cap: Option<&str>,
 ) -> Vec<Planned> {
     let mut out = Vec::new();
     let reply = match transition.action {
@@ -150,6 +152,10 @@ pub fn plan(
         let disposition = match reply_guard(transition, verdict, mode) {
             Disposition::Send | Disposition::Draft | Disposition::Queue if stale => {
                 Disposition::Hold("message too old to answer automatically".to_string())
+            }
+            // A draft cannot leave by itself, so only what could be sent is capped.
+            Disposition::Send | Disposition::Queue if cap.is_some() => {
+                Disposition::Hold(cap.unwrap_or_default().to_string())
             }
             d => d,
         };
@@ -267,7 +273,7 @@ mod tests {
 
     #[track_caller]
     fn check(t: &Transition, v: Option<&Verdict>, mode: Mode, expect: &[(&str, &str)]) {
-        let got: Vec<(&str, &str)> = plan(t, v, mode, NotifyOn::default(), true, false)
+        let got: Vec<(&str, &str)> = plan(t, v, mode, NotifyOn::default(), true, false, None)
             .iter()
             .map(|p| (p.template.name(), p.disposition.as_str()))
             .collect();
@@ -305,8 +311,46 @@ mod tests {
     fn stale_messages_are_never_answered_automatically() {
         let t = transition(Action::DraftEscalationReply, Some("support@microsoft.com"));
         let v = verdict(true, Origin::Microsoft);
-        let p = plan(&t, Some(&v), Mode::Auto, NotifyOn::default(), true, true);
+        let p = plan(
+            &t,
+            Some(&v),
+            Mode::Auto,
+            NotifyOn::default(),
+            true,
+            true,
+            None,
+        );
         assert_eq!(p[0].disposition.as_str(), "hold");
+    }
+
+    #[test]
+    fn a_cap_holds_what_could_be_sent_but_not_drafts() {
+        let t = transition(Action::DraftEscalationReply, Some("support@microsoft.com"));
+        let v = verdict(true, Origin::Microsoft);
+        let cap = Some("global reply limit reached");
+        let p = plan(
+            &t,
+            Some(&v),
+            Mode::Auto,
+            NotifyOn::default(),
+            true,
+            false,
+            cap,
+        );
+        assert_eq!(
+            p[0].disposition,
+            Disposition::Hold("global reply limit reached".into())
+        );
+        let p = plan(
+            &t,
+            Some(&v),
+            Mode::Draft,
+            NotifyOn::default(),
+            true,
+            false,
+            cap,
+        );
+        assert_eq!(p[0].disposition, Disposition::Draft);
     }
 
     #[test]
@@ -319,7 +363,15 @@ mod tests {
             Mode::Approve,
             &[("operator_notification", "send")],
         );
-        let held = plan(&t, None, Mode::Auto, NotifyOn::default(), false, false);
+        let held = plan(
+            &t,
+            None,
+            Mode::Auto,
+            NotifyOn::default(),
+            false,
+            false,
+            None,
+        );
         assert_eq!(held[0].disposition.as_str(), "hold");
     }
 }

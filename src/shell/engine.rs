@@ -178,6 +178,26 @@ impl Engine {
         let stale = inbound
             .date
             .is_some_and(|d| now.saturating_sub(d) > max_age);
+        let limits = &self.config.reply_limits;
+        let cap = if tx.replies_since(now - 3600)? >= i64::from(limits.max_replies_per_hour) {
+            Some(format!(
+                "global reply limit reached ({} per hour)",
+                limits.max_replies_per_hour
+            ))
+        } else {
+            match transition.case.as_ref() {
+                Some(c) => tx.last_reply_at(c.id)?.and_then(|last| {
+                    let gap = i64::from(limits.min_hours_between_replies) * 3600;
+                    (now.saturating_sub(last) < gap).then(|| {
+                        format!(
+                            "a reply went out on this case less than {} hours ago",
+                            limits.min_hours_between_replies
+                        )
+                    })
+                }),
+                None => None,
+            }
+        };
         let plans = decide::plan(
             &transition,
             Some(verdict),
@@ -185,6 +205,7 @@ impl Engine {
             self.config.notify_on,
             self.config.identity.operator.is_some(),
             stale,
+            cap.as_deref(),
         );
         let seed = inbound
             .message_id

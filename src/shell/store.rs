@@ -643,6 +643,32 @@ impl StoreTx<'_> {
         Ok(None)
     }
 
+    /// Replies to Microsoft planned since `since` (any status but held, rejected or replayed):
+    /// the persistent count behind the global rate limit.
+    pub fn replies_since(&self, since: i64) -> Result<i64, StoreError> {
+        self.tx
+            .query_row(
+                "SELECT count(*) FROM outbox WHERE template != 'operator_notification'
+                 AND created_at >= ?1 AND status NOT IN ('held', 'rejected', 'replayed')",
+                [since],
+                |r| r.get(0),
+            )
+            .map_err(sql(&self.path))
+    }
+
+    /// When the latest reply on a case was planned, if any.
+    pub fn last_reply_at(&self, case_id: CaseId) -> Result<Option<i64>, StoreError> {
+        self.tx
+            .query_row(
+                "SELECT max(created_at) FROM outbox WHERE case_id = ?1
+                 AND template != 'operator_notification'
+                 AND status NOT IN ('held', 'rejected', 'replayed')",
+                [case_id],
+                |r| r.get(0),
+            )
+            .map_err(sql(&self.path))
+    }
+
     /// Stores a case: inserts it when its id is 0 and returns the id.
     pub fn save_case(&self, case: &mut Case) -> Result<CaseId, StoreError> {
         let path = &self.path;

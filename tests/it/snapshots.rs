@@ -86,7 +86,15 @@ fn followup_after_a_silent_week() {
     assert_eq!(early.action, case::Action::None);
     let t = case::tick(&case, policy, week_later);
     assert_eq!(t.action, case::Action::DraftFollowup);
-    let plans = decide::plan(&t, None, Mode::Approve, NotifyOn::default(), true, false);
+    let plans = decide::plan(
+        &t,
+        None,
+        Mode::Approve,
+        NotifyOn::default(),
+        true,
+        false,
+        None,
+    );
     assert_eq!(plans[0].disposition, decide::Disposition::Queue);
     let ctx = render::context(
         &t,
