@@ -76,6 +76,35 @@ fn load_config(path: Option<&Path>) -> Result<Config> {
     }
 }
 
+/// Password files others can read get a warning: the bot reads them, nobody else should.
+fn warn_readable_secrets(config: &Config) -> Vec<String> {
+    let mut warnings = Vec::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let files = [
+            config.mailbox.as_ref().map(|m| &m.password),
+            config.smtp.as_ref().and_then(|s| s.password.as_ref()),
+        ];
+        for source in files.into_iter().flatten() {
+            if let config::SecretSource::File(path) = source {
+                if let Ok(meta) = std::fs::metadata(path) {
+                    if meta.permissions().mode() & 0o077 != 0 {
+                        let w = format!(
+                            "password file {} is readable by others (mode {:o}): chmod 600 it",
+                            path.display(),
+                            meta.permissions().mode() & 0o777
+                        );
+                        tracing::warn!("{w}");
+                        warnings.push(w);
+                    }
+                }
+            }
+        }
+    }
+    warnings
+}
+
 fn warn_untrusted(config: &Config) {
     if config.classify.authserv_ids.is_empty() {
         tracing::warn!(
@@ -212,6 +241,7 @@ fn run_daemon(path: &Path, once: bool, mode: Option<ModeArg>) -> Result<ExitCode
         };
     }
     warn_untrusted(&config);
+    warn_readable_secrets(&config);
     if config.mailbox.is_none() {
         return Err(UsageError(format!(
             "config {}: a [mailbox] section is required to run",
@@ -470,6 +500,9 @@ fn check_config(path: &Path, out: &mut dyn Write) -> Result<ExitCode> {
             out,
             "  warning: [trust] authserv_ids is empty: no message will count as Microsoft's"
         )?;
+    }
+    for w in warn_readable_secrets(&config) {
+        writeln!(out, "  warning: {w}")?;
     }
     if config.identity.operator.as_deref() == Some(config.identity.address.as_str()) {
         writeln!(

@@ -221,3 +221,41 @@ fn example_config_in_repo_is_valid() {
         assert!(o.status.success(), "{config}: {}", stderr(&o));
     }
 }
+
+#[test]
+fn readable_password_files_are_flagged_and_the_state_file_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pw = dir.path().join("imap-password");
+    std::fs::write(&pw, "secret\n").expect("write");
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        "[trust]\nauthserv_ids = [\"mx1.example.net\"]\n[mailbox]\nhost = \"imap.example.net\"\nusername = \"pm\"\npassword_file = \"imap-password\"\n",
+    )
+    .expect("write");
+    let o = bot(&["check-config", "--config", &config.display().to_string()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(
+        text.contains("imap-password is readable by others"),
+        "{text}"
+    );
+    assert!(!text.contains("secret\n") && !stderr(&o).contains("secret\n"));
+
+    let state = dir.path().join("state.sqlite3");
+    let o = bot(&[
+        "replay",
+        "--state",
+        &state.display().to_string(),
+        "examples/thread",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mode = std::fs::metadata(&state)
+        .expect("state exists")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+}

@@ -87,6 +87,46 @@ fn garbage_is_data_not_a_crash() {
     }
 }
 
+#[test]
+fn hostile_shapes_are_handled_in_bounded_text() {
+    let limits = Limits {
+        max_text_bytes: 1024 * 1024,
+    };
+    // 50 MB body: truncated, reported.
+    let mut big = b"From: a@b.example\nSubject: big\n\n".to_vec();
+    big.extend(std::iter::repeat_n(b'x', 50 * 1024 * 1024));
+    let m = parse(&big, limits);
+    assert!(m.truncated && m.body.len() <= limits.max_text_bytes);
+    // 500 levels of nested multiparts and of nested messages.
+    let mut nested = String::from("leaf\n");
+    for i in 0..500 {
+        nested = format!(
+            "Content-Type: multipart/mixed; boundary=\"b{i}\"\n\n--b{i}\n{nested}\n--b{i}--\n"
+        );
+    }
+    let _ = parse(format!("Subject: n\n{nested}").as_bytes(), limits);
+    let mut rfc822 = String::from("leaf\n");
+    for i in 0..500 {
+        rfc822 = format!("Content-Type: message/rfc822\n\nSubject: level {i}\n{rfc822}");
+    }
+    let _ = parse(format!("Subject: n\n{rfc822}").as_bytes(), limits);
+    // A 100 KB header line, NUL bytes, invalid UTF-8 in headers, broken base64.
+    let long = format!(
+        "Subject: {}\nX-Long: {}\n\nbody\n",
+        "A".repeat(100_000),
+        "192.0.2.1 ".repeat(10_000)
+    );
+    assert_eq!(parse(long.as_bytes(), limits).subject.len(), 100_000);
+    let m = parse(
+        b"From: a@b\x00.example\nSubject: n\x00ul \xff\xfe\n\nbo\x00dy 192.0.2.5\n",
+        limits,
+    );
+    assert!(m.body.contains("192.0.2.5"));
+    let raw = b"Subject: b\nContent-Transfer-Encoding: base64\n\n!!!!not base64 at all====\n";
+    let m = parse(raw, limits);
+    assert_eq!(m.size, raw.len());
+}
+
 fn corpus_sample() -> Vec<Vec<u8>> {
     vec![
         include_bytes!("../../../tests/fixtures/corpus/d006.eml").to_vec(),
