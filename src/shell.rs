@@ -4,6 +4,7 @@
 
 pub mod daemon;
 pub mod engine;
+pub mod failpoint;
 pub mod imap;
 pub mod replay;
 pub mod secret;

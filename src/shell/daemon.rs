@@ -197,6 +197,7 @@ async fn catch_up(
             return Ok(());
         }
         for (uid, raw) in imap.fetch(chunk).await? {
+            crate::shell::failpoint::hit("after_fetch");
             let now = crate::clock::now();
             let prepared = engine.prepare(&raw);
             let source = format!("{}/{uid}", mailbox.folder);
@@ -219,6 +220,7 @@ async fn catch_up(
             if let Some(keyword) = &mailbox.handled_keyword {
                 imap.add_keyword(uid, keyword).await?;
             }
+            crate::shell::failpoint::hit("before_cursor");
             store.set_cursor(&key, selected.uid_validity, uid)?;
             if let Some(folder) = &mailbox.handled_folder {
                 if !imap.move_uid(uid, folder).await? {
@@ -308,6 +310,7 @@ async fn send(
     if !store.transition_outbox(item.id, from_status, "sending", None, now)? {
         return Ok(());
     }
+    crate::shell::failpoint::hit("before_smtp");
     match smtp
         .send(
             &engine.config.identity.address,
@@ -317,6 +320,7 @@ async fn send(
         .await
     {
         Ok(()) => {
+            crate::shell::failpoint::hit("after_250");
             store.transition_outbox(item.id, "sending", "sent", None, crate::clock::now())?;
             note(
                 store,

@@ -323,7 +323,9 @@ impl Engine {
             },
             now,
         )?;
+        crate::shell::failpoint::hit("before_commit");
         tx.commit()?;
+        crate::shell::failpoint::hit("after_commit");
 
         let case_id = transition.case.as_ref().map(|c| c.id);
         info!(

@@ -668,3 +668,72 @@ fn an_uncertain_send_is_never_resent_automatically() {
     std::thread::sleep(Duration::from_millis(1000));
     assert_eq!(case.delivered_replies().len(), 1, "not resent");
 }
+
+/// Kills the bot at each step of handling a message, restarts it, and checks that no reply went
+/// out twice, none was lost without a record, and the case survived.
+#[test]
+fn a_crash_at_any_step_never_sends_twice_or_loses_the_reply() {
+    // (failpoint, replies delivered after the restart)
+    let steps = [
+        ("after_fetch", 1),
+        ("before_commit", 1),
+        ("after_commit", 1),
+        ("before_cursor", 1),
+        ("before_smtp", 0),
+        ("after_250", 1),
+    ];
+    for (point, expected) in steps {
+        let case = setup("auto", "");
+        case.deliver(&THREAD);
+        let crashed = Command::new(env!("CARGO_BIN_EXE_postmaster-bot"))
+            .args([
+                "run",
+                "--once",
+                "--config",
+                &case.config.display().to_string(),
+            ])
+            .current_dir(case.dir.path())
+            .env("PMB_TEST_PASSWORD", "password")
+            .env("POSTMASTER_BOT_FAILPOINT", point)
+            .output()
+            .expect("binary runs");
+        assert!(
+            !crashed.status.success(),
+            "{point}: the failpoint did not fire"
+        );
+        case.run_once();
+        case.run_once();
+        let replies = case.wait_for_replies(expected);
+        std::thread::sleep(Duration::from_millis(800));
+        assert_eq!(
+            case.delivered_replies().len(),
+            expected,
+            "{point}: replies delivered"
+        );
+        assert!(replies.len() <= 1, "{point}: sent twice");
+        let db = rusqlite::Connection::open(case.dir.path().join("state.sqlite3")).expect("state");
+        let (rows, cases): (i64, i64) = db
+            .query_row(
+                "SELECT (SELECT count(*) FROM outbox WHERE template = 'escalation_reply'),
+                        (SELECT count(*) FROM cases WHERE ticket_id = ?1)",
+                [&case.ticket],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .expect("query");
+        assert_eq!(rows, 1, "{point}: exactly one reply on record");
+        assert_eq!(cases, 1, "{point}: the case survived");
+        if expected == 0 {
+            let status: String = db
+                .query_row(
+                    "SELECT status FROM outbox WHERE template = 'escalation_reply'",
+                    [],
+                    |r| r.get(0),
+                )
+                .expect("status");
+            assert_eq!(
+                status, "awaiting_approval",
+                "{point}: an unsent reply waits for a person"
+            );
+        }
+    }
+}
