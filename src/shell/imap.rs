@@ -33,7 +33,12 @@ pub enum ImapError {
         source: std::io::Error,
     },
     #[error("TLS with {server} failed: {message}")]
-    Tls { server: String, message: String },
+    Tls {
+        server: String,
+        message: String,
+        /// The connection dropped during the handshake (not a certificate or protocol error).
+        transient: bool,
+    },
     #[error(transparent)]
     TlsSetup(#[from] TlsSetupError),
     #[error("{server} does not offer STARTTLS: {message}")]
@@ -62,13 +67,13 @@ pub enum ImapError {
 impl ImapError {
     /// Whether reconnecting later can help; a login or TLS failure needs a config change.
     pub fn is_transient(&self) -> bool {
-        !matches!(
-            self,
-            ImapError::Login { .. }
-                | ImapError::Tls { .. }
-                | ImapError::TlsSetup(_)
-                | ImapError::NoStartTls { .. }
-        )
+        match self {
+            ImapError::Tls { transient, .. } => *transient,
+            ImapError::Login { .. } | ImapError::TlsSetup(_) | ImapError::NoStartTls { .. } => {
+                false
+            }
+            _ => true,
+        }
     }
 }
 
@@ -116,9 +121,13 @@ impl Imap {
         let name = ServerName::try_from(cfg.host.clone()).map_err(|e| ImapError::Tls {
             server: server.clone(),
             message: e.to_string(),
+            transient: false,
         })?;
+        // rustls reports certificate and protocol errors as InvalidData; anything else is the
+        // connection going away during the handshake.
         let tls_err = |e: std::io::Error| ImapError::Tls {
             server: server.clone(),
+            transient: e.kind() != std::io::ErrorKind::InvalidData,
             message: e.to_string(),
         };
         let closed = || ImapError::Closed {

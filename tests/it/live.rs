@@ -15,9 +15,9 @@ use secrecy::SecretString;
 use crate::support::fixtures;
 
 /// The running mail stack, from `$POSTMASTER_BOT_MAILSTACK/env`.
-struct Stack {
-    imaps_port: u16,
-    smtps_port: u16,
+pub(crate) struct Stack {
+    pub(crate) imaps_port: u16,
+    pub(crate) smtps_port: u16,
     ca: String,
 }
 
@@ -60,18 +60,18 @@ fn unique() -> String {
     format!("{:05}{:02}{:03}", t, n, std::process::id() % 1000)
 }
 
-struct Case {
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    folder: String,
-    drafts: String,
+pub(crate) struct Case {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) config: PathBuf,
+    pub(crate) folder: String,
+    pub(crate) drafts: String,
     review: String,
     approved: String,
     ticket: String,
-    stack: Stack,
+    pub(crate) stack: Stack,
 }
 
-fn setup(mode: &str, extra: &str) -> Case {
+pub(crate) fn setup(mode: &str, extra: &str) -> Case {
     let stack = stack();
     let tag = unique();
     let folder = format!("t{tag}");
@@ -135,7 +135,7 @@ ca_file = "{ca}"
     case
 }
 
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
+pub(crate) fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -144,7 +144,7 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 }
 
 impl Case {
-    async fn connect(&self, user: &str) -> Imap {
+    pub(crate) async fn connect(&self, user: &str) -> Imap {
         let cfg = config::parse(
             &format!(
                 "[mailbox]\nhost = \"127.0.0.1\"\nport = {}\nusername = \"{user}\"\npassword_env = \"X\"\nca_file = \"{}\"\n",
@@ -163,7 +163,7 @@ impl Case {
 
     /// A corpus message made current: today's date, this test's ticket id, and the Microsoft
     /// side's address the test stack knows.
-    fn fixture(&self, file: &str) -> Vec<u8> {
+    pub(crate) fn fixture(&self, file: &str) -> Vec<u8> {
         let raw = std::fs::read(fixtures().join("corpus").join(file)).expect("fixture");
         let text = String::from_utf8_lossy(&raw)
             .replace("SRX1569221851ID", &self.ticket)
@@ -182,7 +182,7 @@ impl Case {
         out.into_bytes()
     }
 
-    fn deliver(&self, files: &[&str]) {
+    pub(crate) fn deliver(&self, files: &[&str]) {
         block_on(async {
             let mut imap = self.connect("postmaster@example.net").await;
             for f in files {
@@ -203,7 +203,7 @@ impl Case {
             .expect("binary runs")
     }
 
-    fn run_once(&self) {
+    pub(crate) fn run_once(&self) {
         let o = self.bot(&[
             "run",
             "--once",
@@ -217,7 +217,7 @@ impl Case {
         );
     }
 
-    fn messages(&self, user: &str, folder: &str) -> Vec<Vec<u8>> {
+    pub(crate) fn messages(&self, user: &str, folder: &str) -> Vec<Vec<u8>> {
         block_on(async {
             let mut imap = self.connect(user).await;
             imap.select(folder).await.expect("select");
@@ -229,7 +229,7 @@ impl Case {
     }
 
     /// Replies to this test's ticket that reached the Microsoft side's INBOX.
-    fn delivered_replies(&self) -> Vec<mail_parser::Message<'static>> {
+    pub(crate) fn delivered_replies(&self) -> Vec<mail_parser::Message<'static>> {
         self.messages("support@microsoft.com", "INBOX")
             .into_iter()
             .filter_map(|b| {
@@ -241,7 +241,7 @@ impl Case {
             .collect()
     }
 
-    fn wait_for_replies(&self, n: usize) -> Vec<mail_parser::Message<'static>> {
+    pub(crate) fn wait_for_replies(&self, n: usize) -> Vec<mail_parser::Message<'static>> {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             let got = self.delivered_replies();
@@ -253,7 +253,7 @@ impl Case {
     }
 }
 
-const THREAD: [&str; 3] = ["d006.eml", "d007.eml", "d008.eml"];
+pub(crate) const THREAD: [&str; 3] = ["d006.eml", "d007.eml", "d008.eml"];
 const REFUSAL_ID: &str =
     "CH3PR21MB9986072BF6F670B8599A9D007CAB5A882C56@CH3PR21MB9986.namprd21.prod.outlook.com";
 

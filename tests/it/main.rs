@@ -2,6 +2,7 @@
 
 mod cli;
 mod corpus;
+mod faults;
 mod guards;
 mod live;
 mod snapshots;

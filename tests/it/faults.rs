@@ -1,0 +1,200 @@
+//! Faults between the bot and its servers: connections cut mid-IDLE, a server that refuses
+//! connections for a while, an SMTP server that is down or refuses a recipient. A proxy in the
+//! test sits between the bot and the real Dovecot, so the shared servers are never disturbed.
+// Plain threads waiting for real servers: sleeping is the point.
+#![allow(clippy::disallowed_methods)]
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::live::{setup, Case, THREAD};
+
+/// A TCP proxy to 127.0.0.1:`upstream` that can cut every open connection and refuse new ones.
+struct Proxy {
+    port: u16,
+    refuse: Arc<AtomicBool>,
+    open: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Proxy {
+    fn start(upstream: u16) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let refuse = Arc::new(AtomicBool::new(false));
+        let open: Arc<Mutex<Vec<TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
+        let (r, o) = (refuse.clone(), open.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if r.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                if let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) {
+                    let mut list = o.lock().expect("lock");
+                    list.push(c2);
+                    list.push(s2);
+                }
+                pipe(
+                    client.try_clone().expect("clone"),
+                    server.try_clone().expect("clone"),
+                );
+                pipe(server, client);
+            }
+        });
+        Proxy { port, refuse, open }
+    }
+
+    /// Closes every open connection, as a server restart would.
+    fn cut(&self) {
+        for s in self.open.lock().expect("lock").drain(..) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+
+    fn refuse(&self, on: bool) {
+        self.refuse.store(on, Ordering::SeqCst);
+    }
+}
+
+fn pipe(mut from: TcpStream, mut to: TcpStream) {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if to.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = to.shutdown(Shutdown::Both);
+    });
+}
+
+fn point_imap_at(case: &Case, port: u16) {
+    let text = std::fs::read_to_string(&case.config)
+        .expect("config")
+        .replacen(
+            &format!("port = {}", case.stack.imaps_port),
+            &format!("port = {port}"),
+            1,
+        );
+    std::fs::write(&case.config, text).expect("write");
+}
+
+fn wait_for_drafts(case: &Case, n: usize, within: Duration) -> usize {
+    let deadline = Instant::now() + within;
+    loop {
+        let got = case.messages("postmaster@example.net", &case.drafts).len();
+        if got >= n || Instant::now() > deadline {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_cut_connection_mid_idle_and_a_server_outage_are_survived() {
+    let case = setup("draft", "");
+    let proxy = Proxy::start(case.stack.imaps_port);
+    point_imap_at(&case, proxy.port);
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_postmaster-bot"))
+        .args(["run", "--config", &case.config.display().to_string()])
+        .current_dir(case.dir.path())
+        .env("PMB_TEST_PASSWORD", "password")
+        .spawn()
+        .expect("daemon starts");
+    std::thread::sleep(Duration::from_millis(1500));
+    // The server goes away mid-IDLE and refuses connections for a while.
+    proxy.refuse(true);
+    proxy.cut();
+    std::thread::sleep(Duration::from_millis(2500));
+    proxy.refuse(false);
+    // Mail that arrives meanwhile is handled once the server is back.
+    case.deliver(&THREAD);
+    assert_eq!(
+        wait_for_drafts(&case, 1, Duration::from_secs(20)),
+        1,
+        "handled after the outage"
+    );
+    // Cut again right after; the daemon reconnects and does not act twice.
+    proxy.cut();
+    std::thread::sleep(Duration::from_millis(4000));
+    assert_eq!(
+        wait_for_drafts(&case, 2, Duration::from_millis(500)),
+        1,
+        "no second draft"
+    );
+    let _ = Command::new("kill").arg(daemon.id().to_string()).status();
+    let status = daemon.wait().expect("exits");
+    assert!(status.success(), "daemon exit status {status}");
+}
+
+fn sent_status(case: &Case) -> (String, Option<String>) {
+    let db = rusqlite::Connection::open(case.dir.path().join("state.sqlite3")).expect("state");
+    db.query_row(
+        "SELECT status, reason FROM outbox WHERE template = 'escalation_reply'",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .expect("row")
+}
+
+#[test]
+fn smtp_down_is_retried_and_a_refused_recipient_is_held() {
+    // Down: the reply stays pending and goes out once the server is back.
+    let case = setup("auto", "");
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let original = std::fs::read_to_string(&case.config).expect("config");
+    let broken = original.replacen(
+        &format!("port = {}", case.stack.smtps_port),
+        &format!("port = {closed}"),
+        1,
+    );
+    std::fs::write(&case.config, &broken).expect("write");
+    case.deliver(&THREAD);
+    case.run_once();
+    assert_eq!(sent_status(&case).0, "pending", "kept for a retry");
+    assert!(case.delivered_replies().is_empty());
+    std::fs::write(&case.config, &original).expect("write");
+    case.run_once();
+    assert_eq!(case.wait_for_replies(1).len(), 1);
+    assert_eq!(sent_status(&case).0, "sent");
+
+    // 5xx: a recipient the server refuses is held for the operator, not retried.
+    let case = setup("auto", "");
+    let raw = case.fixture("d008.eml");
+    let text =
+        String::from_utf8_lossy(&raw).replace("support@microsoft.com", "nobody@microsoft.com");
+    crate::live::block_on(async {
+        let mut imap = case.connect("postmaster@example.net").await;
+        for f in ["d006.eml", "d007.eml"] {
+            imap.append(&case.folder, "()", &case.fixture(f))
+                .await
+                .expect("append");
+        }
+        imap.append(&case.folder, "()", text.as_bytes())
+            .await
+            .expect("append");
+        imap.logout().await;
+    });
+    case.run_once();
+    let (status, reason) = sent_status(&case);
+    assert_eq!(status, "failed", "{reason:?}");
+    assert!(reason.unwrap_or_default().contains("550"));
+    case.run_once();
+    assert_eq!(sent_status(&case).0, "failed", "not retried");
+}
