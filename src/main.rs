@@ -306,12 +306,13 @@ fn queue(command: QueueCommand, out: &mut dyn Write) -> Result<ExitCode> {
             for i in items {
                 writeln!(
                     out,
-                    "#{:<4} case #{:<4} {:<22} to {} [{}]",
+                    "#{:<4} case #{:<4} {:<22} to {} [{}]{}",
                     i.id,
                     i.case_id.unwrap_or(0),
                     i.template,
                     i.recipients.join(", "),
-                    i.subject
+                    i.subject,
+                    i.reason.map(|r| format!(" ({r})")).unwrap_or_default()
                 )?;
             }
         }
@@ -553,6 +554,8 @@ fn sample_context(config: &Config) -> render::Context {
         trusted: true,
         origin: Origin::Microsoft,
         bounce: None,
+        loop_risk: None,
+        claimed_kind: None,
         evidence: vec![],
     };
     render::context(

@@ -147,6 +147,10 @@ pub struct Verdict {
     pub trusted: bool,
     pub origin: Origin,
     pub bounce: Option<Bounce>,
+    /// Why answering this message automatically could start a loop (RFC 3834), if anything.
+    pub loop_risk: Option<String>,
+    /// For an unverified message that looks like sender support: the kind it claims to be.
+    pub claimed_kind: Option<Kind>,
     pub evidence: Vec<Evidence>,
 }
 
@@ -196,6 +200,8 @@ pub fn classify(inbound: &Inbound, rules: &Rules, ctx: &Context) -> Verdict {
         trusted,
         origin: Origin::Unrelated,
         bounce: None,
+        loop_risk: loop_risk(inbound),
+        claimed_kind: None,
         evidence: Vec::new(),
     };
 
@@ -262,6 +268,13 @@ pub fn classify(inbound: &Inbound, rules: &Rules, ctx: &Context) -> Verdict {
             "trust",
             "claims to be Microsoft sender support but our MX did not verify it".to_string(),
         ));
+        let mut scratch = Vec::new();
+        let claimed = result_table(&own_text, rules, ctx, &mut scratch);
+        verdict.claimed_kind = Some(if claimed.is_empty() {
+            phrase_kind(&own_text, rules, &mut scratch)
+        } else {
+            table_kind(&claimed)
+        });
         return negative(verdict, Origin::Unverified, inbound, rules, ctx, evidence);
     }
 
@@ -317,6 +330,27 @@ fn negative(
     verdict.ips = extract::sender_ips(&text, rules, &ctx.our_networks);
     verdict.evidence = evidence;
     verdict
+}
+
+/// RFC 3834 signals that an automatic answer could loop. `Auto-Submitted` is not one of them
+/// here: Microsoft's templated results are automatic and still invite a reply.
+fn loop_risk(inbound: &Inbound) -> Option<String> {
+    if let Some(rp) = inbound.header("return-path") {
+        let rp = rp.trim();
+        if rp == "<>" || rp.is_empty() {
+            return Some("null return path".to_string());
+        }
+    }
+    if let Some(p) = inbound.header("precedence") {
+        let p = p.trim().to_ascii_lowercase();
+        if ["bulk", "junk", "list"].contains(&p.as_str()) {
+            return Some(format!("Precedence: {p}"));
+        }
+    }
+    if inbound.header("x-loop").is_some() {
+        return Some("X-Loop header".to_string());
+    }
+    None
 }
 
 fn ev(rule: &str, matched: String) -> Evidence {

@@ -198,6 +198,9 @@ fn reply_guard(transition: &Transition, verdict: Option<&Verdict>, mode: Mode) -
         if !v.trusted || v.origin != Origin::Microsoft {
             return Disposition::Hold("unverified sender".to_string());
         }
+        if let Some(risk) = &v.loop_risk {
+            return Disposition::Hold(format!("loop risk: {risk}"));
+        }
     }
     let reply_to = case
         .and_then(|c| c.last_microsoft.as_ref())
@@ -267,6 +270,8 @@ mod tests {
             trusted,
             origin,
             bounce: None,
+            loop_risk: None,
+            claimed_kind: None,
             evidence: vec![],
         }
     }
@@ -304,6 +309,14 @@ mod tests {
             Some("MAILER-DAEMON@x.example"),
         );
         let v = verdict(true, Origin::Microsoft);
+        check(&t, Some(&v), Mode::Auto, &[("escalation_reply", "hold")]);
+    }
+
+    #[test]
+    fn loop_risks_hold_the_reply() {
+        let t = transition(Action::DraftEscalationReply, Some("support@microsoft.com"));
+        let mut v = verdict(true, Origin::Microsoft);
+        v.loop_risk = Some("null return path".into());
         check(&t, Some(&v), Mode::Auto, &[("escalation_reply", "hold")]);
     }
 

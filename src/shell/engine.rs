@@ -70,6 +70,8 @@ pub struct Produced {
     pub outgoing: Option<Outgoing>,
     #[serde(skip)]
     pub body: String,
+    /// Why a queued message needs a person (stored as the outbox row's reason).
+    pub note: Option<String>,
 }
 
 /// The outcome of applying one message.
@@ -215,6 +217,38 @@ impl Engine {
         for planned in &plans {
             produced.push(self.produce(&transition, verdict, inbound, planned, &seed, now)?);
         }
+        // NOTE: an unverified message claiming to be a refusal is never answered by itself; in
+        // auto mode a person sees the reply it would get, with the reason, in the queue.
+        if verdict.origin == classify::Origin::Unverified
+            && verdict.claimed_kind == Some(classify::Kind::MsNotQualified)
+            && self.config.mode == decide::Mode::Auto
+        {
+            let pseudo = case::Transition {
+                case: None,
+                action: Action::DraftEscalationReply,
+                reason: "unverified sender".to_string(),
+                ips: verdict.ips.clone(),
+            };
+            let planned = Planned {
+                template: Template::EscalationReply,
+                disposition: Disposition::Queue,
+            };
+            let mut p = self.produce(&pseudo, verdict, inbound, &planned, &seed, now)?;
+            let from = inbound
+                .from
+                .as_ref()
+                .map(|f| f.address.as_str())
+                .unwrap_or("?");
+            p.note = Some(format!(
+                "unverified sender: {from} did not pass our MX's checks"
+            ));
+            warn!(
+                message_id = message_id.unwrap_or("-"),
+                from,
+                "unverified message claiming a refusal: queued for a person, never sent by itself"
+            );
+            produced.push(p);
+        }
 
         let status_str = match status {
             OutboxStatus::Pending => "pending",
@@ -237,7 +271,7 @@ impl Engine {
             };
             let reason = match &p.disposition {
                 Disposition::Hold(r) => Some(r.as_str()),
-                _ => None,
+                _ => p.note.as_deref(),
             };
             let row_status = if matches!(p.disposition, Disposition::Hold(_)) {
                 "held"
@@ -424,6 +458,7 @@ impl Engine {
             disposition,
             outgoing,
             body: draft.body,
+            note: None,
         })
     }
 }

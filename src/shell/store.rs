@@ -405,6 +405,7 @@ pub struct OutboxItem {
     pub recipients: Vec<String>,
     pub subject: String,
     pub bytes: Vec<u8>,
+    pub reason: Option<String>,
 }
 
 impl Store {
@@ -466,7 +467,7 @@ impl Store {
             .conn
             .prepare(&format!(
                 "SELECT id, message_id, case_id, inbound_message_id, template, disposition, status,
-                        recipients, subject, bytes FROM outbox WHERE {filter} ORDER BY id"
+                        recipients, subject, bytes, reason FROM outbox WHERE {filter} ORDER BY id"
             ))
             .map_err(sql(&self.path))?;
         let rows = stmt
@@ -483,6 +484,7 @@ impl Store {
                     recipients: serde_json::from_str(&recipients).unwrap_or_default(),
                     subject: r.get(8)?,
                     bytes: r.get(9)?,
+                    reason: r.get(10)?,
                 })
             })
             .map_err(sql(&self.path))?;

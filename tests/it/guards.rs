@@ -106,3 +106,33 @@ fn a_second_reply_on_one_case_within_the_interval_is_held() {
         "held row is recorded: {outbox:?}"
     );
 }
+
+#[test]
+fn an_unverified_refusal_is_queued_for_a_person_in_auto_mode_only() {
+    let spoof = std::fs::read(fixtures().join("corpus/d024.eml")).expect("fixture");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let auto = engine("");
+    let mut store = Store::open(&dir.path().join("auto.sqlite3")).expect("store");
+    let prepared = auto.prepare(&spoof);
+    let handled = auto
+        .apply(&mut store, "spoof", &prepared, NOW, OutboxStatus::Pending)
+        .expect("applies");
+    assert_eq!(handled.action.as_str(), "none");
+    assert_eq!(handled.produced.len(), 1);
+    assert_eq!(handled.produced[0].disposition, Disposition::Queue);
+    let row = &store.outbox(None).expect("outbox")[0];
+    assert!(
+        row.reason
+            .as_deref()
+            .is_some_and(|r| r.contains("unverified sender")),
+        "{row:?}"
+    );
+
+    let draft = Engine::new(config::parse(TEST_CONFIG, "test").expect("valid")).expect("engine");
+    let mut store = Store::open(&dir.path().join("draft.sqlite3")).expect("store");
+    let prepared = draft.prepare(&spoof);
+    let handled = draft
+        .apply(&mut store, "spoof", &prepared, NOW, OutboxStatus::Pending)
+        .expect("applies");
+    assert!(handled.produced.is_empty());
+}

@@ -25,6 +25,8 @@ fn verdict(kind: Kind, ticket: Option<&str>, ips: &[&str]) -> Verdict {
             Origin::Bounce
         },
         bounce,
+        loop_risk: None,
+        claimed_kind: None,
         evidence: vec![Evidence {
             rule: "test".into(),
             matched: String::new(),
