@@ -426,10 +426,17 @@ impl Engine {
             }
             Template::EscalationReply | Template::Followup => {
                 let case = transition.case.as_ref();
-                match case.and_then(|c| c.last_microsoft.as_ref()) {
+                let own_parent = parent_of(inbound);
+                // Without a case (an unverified message), the reply answers the message itself.
+                let parent = match case {
+                    Some(c) => c.last_microsoft.as_ref(),
+                    None => Some(&own_parent),
+                };
+                match parent {
                     Some(parent) => compose::reply(
                         parent,
-                        case.and_then(|c| c.ticket_id.as_deref()),
+                        case.and_then(|c| c.ticket_id.as_deref())
+                            .or(verdict.ticket_id.as_deref()),
                         &draft,
                         identity,
                         &message_id,
