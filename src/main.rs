@@ -214,6 +214,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 format,
                 &mut out,
             )?;
+            if let Some(why) = &summary.stopped {
+                eprintln!("postmaster-bot: replay stopped: {why}");
+                return Ok(ExitCode::from(1));
+            }
             if summary.failed > 0 {
                 eprintln!(
                     "postmaster-bot: {} of {} file(s) could not be handled (see the error lines)",

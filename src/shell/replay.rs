@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::pipeline::case::CaseId;
 use crate::pipeline::decide::Disposition;
-use crate::shell::engine::{Engine, OutboxStatus, Prepared};
+use crate::shell::engine::{Engine, HandleError, OutboxStatus, Prepared};
 use crate::shell::store::Store;
 
 /// Output format for people or for tools.
@@ -63,6 +63,8 @@ pub struct Summary {
     pub failed: usize,
     pub cases: Vec<CaseId>,
     pub written: Vec<PathBuf>,
+    /// Why the replay stopped early (the store failed), if it did.
+    pub stopped: Option<String>,
 }
 
 /// Replays files through the engine into `store`, writing produced mail under `out`.
@@ -180,6 +182,13 @@ pub fn run(
                         }
                     }
                 }
+            }
+            // The store failing is no fault of the message: stop rather than fail every file.
+            Err(HandleError::Store(e)) => {
+                summary.failed += 1;
+                report_error(w, format, &path, &e.to_string())?;
+                summary.stopped = Some(e.to_string());
+                break;
             }
             Err(e) => {
                 summary.failed += 1;

@@ -259,3 +259,44 @@ fn readable_password_files_are_flagged_and_the_state_file_is_private() {
         & 0o777;
     assert_eq!(mode, 0o600);
 }
+
+#[test]
+fn a_locked_state_file_is_a_clear_error_and_nothing_is_half_written() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state.sqlite3");
+    let o = bot(&[
+        "replay",
+        "--state",
+        &state.display().to_string(),
+        "examples/thread/01-blocklist-bounce.eml",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let holder = rusqlite::Connection::open(&state).expect("open");
+    holder.execute_batch("BEGIN EXCLUSIVE").expect("lock");
+    let o = bot(&[
+        "replay",
+        "--config",
+        "examples/config.toml",
+        "--state",
+        &state.display().to_string(),
+        "examples/thread",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let text = format!("{}{}", stdout(&o), stderr(&o));
+    assert!(text.contains("locked by another process"), "{text}");
+    holder.execute_batch("ROLLBACK").expect("unlock");
+    drop(holder);
+    let db = rusqlite::Connection::open(&state).expect("open");
+    let (messages, outbox): (i64, i64) = db
+        .query_row(
+            "SELECT (SELECT count(*) FROM messages), (SELECT count(*) FROM outbox)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("count");
+    assert_eq!(
+        (messages, outbox),
+        (1, 1),
+        "only the first run's work is there"
+    );
+}
