@@ -74,6 +74,7 @@ pub struct RawMailbox {
     pub idle: Option<bool>,
     pub idle_renew_seconds: Option<u64>,
     pub poll_seconds: Option<u64>,
+    pub timeout_seconds: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -128,6 +129,8 @@ pub struct MailboxConfig {
     pub idle: bool,
     pub idle_renew: std::time::Duration,
     pub poll_interval: std::time::Duration,
+    /// How long one IMAP command may take before the connection is given up.
+    pub command_timeout: std::time::Duration,
 }
 
 /// The SMTP submission server replies go through (auto mode and notifications).
@@ -234,6 +237,7 @@ fn mailbox_config(raw: &RawMailbox, origin: &str) -> Result<MailboxConfig, Confi
         idle: raw.idle.unwrap_or(true),
         idle_renew: std::time::Duration::from_secs(idle_renew_seconds),
         poll_interval: std::time::Duration::from_secs(poll_seconds),
+        command_timeout: std::time::Duration::from_secs(raw.timeout_seconds.unwrap_or(120).max(1)),
     })
 }
 

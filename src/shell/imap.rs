@@ -19,7 +19,6 @@ type Stream = tokio_rustls::client::TlsStream<TcpStream>;
 type Session = async_imap::Session<Stream>;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 /// UIDs fetched per FETCH command, so memory stays bounded on a large catch-up.
 const FETCH_BATCH: usize = 50;
 
@@ -101,6 +100,7 @@ pub struct Imap {
     session: Option<Session>,
     server: String,
     capabilities: Vec<String>,
+    timeout: Duration,
 }
 
 impl Imap {
@@ -201,6 +201,7 @@ impl Imap {
             session: Some(session),
             server,
             capabilities,
+            timeout: cfg.command_timeout,
         })
     }
 
@@ -228,9 +229,10 @@ impl Imap {
 
     /// Selects a folder.
     pub async fn select(&mut self, folder: &str) -> Result<Selected, ImapError> {
+        let timeout = self.timeout;
         let server = self.server.clone();
         let session = self.session()?;
-        let mailbox = match tokio::time::timeout(COMMAND_TIMEOUT, session.select(folder)).await {
+        let mailbox = match tokio::time::timeout(timeout, session.select(folder)).await {
             Ok(r) => r.map_err(|source| ImapError::Command {
                 server: server.clone(),
                 command: format!("SELECT {folder}"),
@@ -274,10 +276,11 @@ impl Imap {
 
     /// UIDs above `after` in the selected folder, ascending.
     pub async fn uids_after(&mut self, after: u32) -> Result<Vec<u32>, ImapError> {
+        let timeout = self.timeout;
         let query = format!("UID {}:*", after.saturating_add(1));
         let server = self.server.clone();
         let session = self.session()?;
-        let found = match tokio::time::timeout(COMMAND_TIMEOUT, session.uid_search(&query)).await {
+        let found = match tokio::time::timeout(timeout, session.uid_search(&query)).await {
             Ok(r) => r.map_err(|source| ImapError::Command {
                 server: server.clone(),
                 command: format!("UID SEARCH {query}"),
@@ -298,6 +301,7 @@ impl Imap {
 
     /// Fetches whole messages by UID with BODY.PEEK[] (nothing is marked \Seen), in batches.
     pub async fn fetch(&mut self, uids: &[u32]) -> Result<Vec<(u32, Vec<u8>)>, ImapError> {
+        let timeout = self.timeout;
         let mut out = Vec::with_capacity(uids.len());
         for chunk in uids.chunks(FETCH_BATCH) {
             let set = chunk
@@ -308,7 +312,7 @@ impl Imap {
             let server = self.server.clone();
             let session = self.session()?;
             let fetched: Vec<async_imap::types::Fetch> =
-                match tokio::time::timeout(COMMAND_TIMEOUT, async {
+                match tokio::time::timeout(timeout, async {
                     session
                         .uid_fetch(&set, "(UID BODY.PEEK[])")
                         .await?
@@ -342,30 +346,30 @@ impl Imap {
 
     /// The first folder carrying a SPECIAL-USE attribute such as `\Drafts`.
     pub async fn special_use(&mut self, attribute: &str) -> Result<Option<String>, ImapError> {
+        let timeout = self.timeout;
         let server = self.server.clone();
         let session = self.session()?;
-        let names: Vec<async_imap::types::Name> =
-            match tokio::time::timeout(COMMAND_TIMEOUT, async {
-                session
-                    .list(Some(""), Some("*"))
-                    .await?
-                    .try_collect::<Vec<_>>()
-                    .await
-            })
-            .await
-            {
-                Ok(r) => r.map_err(|source| ImapError::Command {
-                    server: server.clone(),
+        let names: Vec<async_imap::types::Name> = match tokio::time::timeout(timeout, async {
+            session
+                .list(Some(""), Some("*"))
+                .await?
+                .try_collect::<Vec<_>>()
+                .await
+        })
+        .await
+        {
+            Ok(r) => r.map_err(|source| ImapError::Command {
+                server: server.clone(),
+                command: "LIST".into(),
+                source,
+            })?,
+            Err(_) => {
+                return Err(ImapError::Timeout {
+                    server,
                     command: "LIST".into(),
-                    source,
-                })?,
-                Err(_) => {
-                    return Err(ImapError::Timeout {
-                        server,
-                        command: "LIST".into(),
-                    })
-                }
-            };
+                })
+            }
+        };
         Ok(names
             .iter()
             .find(|n| {
@@ -460,12 +464,9 @@ impl Imap {
         bytes: &[u8],
     ) -> Result<(), ImapError> {
         let server = self.server.clone();
+        let timeout = self.timeout;
         let session = self.session()?;
-        match tokio::time::timeout(
-            COMMAND_TIMEOUT,
-            session.append(folder, Some(flags), None, bytes),
-        )
-        .await
+        match tokio::time::timeout(timeout, session.append(folder, Some(flags), None, bytes)).await
         {
             Ok(r) => r.map_err(|source| ImapError::Command {
                 server,
@@ -543,9 +544,10 @@ impl Imap {
 
     /// Lets the server know we are alive and collects pending updates.
     pub async fn noop(&mut self) -> Result<(), ImapError> {
+        let timeout = self.timeout;
         let server = self.server.clone();
         let session = self.session()?;
-        match tokio::time::timeout(COMMAND_TIMEOUT, session.noop()).await {
+        match tokio::time::timeout(timeout, session.noop()).await {
             Ok(r) => r.map_err(|source| ImapError::Command {
                 server,
                 command: "NOOP".into(),

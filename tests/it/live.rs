@@ -144,6 +144,11 @@ pub(crate) fn block_on<F: std::future::Future>(f: F) -> F::Output {
 }
 
 impl Case {
+    /// The test stack's CA file (its folder also holds the server certificate and key).
+    pub(crate) fn stack_ca(&self) -> String {
+        self.stack.ca.clone()
+    }
+
     pub(crate) async fn connect(&self, user: &str) -> Imap {
         let cfg = config::parse(
             &format!(

@@ -1,0 +1,138 @@
+//! A scripted IMAP server for what a real Dovecot will not do: answer garbage, or close the
+//! connection in the middle of a literal. The bot must report an error and never crash.
+
+use std::sync::Arc;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::TlsAcceptor;
+
+use crate::live::setup;
+
+/// How the fake server misbehaves when the bot fetches a message.
+#[derive(Clone, Copy)]
+enum Fault {
+    CloseMidLiteral,
+    Garbage,
+}
+
+/// Serves one scripted session per connection on a loopback port; returns the port.
+async fn serve(fault: Fault, tls_dir: std::path::PathBuf) -> u16 {
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(tls_dir.join("server-chain.pem"))
+            .expect("cert file")
+            .collect::<Result<_, _>>()
+            .expect("certs");
+    let key = PrivateKeyDer::from_pem_file(tls_dir.join("server.key")).expect("key");
+    let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(Arc::new(
+        tokio_rustls::rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .expect("server config");
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let (read, mut write) = tokio::io::split(tls);
+                let mut lines = BufReader::new(read).lines();
+                let _ = write
+                    .write_all(b"* OK [CAPABILITY IMAP4rev1 IDLE] fake ready\r\n")
+                    .await;
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let mut parts = line.splitn(3, ' ');
+                    let tag = parts.next().unwrap_or("*").to_string();
+                    let cmd = parts.next().unwrap_or("").to_ascii_uppercase();
+                    let rest = parts.next().unwrap_or("").to_ascii_uppercase();
+                    let reply: Vec<u8> = match (cmd.as_str(), rest.as_str()) {
+                        ("LOGIN", _) => format!("{tag} OK LOGIN completed\r\n").into(),
+                        ("CAPABILITY", _) => format!("* CAPABILITY IMAP4rev1 IDLE\r\n{tag} OK done\r\n").into(),
+                        ("LIST", _) => format!("* LIST (\\HasNoChildren) \"/\" INBOX\r\n{tag} OK done\r\n").into(),
+                        ("SELECT", _) => format!("* 1 EXISTS\r\n* OK [UIDVALIDITY 42] ok\r\n* OK [UIDNEXT 2] ok\r\n{tag} OK [READ-WRITE] done\r\n").into(),
+                        ("UID", r) if r.starts_with("SEARCH") => format!("* SEARCH 1\r\n{tag} OK done\r\n").into(),
+                        ("UID", r) if r.starts_with("FETCH") => match fault {
+                            Fault::CloseMidLiteral => {
+                                let _ = write.write_all(b"* 1 FETCH (UID 1 BODY[] {5000}\r\nFrom: a@b.example\r\nSubj").await;
+                                let _ = write.shutdown().await;
+                                return;
+                            }
+                            Fault::Garbage => b"* 1 FETCH (UID \x00\xff\xfe garbage ((( \r\n\x01\x02\r\n".to_vec(),
+                        },
+                        ("LOGOUT", _) => format!("* BYE\r\n{tag} OK bye\r\n").into(),
+                        _ => format!("{tag} OK done\r\n").into(),
+                    };
+                    if write.write_all(&reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+fn run_against(fault: Fault) -> std::process::Output {
+    let case = setup("draft", "");
+    let tls_dir = std::path::Path::new(&case.stack_ca())
+        .parent()
+        .expect("tls dir")
+        .to_path_buf();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let port = runtime.block_on(serve(fault, tls_dir));
+    let text = std::fs::read_to_string(&case.config)
+        .expect("config")
+        .replacen(
+            &format!("port = {}", case.stack.imaps_port),
+            &format!("port = {port}\ntimeout_seconds = 3"),
+            1,
+        );
+    std::fs::write(&case.config, text).expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_postmaster-bot"))
+        .args([
+            "run",
+            "--once",
+            "--config",
+            &case.config.display().to_string(),
+        ])
+        .current_dir(case.dir.path())
+        .env("PMB_TEST_PASSWORD", "password")
+        .output()
+        .expect("binary runs");
+    drop(runtime);
+    out
+}
+
+#[test]
+fn a_server_closing_mid_literal_is_an_error_not_a_crash() {
+    let out = run_against(Fault::CloseMidLiteral);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "an error exit, not a panic (101): {err}"
+    );
+    assert!(err.contains("127.0.0.1:"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn a_server_answering_garbage_is_an_error_not_a_crash() {
+    let out = run_against(Fault::Garbage);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "an error exit, not a panic (101): {err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
