@@ -88,6 +88,7 @@ pub struct RawSmtp {
     pub password_file: Option<PathBuf>,
     pub password_command: Option<String>,
     pub ca_file: Option<PathBuf>,
+    pub retry_seconds: Option<u64>,
 }
 
 /// How a connection is secured. Plain text is never offered.
@@ -142,6 +143,8 @@ pub struct SmtpConfig {
     pub username: Option<String>,
     pub password: Option<SecretSource>,
     pub ca_file: Option<PathBuf>,
+    /// First delay after a temporary failure; doubled per attempt, at most an hour.
+    pub retry: std::time::Duration,
 }
 
 fn secret_source(
@@ -264,6 +267,7 @@ fn smtp_config(raw: &RawSmtp, origin: &str) -> Result<SmtpConfig, ConfigError> {
             origin,
         )?,
         ca_file: raw.ca_file.clone(),
+        retry: std::time::Duration::from_secs(raw.retry_seconds.unwrap_or(60).max(1)),
     })
 }
 

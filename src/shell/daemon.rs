@@ -145,15 +145,13 @@ async fn session(
         }
         imap.select(&mailbox.folder).await?;
         imap.drain_unsolicited();
-        match imap
-            .wait(
-                mailbox.idle,
-                mailbox.idle_renew,
-                mailbox.poll_interval,
-                shutdown,
-            )
-            .await?
-        {
+        // Wake up in time for a reply waiting to be retried.
+        let until_retry = store
+            .next_retry_at()?
+            .map(|t| Duration::from_secs(t.saturating_sub(crate::clock::now()).max(1) as u64));
+        let renew = until_retry.map_or(mailbox.idle_renew, |d| d.min(mailbox.idle_renew));
+        let poll = until_retry.map_or(mailbox.poll_interval, |d| d.min(mailbox.poll_interval));
+        match imap.wait(mailbox.idle, renew, poll, shutdown).await? {
             Wake::Shutdown => {
                 info!("shutting down");
                 imap.logout().await;
@@ -267,6 +265,7 @@ async fn deliver(
                 )?;
                 info!(outbox = item.id, template = %item.template, "queued for approval");
             }
+            "send" if item.next_attempt_at > now => {}
             "send" => send(engine, store, mailbox, imap, smtp, &item, "pending").await?,
             other => {
                 store.transition_outbox(
@@ -280,7 +279,9 @@ async fn deliver(
         }
     }
     for item in store.outbox_items("approved")? {
-        send(engine, store, mailbox, imap, smtp, &item, "approved").await?;
+        if item.next_attempt_at <= now {
+            send(engine, store, mailbox, imap, smtp, &item, "approved").await?;
+        }
     }
     Ok(())
 }
@@ -334,14 +335,19 @@ async fn send(
             }
         }
         Err(e) if e.is_transient() => {
-            store.transition_outbox(
+            let base = engine
+                .config
+                .smtp
+                .as_ref()
+                .map_or(60, |c| c.retry.as_secs() as i64);
+            let due = store.retry_later(
                 item.id,
-                "sending",
                 from_status,
-                Some(&e.to_string()),
+                &e.to_string(),
+                base,
                 crate::clock::now(),
             )?;
-            warn!(outbox = item.id, error = %e, "send failed for now; retrying on the next pass");
+            warn!(outbox = item.id, error = %e, retry_at = due, "send failed for now; retrying later");
         }
         Err(e) => {
             store.transition_outbox(

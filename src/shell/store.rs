@@ -54,7 +54,8 @@ impl StoreError {
     }
 }
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE cases (
     id INTEGER PRIMARY KEY,
     topic TEXT NOT NULL,
@@ -136,7 +137,12 @@ CREATE TABLE mailbox_sync (
     uidvalidity INTEGER NOT NULL,
     last_uid INTEGER NOT NULL
 );
-"#];
+"#,
+    r#"
+ALTER TABLE outbox ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE outbox ADD COLUMN next_attempt_at INTEGER NOT NULL DEFAULT 0;
+"#,
+];
 
 /// The state store.
 pub struct Store {
@@ -406,6 +412,8 @@ pub struct OutboxItem {
     pub subject: String,
     pub bytes: Vec<u8>,
     pub reason: Option<String>,
+    /// Not to be tried before this time (after a temporary failure).
+    pub next_attempt_at: i64,
 }
 
 impl Store {
@@ -467,7 +475,8 @@ impl Store {
             .conn
             .prepare(&format!(
                 "SELECT id, message_id, case_id, inbound_message_id, template, disposition, status,
-                        recipients, subject, bytes, reason FROM outbox WHERE {filter} ORDER BY id"
+                        recipients, subject, bytes, reason, next_attempt_at
+                 FROM outbox WHERE {filter} ORDER BY id"
             ))
             .map_err(sql(&self.path))?;
         let rows = stmt
@@ -485,6 +494,7 @@ impl Store {
                     subject: r.get(8)?,
                     bytes: r.get(9)?,
                     reason: r.get(10)?,
+                    next_attempt_at: r.get(11)?,
                 })
             })
             .map_err(sql(&self.path))?;
@@ -510,6 +520,48 @@ impl Store {
             )
             .map_err(sql(&self.path))?;
         Ok(changed == 1)
+    }
+
+    /// Puts a row whose send failed for now back to `to`, due again after an exponential
+    /// backoff (`base` doubled per attempt, at most an hour); returns when it is due.
+    pub fn retry_later(
+        &self,
+        id: i64,
+        to: &str,
+        reason: &str,
+        base_secs: i64,
+        now: i64,
+    ) -> Result<i64, StoreError> {
+        let attempts: i64 = self
+            .conn
+            .query_row("SELECT attempts FROM outbox WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .map_err(sql(&self.path))?;
+        let delay = base_secs
+            .saturating_mul(1 << attempts.clamp(0, 16))
+            .min(3600);
+        let due = now + delay;
+        self.conn
+            .execute(
+                "UPDATE outbox SET status = ?2, reason = ?3, attempts = attempts + 1,
+                        next_attempt_at = ?4, updated_at = ?5 WHERE id = ?1 AND status = 'sending'",
+                params![id, to, reason, due, now],
+            )
+            .map_err(sql(&self.path))?;
+        Ok(due)
+    }
+
+    /// The earliest time a row waiting for a retry is due, if any.
+    pub fn next_retry_at(&self) -> Result<Option<i64>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT min(next_attempt_at) FROM outbox
+                 WHERE status IN ('pending', 'approved') AND next_attempt_at > 0",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(sql(&self.path))
     }
 
     /// Replaces the bytes (and Message-ID) of a row, for an approved draft the operator edited.

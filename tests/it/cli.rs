@@ -300,3 +300,19 @@ fn a_locked_state_file_is_a_clear_error_and_nothing_is_half_written() {
         "only the first run's work is there"
     );
 }
+
+#[test]
+fn an_unwritable_state_path_is_a_clear_error() {
+    let o = bot(&[
+        "replay",
+        "--state",
+        "/nonexistent-folder/state.sqlite3",
+        "examples/thread",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains("failed to create state store /nonexistent-folder/state.sqlite3"),
+        "{err}"
+    );
+}

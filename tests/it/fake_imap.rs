@@ -18,8 +18,8 @@ enum Fault {
     Garbage,
 }
 
-/// Serves one scripted session per connection on a loopback port; returns the port.
-async fn serve(fault: Fault, tls_dir: std::path::PathBuf) -> u16 {
+/// A TLS acceptor with the test stack's server certificate.
+pub(crate) fn tls_acceptor(tls_dir: &std::path::Path) -> TlsAcceptor {
     let certs: Vec<CertificateDer<'static>> =
         CertificateDer::pem_file_iter(tls_dir.join("server-chain.pem"))
             .expect("cert file")
@@ -34,7 +34,12 @@ async fn serve(fault: Fault, tls_dir: std::path::PathBuf) -> u16 {
     .with_no_client_auth()
     .with_single_cert(certs, key)
     .expect("server config");
-    let acceptor = TlsAcceptor::from(Arc::new(config));
+    TlsAcceptor::from(Arc::new(config))
+}
+
+/// Serves one scripted session per connection on a loopback port; returns the port.
+async fn serve(fault: Fault, tls_dir: std::path::PathBuf) -> u16 {
+    let acceptor = tls_acceptor(&tls_dir);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("addr").port();
     tokio::spawn(async move {

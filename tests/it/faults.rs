@@ -158,7 +158,7 @@ fn smtp_down_is_retried_and_a_refused_recipient_is_held() {
         .local_addr()
         .expect("addr")
         .port();
-    let original = std::fs::read_to_string(&case.config).expect("config");
+    let original = std::fs::read_to_string(&case.config).expect("config") + "retry_seconds = 1\n";
     let broken = original.replacen(
         &format!("port = {}", case.stack.smtps_port),
         &format!("port = {closed}"),
@@ -170,6 +170,8 @@ fn smtp_down_is_retried_and_a_refused_recipient_is_held() {
     assert_eq!(sent_status(&case).0, "pending", "kept for a retry");
     assert!(case.delivered_replies().is_empty());
     std::fs::write(&case.config, &original).expect("write");
+    // Not retried before its backoff is over, then sent once.
+    std::thread::sleep(Duration::from_millis(1200));
     case.run_once();
     assert_eq!(case.wait_for_replies(1).len(), 1);
     assert_eq!(sent_status(&case).0, "sent");
@@ -197,4 +199,99 @@ fn smtp_down_is_retried_and_a_refused_recipient_is_held() {
     assert!(reason.unwrap_or_default().contains("550"));
     case.run_once();
     assert_eq!(sent_status(&case).0, "failed", "not retried");
+}
+
+/// An SMTP server (implicit TLS) that accepts the login and answers every RCPT with 451.
+fn fake_smtp_451(case: &Case) -> u16 {
+    let tls_dir = std::path::Path::new(&case.stack_ca())
+        .parent()
+        .expect("tls dir")
+        .to_path_buf();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        runtime.block_on(async move {
+            use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+            let acceptor = crate::fake_imap::tls_acceptor(&tls_dir);
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            tx.send(listener.local_addr().expect("addr").port())
+                .expect("send port");
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let (read, mut write) = tokio::io::split(tls);
+                    let mut lines = BufReader::new(read).lines();
+                    let _ = write.write_all(b"220 fake ESMTP\r\n").await;
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        let upper = line.to_ascii_uppercase();
+                        let reply: &[u8] = if upper.starts_with("EHLO") {
+                            b"250-fake\r\n250 AUTH PLAIN LOGIN\r\n"
+                        } else if upper.starts_with("AUTH") {
+                            b"235 2.7.0 ok\r\n"
+                        } else if upper.starts_with("MAIL") {
+                            b"250 2.1.0 ok\r\n"
+                        } else if upper.starts_with("RCPT") {
+                            b"451 4.3.0 try again later\r\n"
+                        } else if upper.starts_with("QUIT") {
+                            b"221 bye\r\n"
+                        } else {
+                            b"250 ok\r\n"
+                        };
+                        if write.write_all(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+    });
+    rx.recv().expect("fake SMTP port")
+}
+
+#[test]
+fn a_4xx_is_retried_with_a_growing_backoff() {
+    let case = setup("auto", "");
+    let port = fake_smtp_451(&case);
+    let text = std::fs::read_to_string(&case.config)
+        .expect("config")
+        .replacen(
+            &format!("port = {}", case.stack.smtps_port),
+            &format!("port = {port}"),
+            1,
+        )
+        + "retry_seconds = 30\n";
+    std::fs::write(&case.config, text).expect("write");
+    case.deliver(&THREAD);
+    case.run_once();
+    let db = rusqlite::Connection::open(case.dir.path().join("state.sqlite3")).expect("state");
+    let row = |db: &rusqlite::Connection| -> (String, i64, i64, String) {
+        db.query_row(
+            "SELECT status, attempts, next_attempt_at - updated_at, reason FROM outbox
+             WHERE template = 'escalation_reply'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .expect("row")
+    };
+    let (status, attempts, delay, reason) = row(&db);
+    assert_eq!(
+        (status.as_str(), attempts, delay),
+        ("pending", 1, 30),
+        "{reason}"
+    );
+    assert!(reason.contains("451"), "{reason}");
+    // Not due yet: another pass leaves it alone.
+    case.run_once();
+    assert_eq!(row(&db).1, 1);
+    // Due again: the next failure doubles the delay.
+    db.execute("UPDATE outbox SET next_attempt_at = 0", [])
+        .expect("make due");
+    case.run_once();
+    let (status, attempts, delay, _) = row(&db);
+    assert_eq!((status.as_str(), attempts, delay), ("pending", 2, 60));
 }
