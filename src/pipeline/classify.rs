@@ -200,7 +200,7 @@ pub fn classify(inbound: &Inbound, rules: &Rules, ctx: &Context) -> Verdict {
         trusted,
         origin: Origin::Unrelated,
         bounce: None,
-        loop_risk: loop_risk(inbound),
+        loop_risk: loop_risk(inbound).or_else(|| only_copied(inbound, ctx)),
         claimed_kind: None,
         evidence: Vec::new(),
     };
@@ -351,6 +351,17 @@ fn loop_risk(inbound: &Inbound) -> Option<String> {
         return Some("X-Loop header".to_string());
     }
     None
+}
+
+/// We are on Cc but not on To: the ticket is someone else's to answer.
+fn only_copied(inbound: &Inbound, ctx: &Context) -> Option<String> {
+    let ours = |m: &crate::pipeline::parse::Mailbox| {
+        ctx.own_addresses
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(&m.address))
+    };
+    (!inbound.to.iter().any(ours) && inbound.cc.iter().any(ours))
+        .then(|| "we are only copied (Cc), the ticket is someone else's".to_string())
 }
 
 fn ev(rule: &str, matched: String) -> Evidence {

@@ -193,3 +193,18 @@ fn auto_replies_and_lists_are_other() {
     let list = format!("{OURS}List-Id: <news.microsoft.com>\nFrom: Outlook.com Deliverability Support <support@microsoft.com>\nSubject: RE: SRX1234567890ID\n\n{REFUSAL}");
     assert_eq!(classify_text(&list).origin, Origin::List);
 }
+
+#[test]
+fn loop_risks_are_reported_on_verified_mail() {
+    let raw = format!("{OURS}Return-Path: <>\nFrom: Outlook.com Deliverability Support <support@microsoft.com>\nSubject: RE: SRX1234567890ID\n\n{REFUSAL}");
+    assert_eq!(
+        classify_text(&raw).loop_risk.as_deref(),
+        Some("null return path")
+    );
+    let raw = format!("{OURS}From: Outlook.com Deliverability Support <support@microsoft.com>\nTo: dana@colleague.example\nCc: postmaster@example.net\nSubject: RE: SRX1234567890ID\n\n{REFUSAL}");
+    let v = classify_text(&raw);
+    assert_eq!(v.kind, Kind::MsNotQualified);
+    assert!(v.loop_risk.is_some_and(|r| r.contains("only copied")));
+    let plain = ms(OURS, "RE: SRX1234567890ID", REFUSAL);
+    assert_eq!(classify_text(&plain).loop_risk, None);
+}
