@@ -59,6 +59,7 @@ pub struct RawMailbox {
     pub host: Option<String>,
     pub port: Option<u16>,
     pub tls: Option<Tls>,
+    pub auth: Option<Auth>,
     pub username: Option<String>,
     pub password_env: Option<String>,
     pub password_file: Option<PathBuf>,
@@ -83,12 +84,25 @@ pub struct RawSmtp {
     pub host: Option<String>,
     pub port: Option<u16>,
     pub tls: Option<Tls>,
+    pub auth: Option<Auth>,
     pub username: Option<String>,
     pub password_env: Option<String>,
     pub password_file: Option<PathBuf>,
     pub password_command: Option<String>,
     pub ca_file: Option<PathBuf>,
     pub retry_seconds: Option<u64>,
+}
+
+/// How the bot logs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Auth {
+    /// IMAP LOGIN / SMTP AUTH PLAIN with a password.
+    #[default]
+    Password,
+    /// SASL XOAUTH2 (Microsoft 365, Outlook.com, Gmail): the secret source yields an OAuth2
+    /// access token, read anew on every connection.
+    Xoauth2,
 }
 
 /// How a connection is secured. Plain text is never offered.
@@ -115,7 +129,9 @@ pub struct MailboxConfig {
     pub host: String,
     pub port: u16,
     pub tls: Tls,
+    pub auth: Auth,
     pub username: String,
+    /// The password, or with XOAUTH2 the access token.
     pub password: SecretSource,
     pub ca_file: Option<PathBuf>,
     pub folder: String,
@@ -140,7 +156,9 @@ pub struct SmtpConfig {
     pub host: String,
     pub port: u16,
     pub tls: Tls,
+    pub auth: Auth,
     pub username: Option<String>,
+    /// The password, or with XOAUTH2 the access token.
     pub password: Option<SecretSource>,
     pub ca_file: Option<PathBuf>,
     /// First delay after a temporary failure; doubled per attempt, at most an hour.
@@ -221,6 +239,7 @@ fn mailbox_config(raw: &RawMailbox, origin: &str) -> Result<MailboxConfig, Confi
             Tls::Starttls => 143,
         }),
         tls,
+        auth: raw.auth.unwrap_or_default(),
         username,
         password,
         ca_file: raw.ca_file.clone(),
@@ -258,6 +277,7 @@ fn smtp_config(raw: &RawSmtp, origin: &str) -> Result<SmtpConfig, ConfigError> {
             Tls::Starttls => 587,
         }),
         tls,
+        auth: raw.auth.unwrap_or_default(),
         username: raw.username.clone(),
         password: secret_source(
             "smtp",

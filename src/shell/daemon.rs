@@ -138,6 +138,19 @@ async fn session(
         if engine.config.mode == crate::pipeline::decide::Mode::Approve {
             collect_approvals(engine, store, mailbox, &mut imap).await?;
         }
+        // An OAuth2 access token expires: fetch a fresh one for each pass that may send.
+        let fresh;
+        let smtp = match &engine.config.smtp {
+            Some(cfg) if cfg.auth == crate::config::Auth::Xoauth2 && smtp.is_some() => {
+                let token = match &cfg.password {
+                    Some(src) => Some(secret::resolve(src).await?),
+                    None => None,
+                };
+                fresh = Smtp::new(cfg, token)?;
+                Some(&fresh)
+            }
+            _ => smtp,
+        };
         deliver(engine, store, mailbox, &drafts, &mut imap, smtp).await?;
         if once {
             imap.logout().await;

@@ -2,6 +2,7 @@
 //! select, fetch new messages by UID without setting \Seen, append drafts, wait with IDLE.
 //! No decisions are made here: every branch is about I/O.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_imap::extensions::idle::IdleResponse;
@@ -12,7 +13,7 @@ use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 use tracing::{debug, info};
 
-use crate::config::{MailboxConfig, Tls};
+use crate::config::{Auth, MailboxConfig, Tls};
 use crate::shell::tls::{self, TlsSetupError};
 
 type Stream = tokio_rustls::client::TlsStream<TcpStream>;
@@ -73,6 +74,38 @@ impl ImapError {
             }
             _ => true,
         }
+    }
+}
+
+/// The XOAUTH2 client response: `user=U ^A auth=Bearer T ^A ^A`.
+pub fn xoauth2_initial(user: &str, token: &SecretString) -> Vec<u8> {
+    format!(
+        "user={user}\x01auth=Bearer {}\x01\x01",
+        token.expose_secret()
+    )
+    .into_bytes()
+}
+
+/// SASL XOAUTH2 for async-imap. On failure the server sends a JSON challenge; it is kept for
+/// the error message and answered with an empty line, as the mechanism requires.
+struct Xoauth2 {
+    initial: Vec<u8>,
+    sent: bool,
+    reason: Arc<Mutex<Option<String>>>,
+}
+
+impl async_imap::Authenticator for Xoauth2 {
+    type Response = Vec<u8>;
+
+    fn process(&mut self, challenge: &[u8]) -> Vec<u8> {
+        if !self.sent {
+            self.sent = true;
+            return std::mem::take(&mut self.initial);
+        }
+        if let Ok(mut r) = self.reason.lock() {
+            *r = Some(String::from_utf8_lossy(challenge).into_owned());
+        }
+        Vec::new()
     }
 }
 
@@ -169,14 +202,40 @@ impl Imap {
                 })?
                 .ok_or_else(closed)?;
         }
-        let mut session = client
-            .login(&cfg.username, password.expose_secret())
-            .await
-            .map_err(|(e, _)| ImapError::Login {
-                server: server.clone(),
-                user: cfg.username.clone(),
-                message: e.to_string(),
-            })?;
+        let mut session = match cfg.auth {
+            Auth::Password => client
+                .login(&cfg.username, password.expose_secret())
+                .await
+                .map_err(|(e, _)| ImapError::Login {
+                    server: server.clone(),
+                    user: cfg.username.clone(),
+                    message: e.to_string(),
+                })?,
+            Auth::Xoauth2 => {
+                let reason = Arc::new(Mutex::new(None));
+                let authenticator = Xoauth2 {
+                    initial: xoauth2_initial(&cfg.username, password),
+                    sent: false,
+                    reason: reason.clone(),
+                };
+                client
+                    .authenticate("XOAUTH2", authenticator)
+                    .await
+                    .map_err(|(e, _)| {
+                        let why = reason
+                            .lock()
+                            .ok()
+                            .and_then(|r| r.clone())
+                            .map(|r| format!(" (server says: {r})"))
+                            .unwrap_or_default();
+                        ImapError::Login {
+                            server: server.clone(),
+                            user: cfg.username.clone(),
+                            message: format!("XOAUTH2: {e}{why}"),
+                        }
+                    })?
+            }
+        };
         let caps = session
             .capabilities()
             .await

@@ -4,12 +4,12 @@
 use std::time::Duration;
 
 use lettre::address::Envelope;
-use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{Certificate, Tls as LettreTls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::config::{SmtpConfig, Tls};
+use crate::config::{Auth, SmtpConfig, Tls};
 
 /// Sending failed; the message names the server, never the password.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +78,10 @@ impl Smtp {
                 user.clone(),
                 pass.expose_secret().to_string(),
             ));
+            builder = builder.authentication(match cfg.auth {
+                Auth::Password => vec![Mechanism::Plain, Mechanism::Login],
+                Auth::Xoauth2 => vec![Mechanism::Xoauth2],
+            });
         }
         Ok(Smtp {
             transport: builder.build(),

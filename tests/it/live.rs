@@ -199,7 +199,7 @@ impl Case {
         });
     }
 
-    fn bot(&self, args: &[&str]) -> Output {
+    pub(crate) fn bot(&self, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_postmaster-bot"))
             .args(args)
             .current_dir(self.dir.path())

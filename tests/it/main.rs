@@ -6,6 +6,7 @@ mod fake_imap;
 mod faults;
 mod guards;
 mod live;
+mod oauth;
 mod snapshots;
 mod support;
 mod tidy;
