@@ -32,6 +32,14 @@ fn main() -> ExitCode {
     init_logging(cli.log_format, cli.verbose);
     match run(cli) {
         Ok(code) => code,
+        // A reader that went away (`| head`) is not an error worth reporting.
+        Err(err)
+            if err
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(err) => {
             eprintln!("postmaster-bot: error: {err:#}");
             if err.downcast_ref::<UsageError>().is_some()
