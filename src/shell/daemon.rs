@@ -75,6 +75,7 @@ pub async fn run(
             return Ok(());
         }
         let password = secret::resolve(&mailbox.password).await?;
+        let started = std::time::Instant::now();
         match session(
             engine,
             store,
@@ -88,6 +89,10 @@ pub async fn run(
         {
             Ok(()) => return Ok(()),
             Err(e) if e.is_transient() && !once => {
+                // A session that ran for a while was healthy: start the backoff over.
+                if started.elapsed() > Duration::from_secs(60) {
+                    delay = Duration::from_secs(1);
+                }
                 warn!(error = %e, retry_in = ?delay, "connection lost; reconnecting");
                 tokio::select! {
                     _ = tokio::time::sleep(jitter(delay)) => {}
@@ -127,7 +132,7 @@ async fn session(
         imap.ensure_folder(&mailbox.review_folder).await?;
         imap.ensure_folder(&mailbox.approved_folder).await?;
     }
-    settle_uncertain(store, mailbox, &mut imap).await?;
+    settle_uncertain(store, mailbox, &drafts, &mut imap).await?;
     loop {
         catch_up(engine, store, mailbox, &mut imap, shutdown).await?;
         if *shutdown.borrow() {
@@ -256,8 +261,13 @@ async fn deliver(
     for item in store.outbox_items("pending")? {
         match item.disposition.as_str() {
             "draft" => {
+                // `drafting` marks the window between APPEND and the record of it.
+                if !store.transition_outbox(item.id, "pending", "drafting", None, now)? {
+                    continue;
+                }
                 imap.append(drafts, DRAFT_FLAGS, &item.bytes).await?;
-                store.transition_outbox(item.id, "pending", "drafted", None, now)?;
+                crate::shell::failpoint::hit("after_append");
+                store.transition_outbox(item.id, "drafting", "drafted", None, now)?;
                 note(
                     store,
                     &item,
@@ -267,9 +277,12 @@ async fn deliver(
                 info!(outbox = item.id, template = %item.template, folder = drafts, "drafted");
             }
             "queue" => {
+                if !store.transition_outbox(item.id, "pending", "mirroring", None, now)? {
+                    continue;
+                }
                 imap.append(&mailbox.review_folder, REVIEW_FLAGS, &item.bytes)
                     .await?;
-                store.transition_outbox(item.id, "pending", "awaiting_approval", None, now)?;
+                store.transition_outbox(item.id, "mirroring", "awaiting_approval", None, now)?;
                 note(
                     store,
                     &item,
@@ -382,8 +395,26 @@ async fn send(
 async fn settle_uncertain(
     store: &mut Store,
     mailbox: &MailboxConfig,
+    drafts: &str,
     imap: &mut Imap,
 ) -> Result<(), DaemonError> {
+    // A draft or review copy whose APPEND may have happened: look for it before writing again.
+    let now = crate::clock::now();
+    for (status, folder, done) in [
+        ("drafting", drafts, "drafted"),
+        (
+            "mirroring",
+            mailbox.review_folder.as_str(),
+            "awaiting_approval",
+        ),
+    ] {
+        for item in store.outbox_items(status)? {
+            let present =
+                imap.select(folder).await.is_ok() && imap.has_message_id(&item.message_id).await?;
+            let next = if present { done } else { "pending" };
+            store.transition_outbox(item.id, status, next, None, now)?;
+        }
+    }
     let uncertain = store.outbox_items("sending")?;
     if uncertain.is_empty() {
         return Ok(());

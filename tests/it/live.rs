@@ -742,3 +742,33 @@ fn a_crash_at_any_step_never_sends_twice_or_loses_the_reply() {
         }
     }
 }
+
+#[test]
+fn a_crash_right_after_the_draft_append_never_drafts_twice() {
+    let case = setup("draft", "");
+    case.deliver(&THREAD);
+    let crashed = Command::new(env!("CARGO_BIN_EXE_postmaster-bot"))
+        .args([
+            "run",
+            "--once",
+            "--config",
+            &case.config.display().to_string(),
+        ])
+        .current_dir(case.dir.path())
+        .env("PMB_TEST_PASSWORD", "password")
+        .env("POSTMASTER_BOT_FAILPOINT", "after_append")
+        .output()
+        .expect("binary runs");
+    assert!(!crashed.status.success(), "the failpoint did not fire");
+    assert_eq!(
+        case.messages("postmaster@example.net", &case.drafts).len(),
+        1
+    );
+    case.run_once();
+    case.run_once();
+    assert_eq!(
+        case.messages("postmaster@example.net", &case.drafts).len(),
+        1,
+        "no second draft"
+    );
+}
