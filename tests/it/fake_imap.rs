@@ -141,3 +141,128 @@ fn a_server_answering_garbage_is_an_error_not_a_crash() {
     );
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// An Exchange Online-like server: its capability list (no SPECIAL-USE, CONDSTORE or QRESYNC),
+/// XOAUTH2 only, and `* BYE` in the middle of IDLE. Counts the connections it gets.
+async fn serve_exchange(
+    tls_dir: std::path::PathBuf,
+    connections: Arc<std::sync::atomic::AtomicUsize>,
+) -> u16 {
+    let acceptor = tls_acceptor(&tls_dir);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    const CAPS: &str = "IMAP4 IMAP4rev1 AUTH=PLAIN AUTH=XOAUTH2 SASL-IR UIDPLUS MOVE ID UNSELECT CHILDREN IDLE NAMESPACE LITERAL+";
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            connections.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let (read, mut write) = tokio::io::split(tls);
+                let mut lines = BufReader::new(read).lines();
+                let _ = write
+                    .write_all(b"* OK The Microsoft Exchange IMAP4 service is ready. [fake]\r\n")
+                    .await;
+                let mut auth_tag = None;
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if let Some(tag) = auth_tag.take() {
+                        // The XOAUTH2 client response arrived after the continuation.
+                        let ok = base64_decodes_to_bearer(&line);
+                        let reply = if ok {
+                            format!("{tag} OK AUTHENTICATE completed.\r\n")
+                        } else {
+                            format!("{tag} NO AUTHENTICATE failed.\r\n")
+                        };
+                        let _ = write.write_all(reply.as_bytes()).await;
+                        continue;
+                    }
+                    let mut parts = line.splitn(3, ' ');
+                    let tag = parts.next().unwrap_or("*").to_string();
+                    let cmd = parts.next().unwrap_or("").to_ascii_uppercase();
+                    let reply = match cmd.as_str() {
+                        "AUTHENTICATE" => {
+                            auth_tag = Some(tag);
+                            "+ \r\n".to_string()
+                        }
+                        "CAPABILITY" => format!("* CAPABILITY {CAPS}\r\n{tag} OK CAPABILITY completed.\r\n"),
+                        "SELECT" => format!("* 0 EXISTS\r\n* 0 RECENT\r\n* OK [UIDVALIDITY 14] UIDVALIDITY value\r\n* OK [UIDNEXT 1] The next unique identifier value\r\n{tag} OK [READ-WRITE] SELECT completed.\r\n"),
+                        "UID" => format!("* SEARCH\r\n{tag} OK SEARCH completed.\r\n"),
+                        "LIST" => format!("* LIST (\\HasNoChildren) \"/\" Drafts\r\n{tag} OK LIST completed.\r\n"),
+                        "IDLE" => {
+                            // Exchange drops idle sessions: BYE in the middle of IDLE.
+                            let _ = write.write_all(b"+ IDLE accepted, awaiting DONE command.\r\n").await;
+                            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                            let _ = write.write_all(b"* BYE Connection is closed. 13\r\n").await;
+                            let _ = write.shutdown().await;
+                            return;
+                        }
+                        "LOGOUT" => format!("* BYE Microsoft Exchange Server IMAP4 server signing off.\r\n{tag} OK LOGOUT completed.\r\n"),
+                        _ => format!("{tag} OK completed.\r\n"),
+                    };
+                    if write.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+fn base64_decodes_to_bearer(line: &str) -> bool {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(line.trim())
+        .is_ok_and(|b| String::from_utf8_lossy(&b).contains("auth=Bearer exchange-token"))
+}
+
+#[test]
+fn exchange_bye_during_idle_is_a_normal_reconnect() {
+    let case = setup("draft", "");
+    let tls_dir = std::path::Path::new(&case.stack_ca())
+        .parent()
+        .expect("tls dir")
+        .to_path_buf();
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let port = runtime.block_on(serve_exchange(tls_dir, connections.clone()));
+    let text = std::fs::read_to_string(&case.config)
+        .expect("config")
+        .replacen(
+            &format!("port = {}", case.stack.imaps_port),
+            &format!("port = {port}\nauth = \"xoauth2\""),
+            1,
+        )
+        .replacen(
+            "password_env = \"PMB_TEST_PASSWORD\"",
+            "password_command = \"echo exchange-token\"",
+            1,
+        );
+    std::fs::write(&case.config, text).expect("write");
+    let mut daemon = crate::live::Daemon(
+        std::process::Command::new(env!("CARGO_BIN_EXE_postmaster-bot"))
+            .args(["run", "--config", &case.config.display().to_string()])
+            .current_dir(case.dir.path())
+            .env("PMB_TEST_PASSWORD", "password")
+            .spawn()
+            .expect("daemon starts"),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while connections.load(std::sync::atomic::Ordering::SeqCst) < 3
+        && std::time::Instant::now() < deadline
+    {
+        runtime.block_on(async { tokio::time::sleep(std::time::Duration::from_millis(100)).await });
+    }
+    let seen = connections.load(std::sync::atomic::Ordering::SeqCst);
+    let status = daemon.stop();
+    assert!(
+        seen >= 3,
+        "the daemon reconnected after each BYE: {seen} connections"
+    );
+    assert!(
+        status.success(),
+        "still running, then stopped cleanly: {status}"
+    );
+}

@@ -107,12 +107,14 @@ fn a_cut_connection_mid_idle_and_a_server_outage_are_survived() {
     let case = setup("draft", "");
     let proxy = Proxy::start(case.stack.imaps_port);
     point_imap_at(&case, proxy.port);
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_postmaster-bot"))
-        .args(["run", "--config", &case.config.display().to_string()])
-        .current_dir(case.dir.path())
-        .env("PMB_TEST_PASSWORD", "password")
-        .spawn()
-        .expect("daemon starts");
+    let mut daemon = crate::live::Daemon(
+        Command::new(env!("CARGO_BIN_EXE_postmaster-bot"))
+            .args(["run", "--config", &case.config.display().to_string()])
+            .current_dir(case.dir.path())
+            .env("PMB_TEST_PASSWORD", "password")
+            .spawn()
+            .expect("daemon starts"),
+    );
     std::thread::sleep(Duration::from_millis(1500));
     // The server goes away mid-IDLE and refuses connections for a while.
     proxy.refuse(true);
@@ -134,8 +136,7 @@ fn a_cut_connection_mid_idle_and_a_server_outage_are_survived() {
         1,
         "no second draft"
     );
-    let _ = Command::new("kill").arg(daemon.id().to_string()).status();
-    let status = daemon.wait().expect("exits");
+    let status = daemon.stop();
     assert!(status.success(), "daemon exit status {status}");
 }
 

@@ -377,13 +377,36 @@ fn approve_by_moving_the_draft_sends_the_edited_text() {
     assert_eq!(case.delivered_replies().len(), 1);
 }
 
+/// A daemon started by a test; killed when dropped, so a failing assertion never leaves it
+/// running (it would hold the test runner's output pipe open).
+pub(crate) struct Daemon(pub(crate) std::process::Child);
+
+impl Daemon {
+    /// SIGTERM, then the exit status.
+    pub(crate) fn stop(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        self.0.wait().expect("daemon exits")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 fn time_until_draft(case: &Case, extra_wait: Duration) -> Duration {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_postmaster-bot"))
-        .args(["run", "--config", &case.config.display().to_string()])
-        .current_dir(case.dir.path())
-        .env("PMB_TEST_PASSWORD", "password")
-        .spawn()
-        .expect("daemon starts");
+    let mut child = Daemon(
+        Command::new(env!("CARGO_BIN_EXE_postmaster-bot"))
+            .args(["run", "--config", &case.config.display().to_string()])
+            .current_dir(case.dir.path())
+            .env("PMB_TEST_PASSWORD", "password")
+            .spawn()
+            .expect("daemon starts"),
+    );
     // Let it finish its first pass and start waiting.
     std::thread::sleep(extra_wait);
     let start = Instant::now();
@@ -402,8 +425,7 @@ fn time_until_draft(case: &Case, extra_wait: Duration) -> Duration {
         std::thread::sleep(Duration::from_millis(50));
     };
     // SIGTERM: the daemon stops cleanly.
-    let _ = Command::new("kill").arg(child.id().to_string()).status();
-    let status = child.wait().expect("daemon exits");
+    let status = child.stop();
     assert!(status.success(), "daemon exit status {status}");
     took
 }
