@@ -69,16 +69,18 @@ static GATEWAY_TAG: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new
     .expect("static regex is valid")
 });
 
+/// Subject prefixes of replies (English, German, Scandinavian, Dutch, Italian), lowercased.
+const REPLY_PREFIXES: &[&str] = &["re:", "aw:", "sv:", "antw:", "r:"];
+/// Subject prefixes of forwards, lowercased.
+const FORWARD_PREFIXES: &[&str] = &["fw:", "fwd:"];
+
 /// The subject of a reply: `RE: ` + the parent's, keeping the ticket id visible. Tags our own
 /// mail gateway put in front (`[EXTERNAL]`) are not sent back to Microsoft.
 pub fn reply_subject(parent_subject: &str, ticket_id: Option<&str>) -> String {
     let trimmed = GATEWAY_TAG.replace(parent_subject.trim(), "");
     let trimmed = trimmed.trim();
     let lower = trimmed.to_ascii_lowercase();
-    let mut subject = if ["re:", "aw:", "sv:", "antw:", "r:"]
-        .iter()
-        .any(|p| lower.starts_with(p))
-    {
+    let mut subject = if REPLY_PREFIXES.iter().any(|p| lower.starts_with(p)) {
         trimmed.to_string()
     } else {
         format!("RE: {trimmed}")
@@ -240,8 +242,9 @@ fn strip_reply_prefix(subject: &str) -> &str {
     let mut s = subject.trim();
     loop {
         let lower = s.to_ascii_lowercase();
-        match ["re:", "aw:", "sv:", "fw:", "fwd:", "antw:"]
+        match REPLY_PREFIXES
             .iter()
+            .chain(FORWARD_PREFIXES)
             .find(|p| lower.starts_with(*p))
         {
             Some(p) => s = s[p.len()..].trim_start(),
