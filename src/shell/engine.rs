@@ -181,7 +181,14 @@ impl Engine {
             .date
             .is_some_and(|d| now.saturating_sub(d) > max_age);
         let limits = &self.config.reply_limits;
-        let cap = if tx.replies_since(now - 3600)? >= i64::from(limits.max_replies_per_hour) {
+        // Only a reply can be capped; other messages skip the store queries.
+        let replying = matches!(
+            transition.action,
+            Action::DraftEscalationReply | Action::DraftFollowup
+        );
+        let cap = if !replying {
+            None
+        } else if tx.replies_since(now - 3600)? >= i64::from(limits.max_replies_per_hour) {
             Some(format!(
                 "global reply limit reached ({} per hour)",
                 limits.max_replies_per_hour
