@@ -109,6 +109,27 @@ impl async_imap::Authenticator for Xoauth2 {
     }
 }
 
+/// Runs one IMAP command with a time limit, naming the server and the command in the error.
+/// Takes the server name and limit by value so the caller can hold the session borrowed.
+async fn guarded<T>(
+    server: &str,
+    timeout: Duration,
+    command: &str,
+    fut: impl std::future::Future<Output = Result<T, async_imap::error::Error>>,
+) -> Result<T, ImapError> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r.map_err(|source| ImapError::Command {
+            server: server.to_string(),
+            command: command.to_string(),
+            source,
+        }),
+        Err(_) => Err(ImapError::Timeout {
+            server: server.to_string(),
+            command: command.to_string(),
+        }),
+    }
+}
+
 /// A selected folder's sync state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Selected {
@@ -291,19 +312,13 @@ impl Imap {
         let timeout = self.timeout;
         let server = self.server.clone();
         let session = self.session()?;
-        let mailbox = match tokio::time::timeout(timeout, session.select(folder)).await {
-            Ok(r) => r.map_err(|source| ImapError::Command {
-                server: server.clone(),
-                command: format!("SELECT {folder}"),
-                source,
-            })?,
-            Err(_) => {
-                return Err(ImapError::Timeout {
-                    server,
-                    command: format!("SELECT {folder}"),
-                })
-            }
-        };
+        let mailbox = guarded(
+            &server,
+            timeout,
+            &format!("SELECT {folder}"),
+            session.select(folder),
+        )
+        .await?;
         let uid_validity = mailbox
             .uid_validity
             .ok_or_else(|| ImapError::NoUidValidity {
@@ -339,19 +354,13 @@ impl Imap {
         let query = format!("UID {}:*", after.saturating_add(1));
         let server = self.server.clone();
         let session = self.session()?;
-        let found = match tokio::time::timeout(timeout, session.uid_search(&query)).await {
-            Ok(r) => r.map_err(|source| ImapError::Command {
-                server: server.clone(),
-                command: format!("UID SEARCH {query}"),
-                source,
-            })?,
-            Err(_) => {
-                return Err(ImapError::Timeout {
-                    server,
-                    command: "UID SEARCH".into(),
-                })
-            }
-        };
+        let found = guarded(
+            &server,
+            timeout,
+            &format!("UID SEARCH {query}"),
+            session.uid_search(&query),
+        )
+        .await?;
         // NOTE: RFC 3501: "n:*" always matches the highest UID, even when it is below n.
         let mut uids: Vec<u32> = found.into_iter().filter(|u| *u > after).collect();
         uids.sort_unstable();
@@ -371,27 +380,14 @@ impl Imap {
             let server = self.server.clone();
             let session = self.session()?;
             let fetched: Vec<async_imap::types::Fetch> =
-                match tokio::time::timeout(timeout, async {
+                guarded(&server, timeout, "UID FETCH", async {
                     session
                         .uid_fetch(&set, "(UID BODY.PEEK[])")
                         .await?
                         .try_collect::<Vec<_>>()
                         .await
                 })
-                .await
-                {
-                    Ok(r) => r.map_err(|source| ImapError::Command {
-                        server: server.clone(),
-                        command: "UID FETCH".into(),
-                        source,
-                    })?,
-                    Err(_) => {
-                        return Err(ImapError::Timeout {
-                            server,
-                            command: "UID FETCH".into(),
-                        })
-                    }
-                };
+                .await?;
             for f in fetched {
                 if let (Some(uid), Some(body)) = (f.uid, f.body()) {
                     out.push((uid, body.to_vec()));
@@ -408,27 +404,14 @@ impl Imap {
         let timeout = self.timeout;
         let server = self.server.clone();
         let session = self.session()?;
-        let names: Vec<async_imap::types::Name> = match tokio::time::timeout(timeout, async {
+        let names: Vec<async_imap::types::Name> = guarded(&server, timeout, "LIST", async {
             session
                 .list(Some(""), Some("*"))
                 .await?
                 .try_collect::<Vec<_>>()
                 .await
         })
-        .await
-        {
-            Ok(r) => r.map_err(|source| ImapError::Command {
-                server: server.clone(),
-                command: "LIST".into(),
-                source,
-            })?,
-            Err(_) => {
-                return Err(ImapError::Timeout {
-                    server,
-                    command: "LIST".into(),
-                })
-            }
-        };
+        .await?;
         Ok(names
             .iter()
             .find(|n| {
@@ -525,18 +508,13 @@ impl Imap {
         let server = self.server.clone();
         let timeout = self.timeout;
         let session = self.session()?;
-        match tokio::time::timeout(timeout, session.append(folder, Some(flags), None, bytes)).await
-        {
-            Ok(r) => r.map_err(|source| ImapError::Command {
-                server,
-                command: format!("APPEND {folder}"),
-                source,
-            }),
-            Err(_) => Err(ImapError::Timeout {
-                server,
-                command: format!("APPEND {folder}"),
-            }),
-        }
+        guarded(
+            &server,
+            timeout,
+            &format!("APPEND {folder}"),
+            session.append(folder, Some(flags), None, bytes),
+        )
+        .await
     }
 
     /// Sets a keyword on a message of the selected folder.
@@ -606,17 +584,7 @@ impl Imap {
         let timeout = self.timeout;
         let server = self.server.clone();
         let session = self.session()?;
-        match tokio::time::timeout(timeout, session.noop()).await {
-            Ok(r) => r.map_err(|source| ImapError::Command {
-                server,
-                command: "NOOP".into(),
-                source,
-            }),
-            Err(_) => Err(ImapError::Timeout {
-                server,
-                command: "NOOP".into(),
-            }),
-        }
+        guarded(&server, timeout, "NOOP", session.noop()).await
     }
 
     /// Waits for a change with IDLE (re-issued after `renew`), or sleeps `poll` when the server
