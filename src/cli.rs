@@ -85,6 +85,26 @@ pub enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// OAuth2 for Microsoft 365, Outlook.com and Gmail (the `[oauth2]` section).
+    Auth {
+        #[command(subcommand)]
+        command: AuthCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuthCommand {
+    /// Sign in once (device code, or a browser for the authorization-code flow) and store the
+    /// refresh token in `refresh_token_file`, readable by the owner only.
+    Login {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Get an access token and log in to the IMAP (and SMTP) server with it; prints no token.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -12,6 +12,9 @@ use crate::pipeline::compose::Identity;
 use crate::pipeline::decide::{Mode, NotifyOn};
 use crate::pipeline::parse::Limits;
 
+mod oauth;
+pub use oauth::{Flow, OAuth2Config, Provider, RawOAuth2, RefreshTokenStore};
+
 /// A config that cannot be used, naming the file and the key or line at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -51,6 +54,7 @@ pub struct RawConfig {
     pub limits: RawLimits,
     pub mailbox: Option<RawMailbox>,
     pub smtp: Option<RawSmtp>,
+    pub oauth2: Option<RawOAuth2>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -100,8 +104,8 @@ pub enum Auth {
     /// IMAP LOGIN / SMTP AUTH PLAIN with a password.
     #[default]
     Password,
-    /// SASL XOAUTH2 (Microsoft 365, Outlook.com, Gmail): the secret source yields an OAuth2
-    /// access token, read anew on every connection.
+    /// SASL XOAUTH2 (Microsoft 365, Outlook.com, Gmail): the access token comes from the
+    /// `[oauth2]` section, or from a password source that prints one (an external helper).
     Xoauth2,
 }
 
@@ -131,8 +135,8 @@ pub struct MailboxConfig {
     pub tls: Tls,
     pub auth: Auth,
     pub username: String,
-    /// The password, or with XOAUTH2 the access token.
-    pub password: SecretSource,
+    /// The password, or with XOAUTH2 an access token; `None`: the token comes from `[oauth2]`.
+    pub password: Option<SecretSource>,
     pub ca_file: Option<PathBuf>,
     pub folder: String,
     /// `None`: the folder with the \Drafts SPECIAL-USE attribute, else "Drafts".
@@ -150,6 +154,45 @@ pub struct MailboxConfig {
     pub command_timeout: std::time::Duration,
 }
 
+/// A mail host whose folder names and habits are known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostedBy {
+    /// Exchange Online / Outlook.com: no SPECIAL-USE, "Drafts" and "Sent Items".
+    Microsoft,
+    /// Gmail / Google Workspace: `[Gmail]/Drafts` and `[Gmail]/Sent Mail` (SPECIAL-USE too).
+    Gmail,
+}
+
+impl HostedBy {
+    pub fn of(host: &str) -> Option<HostedBy> {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        if host == "outlook.office365.com"
+            || host.ends_with(".outlook.com")
+            || host == "outlook.office.com"
+        {
+            Some(HostedBy::Microsoft)
+        } else if host == "imap.gmail.com" || host == "imap.googlemail.com" {
+            Some(HostedBy::Gmail)
+        } else {
+            None
+        }
+    }
+
+    /// Drafts and Sent, by name, for servers that do not flag them with SPECIAL-USE.
+    pub fn folders(self) -> (&'static str, &'static str) {
+        match self {
+            HostedBy::Microsoft => ("Drafts", "Sent Items"),
+            HostedBy::Gmail => ("[Gmail]/Drafts", "[Gmail]/Sent Mail"),
+        }
+    }
+}
+
+impl MailboxConfig {
+    pub fn hosted_by(&self) -> Option<HostedBy> {
+        HostedBy::of(&self.host)
+    }
+}
+
 /// The SMTP submission server replies go through (auto mode and notifications).
 #[derive(Debug, Clone)]
 pub struct SmtpConfig {
@@ -158,7 +201,7 @@ pub struct SmtpConfig {
     pub tls: Tls,
     pub auth: Auth,
     pub username: Option<String>,
-    /// The password, or with XOAUTH2 the access token.
+    /// The password, or with XOAUTH2 an access token; `None` with XOAUTH2: from `[oauth2]`.
     pub password: Option<SecretSource>,
     pub ca_file: Option<PathBuf>,
     /// First delay after a temporary failure; doubled per attempt, at most an hour.
@@ -167,6 +210,7 @@ pub struct SmtpConfig {
 
 fn secret_source(
     section: &str,
+    name: &str,
     env: &Option<String>,
     file: &Option<PathBuf>,
     command: &Option<String>,
@@ -185,8 +229,8 @@ fn secret_source(
         1 => Ok(given.into_iter().next()),
         _ => Err(ConfigError::Invalid {
             path: origin.to_string(),
-            key: format!("{section}.password_env"),
-            message: "give only one of password_env, password_file, password_command".into(),
+            key: format!("{section}.{name}_env"),
+            message: format!("give only one of {name}_env, {name}_file, {name}_command"),
         }),
     }
 }
@@ -206,19 +250,21 @@ fn mailbox_config(raw: &RawMailbox, origin: &str) -> Result<MailboxConfig, Confi
         .clone()
         .ok_or_else(|| invalid("username", "is required"))?;
     let tls = raw.tls.unwrap_or(Tls::Implicit);
+    let auth = raw.auth.unwrap_or_default();
     let password = secret_source(
         "mailbox",
+        "password",
         &raw.password_env,
         &raw.password_file,
         &raw.password_command,
         origin,
-    )?
-    .ok_or_else(|| {
-        invalid(
+    )?;
+    if password.is_none() && auth == Auth::Password {
+        return Err(invalid(
             "password_env",
             "one of password_env, password_file or password_command is required",
-        )
-    })?;
+        ));
+    }
     // NOTE: RFC 2177: servers may end an IDLE after 30 minutes; Exchange Online and NAT
     // boxes drop idle connections sooner, hence a 10-minute default.
     let idle_renew_seconds = raw.idle_renew_seconds.unwrap_or(600);
@@ -239,7 +285,7 @@ fn mailbox_config(raw: &RawMailbox, origin: &str) -> Result<MailboxConfig, Confi
             Tls::Starttls => 143,
         }),
         tls,
-        auth: raw.auth.unwrap_or_default(),
+        auth,
         username,
         password,
         ca_file: raw.ca_file.clone(),
@@ -281,6 +327,7 @@ fn smtp_config(raw: &RawSmtp, origin: &str) -> Result<SmtpConfig, ConfigError> {
         username: raw.username.clone(),
         password: secret_source(
             "smtp",
+            "password",
             &raw.password_env,
             &raw.password_file,
             &raw.password_command,
@@ -380,6 +427,8 @@ pub struct Config {
     pub reply_limits: ReplyLimits,
     pub mailbox: Option<MailboxConfig>,
     pub smtp: Option<SmtpConfig>,
+    /// Where XOAUTH2 access tokens come from when no password source prints them.
+    pub oauth2: Option<OAuth2Config>,
 }
 
 /// The bot's From when none is configured.
@@ -553,7 +602,43 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         .as_ref()
         .map(|m| smtp_config(m, origin))
         .transpose()?;
+    let state_path = raw
+        .state
+        .path
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("postmaster-bot.sqlite3"));
+    let oauth2 = raw
+        .oauth2
+        .as_ref()
+        .map(|o| oauth::oauth2_config(o, &state_path, origin))
+        .transpose()?;
+    let needs_oauth2 = |auth: Auth, password: &Option<SecretSource>| {
+        auth == Auth::Xoauth2 && password.is_none() && oauth2.is_none()
+    };
+    if let Some(m) = &mailbox {
+        if needs_oauth2(m.auth, &m.password) {
+            return Err(invalid(
+                "mailbox.auth",
+                "xoauth2 needs an [oauth2] section, or a password_command that prints an access token".into(),
+            ));
+        }
+    }
+    if let Some(s) = &smtp {
+        if needs_oauth2(s.auth, &s.password) {
+            return Err(invalid(
+                "smtp.auth",
+                "xoauth2 needs an [oauth2] section, or a password_command that prints an access token".into(),
+            ));
+        }
+        if s.auth == Auth::Xoauth2 && s.username.is_none() {
+            return Err(invalid(
+                "smtp.username",
+                "is required with auth = \"xoauth2\"".into(),
+            ));
+        }
+    }
     Ok(Config {
+        oauth2,
         max_reply_age_days: p.max_reply_age_days.unwrap_or(7),
         reply_limits: ReplyLimits {
             max_replies_per_hour: p.max_replies_per_hour.unwrap_or(10),
@@ -579,10 +664,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         },
         rules_file: raw.rules.file,
         templates_dir: raw.templates.dir,
-        state_path: raw
-            .state
-            .path
-            .unwrap_or_else(|| PathBuf::from("postmaster-bot.sqlite3")),
+        state_path,
         policy,
         notify_on,
         limits,
@@ -614,7 +696,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         if let Some(p) = m.ca_file.as_mut() {
             resolve(p);
         }
-        if let SecretSource::File(p) = &mut m.password {
+        if let Some(SecretSource::File(p)) = m.password.as_mut() {
             resolve(p);
         }
     }
@@ -623,6 +705,14 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             resolve(p);
         }
         if let Some(SecretSource::File(p)) = s.password.as_mut() {
+            resolve(p);
+        }
+    }
+    if let Some(o) = config.oauth2.as_mut() {
+        if let Some(SecretSource::File(p)) = o.client_secret.as_mut() {
+            resolve(p);
+        }
+        if let Some(RefreshTokenStore::File(p)) = o.refresh_token.as_mut() {
             resolve(p);
         }
     }

@@ -15,12 +15,14 @@ use postmaster_bot::pipeline::classify::{Kind, Origin, Verdict};
 use postmaster_bot::pipeline::decide::Mode;
 use postmaster_bot::pipeline::render::{self, IdentityView, MessageView};
 use postmaster_bot::shell::engine::Engine;
+use postmaster_bot::shell::oauth::{OAuthError, TokenProvider};
 use postmaster_bot::shell::replay::{self, Format};
+use postmaster_bot::shell::secret::Credential;
 use postmaster_bot::shell::store::Store;
 
 mod cli;
 
-use cli::{CasesCommand, Cli, Command, LogFormat, ModeArg, QueueCommand};
+use cli::{AuthCommand, CasesCommand, Cli, Command, LogFormat, ModeArg, QueueCommand};
 
 /// An error the user fixes in the config or the command line (exit code 2).
 #[derive(Debug, thiserror::Error)]
@@ -90,22 +92,35 @@ fn warn_readable_secrets(config: &Config) -> Vec<String> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let files = [
-            config.mailbox.as_ref().map(|m| &m.password),
+        let oauth2 = config.oauth2.as_ref();
+        let sources = [
+            config.mailbox.as_ref().and_then(|m| m.password.as_ref()),
             config.smtp.as_ref().and_then(|s| s.password.as_ref()),
+            oauth2.and_then(|o| o.client_secret.as_ref()),
         ];
-        for source in files.into_iter().flatten() {
-            if let config::SecretSource::File(path) = source {
-                if let Ok(meta) = std::fs::metadata(path) {
-                    if meta.permissions().mode() & 0o077 != 0 {
-                        let w = format!(
-                            "password file {} is readable by others (mode {:o}): chmod 600 it",
-                            path.display(),
-                            meta.permissions().mode() & 0o777
-                        );
-                        tracing::warn!("{w}");
-                        warnings.push(w);
-                    }
+        let mut files: Vec<&Path> = sources
+            .into_iter()
+            .flatten()
+            .filter_map(|s| match s {
+                config::SecretSource::File(p) => Some(p.as_path()),
+                _ => None,
+            })
+            .collect();
+        if let Some(config::RefreshTokenStore::File(p)) =
+            oauth2.and_then(|o| o.refresh_token.as_ref())
+        {
+            files.push(p);
+        }
+        for path in files {
+            if let Ok(meta) = std::fs::metadata(path) {
+                if meta.permissions().mode() & 0o077 != 0 {
+                    let w = format!(
+                        "secret file {} is readable by others (mode {:o}): chmod 600 it",
+                        path.display(),
+                        meta.permissions().mode() & 0o777
+                    );
+                    tracing::warn!("{w}");
+                    warnings.push(w);
                 }
             }
         }
@@ -240,6 +255,92 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Queue { command } => queue(command, &mut out),
         Command::Run { config, once, mode } => run_daemon(&config, once, mode),
         Command::CheckConfig { config } => check_config(&config, &mut out),
+        Command::Auth { command } => auth(command, &mut out),
+    }
+}
+
+fn auth(command: AuthCommand, out: &mut impl Write) -> Result<ExitCode> {
+    let path = match &command {
+        AuthCommand::Login { config } | AuthCommand::Check { config } => config.clone(),
+    };
+    let config = config::load(&path)?;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")?;
+    let provider = || -> Result<std::sync::Arc<TokenProvider>> {
+        let cfg = config.oauth2.clone().ok_or_else(|| {
+            UsageError(format!(
+                "config {}: no [oauth2] section; `auth` works with the OAuth2 provider",
+                path.display()
+            ))
+        })?;
+        Ok(std::sync::Arc::new(TokenProvider::new(cfg)?))
+    };
+    match command {
+        AuthCommand::Login { .. } => {
+            let provider = provider()?;
+            let show = |text: &str| {
+                println!("{text}");
+                let _ = std::io::stdout().flush();
+            };
+            runtime.block_on(async {
+                match provider.config().flow {
+                    config::Flow::DeviceCode => provider.login_device_code(show).await,
+                    config::Flow::AuthorizationCode => {
+                        provider.login_authorization_code(show).await
+                    }
+                    config::Flow::ClientCredentials => Err(OAuthError::Login(
+                        "flow = \"client_credentials\" needs no sign-in: run `auth check`".into(),
+                    )),
+                }
+            })?;
+            // The provider's first refresh proves the stored token works.
+            runtime.block_on(provider.access_token(true))?;
+            if let Some(config::RefreshTokenStore::File(p)) = &provider.config().refresh_token {
+                writeln!(
+                    out,
+                    "signed in; refresh token stored in {} (mode 600)",
+                    p.display()
+                )?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AuthCommand::Check { .. } => {
+            let provider = config.oauth2.as_ref().map(|_| provider()).transpose()?;
+            runtime.block_on(async {
+                if let Some(m) = &config.mailbox {
+                    let credential = Credential::pick(m.password.as_ref(), provider.as_ref())
+                        .context("[mailbox] has no credential")?;
+                    let secret = credential.get(true).await?;
+                    let imap = postmaster_bot::shell::imap::Imap::connect(m, &secret).await?;
+                    imap.logout().await;
+                    writeln!(
+                        out,
+                        "IMAP {}:{}: logged in as {}",
+                        m.host, m.port, m.username
+                    )?;
+                }
+                if let Some(s) = &config.smtp {
+                    let credential = Credential::pick(s.password.as_ref(), provider.as_ref());
+                    let secret = match &credential {
+                        Some(c) => Some(c.get(false).await?),
+                        None => None,
+                    };
+                    postmaster_bot::shell::smtp::Smtp::new(s, secret)?
+                        .check()
+                        .await?;
+                    writeln!(
+                        out,
+                        "SMTP {}:{}: connected and authenticated",
+                        s.host, s.port
+                    )?;
+                }
+                anyhow::Ok(())
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -516,6 +617,35 @@ fn check_config(path: &Path, out: &mut dyn Write) -> Result<ExitCode> {
     }
     for w in warn_readable_secrets(&config) {
         writeln!(out, "  warning: {w}")?;
+    }
+    if let Some(m) = &config.mailbox {
+        if let (Some(host), Some(sent)) = (m.hosted_by(), &m.sent_folder) {
+            writeln!(
+                out,
+                "  warning: {host:?} files submitted mail in Sent itself: sent_folder = \"{sent}\" makes a second copy of each reply"
+            )?;
+        }
+    }
+    if let Some(o) = &config.oauth2 {
+        let token = match &o.refresh_token {
+            Some(config::RefreshTokenStore::File(p)) if p.exists() => {
+                format!("refresh token in {}", p.display())
+            }
+            Some(config::RefreshTokenStore::File(p)) => format!(
+                "no refresh token yet in {}: run `postmaster-bot auth login --config {}`",
+                p.display(),
+                path.display()
+            ),
+            Some(config::RefreshTokenStore::Env(name)) => format!("refresh token from ${name}"),
+            None => "app-only, no refresh token".to_string(),
+        };
+        writeln!(
+            out,
+            "  oauth2: {:?}, {:?} flow, {} scope(s); {token}",
+            o.provider,
+            o.flow,
+            o.scopes.len()
+        )?;
     }
     if config.identity.operator.as_deref() == Some(config.identity.address.as_str()) {
         writeln!(

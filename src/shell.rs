@@ -6,6 +6,7 @@ pub mod daemon;
 pub mod engine;
 pub mod failpoint;
 pub mod imap;
+pub mod oauth;
 pub mod replay;
 pub mod secret;
 pub mod smtp;

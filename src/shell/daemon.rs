@@ -2,17 +2,19 @@
 //! outbox (send, draft or queue), then wait with IDLE (or poll) and do it again. Reconnects with
 //! capped exponential backoff; stops cleanly on SIGINT/SIGTERM between two messages.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::SecretString;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::config::MailboxConfig;
+use crate::config::{Auth, MailboxConfig, SmtpConfig};
 use crate::pipeline::sync::{self, Resume};
 use crate::shell::engine::{Engine, HandleError, OutboxStatus};
 use crate::shell::imap::{Imap, ImapError, Wake};
-use crate::shell::secret::{self, SecretError};
+use crate::shell::oauth::{OAuthError, TokenProvider};
+use crate::shell::secret::{Credential, CredentialError};
 use crate::shell::smtp::{Smtp, SmtpError};
 use crate::shell::store::{OutboxItem, Store, StoreError};
 
@@ -21,8 +23,12 @@ use crate::shell::store::{OutboxItem, Store, StoreError};
 pub enum DaemonError {
     #[error("no [mailbox] section in the config: the daemon needs a mailbox to watch")]
     NoMailbox,
+    #[error("[mailbox] has no password and no [oauth2] section to get a token from")]
+    NoCredential,
     #[error(transparent)]
-    Secret(#[from] SecretError),
+    Credential(#[from] CredentialError),
+    #[error(transparent)]
+    OAuth(#[from] OAuthError),
     #[error(transparent)]
     Imap(#[from] ImapError),
     #[error(transparent)]
@@ -36,6 +42,7 @@ impl DaemonError {
         match self {
             DaemonError::Imap(e) => e.is_transient(),
             DaemonError::Store(e) => e.is_transient(),
+            DaemonError::Credential(e) => e.is_transient(),
             _ => false,
         }
     }
@@ -57,38 +64,73 @@ pub async fn run(
         .mailbox
         .clone()
         .ok_or(DaemonError::NoMailbox)?;
+    // One provider for IMAP and SMTP: one token cache, one refresh-token file.
+    let provider = engine
+        .config
+        .oauth2
+        .clone()
+        .map(TokenProvider::new)
+        .transpose()?
+        .map(Arc::new);
+    let credential = Credential::pick(mailbox.password.as_ref(), provider.as_ref())
+        .ok_or(DaemonError::NoCredential)?;
     // In draft mode nothing may ever be sent, so no SMTP client is even built.
-    let smtp = match &engine.config.smtp {
+    let mailer = match &engine.config.smtp {
         Some(_) if engine.config.mode == crate::pipeline::decide::Mode::Draft => None,
-        Some(cfg) => {
-            let password = match &cfg.password {
-                Some(src) => Some(secret::resolve(src).await?),
-                None => None,
-            };
-            Some(Smtp::new(cfg, password)?)
-        }
+        Some(cfg) => Some(
+            Mailer::new(
+                cfg,
+                Credential::pick(cfg.password.as_ref(), provider.as_ref()),
+            )
+            .await?,
+        ),
         None => None,
     };
     let mut delay = Duration::from_secs(1);
+    // A new token on every reconnect, and once more straight away when a login is refused:
+    // the cached one may have been revoked or have expired early.
+    let mut refresh = false;
+    let mut retried_login = false;
     loop {
         if *shutdown.borrow() {
             return Ok(());
         }
-        let password = secret::resolve(&mailbox.password).await?;
+        let password = match credential.get(refresh).await {
+            Ok(p) => p,
+            Err(e) if e.is_transient() && !once => {
+                warn!(error = %e, retry_in = ?delay, "no access token for now; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(jitter(delay)) => {}
+                    _ = shutdown.changed() => return Ok(()),
+                }
+                delay = (delay * 2).min(Duration::from_secs(300));
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         let started = std::time::Instant::now();
         match session(
             engine,
             store,
             &mailbox,
             &password,
-            smtp.as_ref(),
+            mailer.as_ref(),
             once,
             &mut shutdown,
         )
         .await
         {
             Ok(()) => return Ok(()),
+            Err(DaemonError::Imap(ImapError::Login { message, .. }))
+                if credential.renewable() && !retried_login =>
+            {
+                warn!(reason = %message, "the server refused the access token; asking for a new one");
+                refresh = true;
+                retried_login = true;
+            }
             Err(e) if e.is_transient() && !once => {
+                refresh = true;
+                retried_login = false;
                 // A session that ran for a while was healthy: start the backoff over.
                 if started.elapsed() > Duration::from_secs(60) {
                     delay = Duration::from_secs(1);
@@ -116,17 +158,19 @@ async fn session(
     store: &mut Store,
     mailbox: &MailboxConfig,
     password: &SecretString,
-    smtp: Option<&Smtp>,
+    mailer: Option<&Mailer>,
     once: bool,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), DaemonError> {
     let mut imap = Imap::connect(mailbox, password).await?;
     let drafts = match &mailbox.drafts_folder {
         Some(f) => f.clone(),
-        None => imap
-            .special_use("\\Drafts")
-            .await?
-            .unwrap_or_else(|| "Drafts".to_string()),
+        None => imap.special_use("\\Drafts").await?.unwrap_or_else(|| {
+            mailbox
+                .hosted_by()
+                .map_or("Drafts", |h| h.folders().0)
+                .to_string()
+        }),
     };
     if engine.config.mode == crate::pipeline::decide::Mode::Approve {
         imap.ensure_folder(&mailbox.review_folder).await?;
@@ -143,20 +187,7 @@ async fn session(
         if engine.config.mode == crate::pipeline::decide::Mode::Approve {
             collect_approvals(engine, store, mailbox, &mut imap).await?;
         }
-        // An OAuth2 access token expires: fetch a fresh one for each pass that may send.
-        let fresh;
-        let smtp = match &engine.config.smtp {
-            Some(cfg) if cfg.auth == crate::config::Auth::Xoauth2 && smtp.is_some() => {
-                let token = match &cfg.password {
-                    Some(src) => Some(secret::resolve(src).await?),
-                    None => None,
-                };
-                fresh = Smtp::new(cfg, token)?;
-                Some(&fresh)
-            }
-            _ => smtp,
-        };
-        deliver(engine, store, mailbox, &drafts, &mut imap, smtp).await?;
+        deliver(engine, store, mailbox, &drafts, &mut imap, mailer).await?;
         if once {
             imap.logout().await;
             return Ok(());
@@ -255,7 +286,7 @@ async fn deliver(
     mailbox: &MailboxConfig,
     drafts: &str,
     imap: &mut Imap,
-    smtp: Option<&Smtp>,
+    mailer: Option<&Mailer>,
 ) -> Result<(), DaemonError> {
     let now = crate::clock::now();
     for item in store.outbox_items("pending")? {
@@ -292,7 +323,7 @@ async fn deliver(
                 info!(outbox = item.id, template = %item.template, "queued for approval");
             }
             "send" if item.next_attempt_at > now => {}
-            "send" => send(engine, store, mailbox, imap, smtp, &item, "pending").await?,
+            "send" => send(engine, store, mailbox, imap, mailer, &item, "pending").await?,
             other => {
                 store.transition_outbox(
                     item.id,
@@ -306,7 +337,7 @@ async fn deliver(
     }
     for item in store.outbox_items("approved")? {
         if item.next_attempt_at <= now {
-            send(engine, store, mailbox, imap, smtp, &item, "approved").await?;
+            send(engine, store, mailbox, imap, mailer, &item, "approved").await?;
         }
     }
     Ok(())
@@ -317,12 +348,12 @@ async fn send(
     store: &mut Store,
     mailbox: &MailboxConfig,
     imap: &mut Imap,
-    smtp: Option<&Smtp>,
+    mailer: Option<&Mailer>,
     item: &OutboxItem,
     from_status: &str,
 ) -> Result<(), DaemonError> {
     let now = crate::clock::now();
-    let Some(smtp) = smtp else {
+    let Some(mailer) = mailer else {
         let reason = if engine.config.mode == crate::pipeline::decide::Mode::Draft {
             "draft mode: nothing is sent"
         } else {
@@ -332,20 +363,43 @@ async fn send(
         warn!(outbox = item.id, reason, "not sent; held for the operator");
         return Ok(());
     };
+    // The token comes first: without one nothing is attempted and the row stays as it is.
+    let smtp = match mailer.client(false).await {
+        Ok(smtp) => smtp,
+        Err(e) if e.is_transient() => {
+            warn!(outbox = item.id, error = %e, "no SMTP credential for now; sending on a later pass");
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
     // Recorded before the first SMTP byte: a crash from here on leaves `sending`, which is
     // never retried automatically.
     if !store.transition_outbox(item.id, from_status, "sending", None, now)? {
         return Ok(());
     }
     crate::shell::failpoint::hit("before_smtp");
-    match smtp
-        .send(
-            &engine.config.identity.address,
-            &item.recipients,
-            &item.bytes,
-        )
-        .await
-    {
+    let from = &engine.config.identity.address;
+    let retry_later = |store: &Store, reason: &str| {
+        let base = mailer.cfg.retry.as_secs() as i64;
+        store.retry_later(item.id, from_status, reason, base, crate::clock::now())
+    };
+    let mut result = smtp.send(from, &item.recipients, &item.bytes).await;
+    // A refused login happens before MAIL FROM, so nothing left: safe to try a new token once.
+    if matches!(&result, Err(e) if e.is_auth_failure()) && mailer.renewable() {
+        warn!(
+            outbox = item.id,
+            "the SMTP server refused the access token; asking for a new one"
+        );
+        match mailer.client(true).await {
+            Ok(smtp) => result = smtp.send(from, &item.recipients, &item.bytes).await,
+            Err(e) => {
+                let due = retry_later(store, &e.to_string())?;
+                warn!(outbox = item.id, error = %e, retry_at = due, "no new access token; retrying later");
+                return Ok(());
+            }
+        }
+    }
+    match result {
         Ok(()) => {
             crate::shell::failpoint::hit("after_250");
             store.transition_outbox(item.id, "sending", "sent", None, crate::clock::now())?;
@@ -360,19 +414,9 @@ async fn send(
                 imap.append(sent, "(\\Seen)", &item.bytes).await?;
             }
         }
-        Err(e) if e.is_transient() => {
-            let base = engine
-                .config
-                .smtp
-                .as_ref()
-                .map_or(60, |c| c.retry.as_secs() as i64);
-            let due = store.retry_later(
-                item.id,
-                from_status,
-                &e.to_string(),
-                base,
-                crate::clock::now(),
-            )?;
+        // A refused login sent nothing either: wait for a fixed credential, never drop the reply.
+        Err(e) if e.is_transient() || e.is_auth_failure() => {
+            let due = retry_later(store, &e.to_string())?;
             warn!(outbox = item.id, error = %e, retry_at = due, "send failed for now; retrying later");
         }
         Err(e) => {
@@ -421,7 +465,10 @@ async fn settle_uncertain(
     }
     let sent_folder = match &mailbox.sent_folder {
         Some(f) => Some(f.clone()),
-        None => imap.special_use("\\Sent").await?,
+        None => imap
+            .special_use("\\Sent")
+            .await?
+            .or_else(|| mailbox.hosted_by().map(|h| h.folders().1.to_string())),
     };
     let now = crate::clock::now();
     for item in uncertain {
@@ -511,5 +558,47 @@ fn note(store: &Store, item: &OutboxItem, now: i64, summary: &str) -> Result<(),
     match item.case_id {
         Some(case) => store.note(case, now, "delivery", summary),
         None => Ok(()),
+    }
+}
+
+/// The SMTP side: a client built once for a password, or per send when the credential is a
+/// token that expires.
+pub struct Mailer {
+    cfg: SmtpConfig,
+    credential: Option<Credential>,
+    fixed: Option<Smtp>,
+}
+
+impl Mailer {
+    async fn new(cfg: &SmtpConfig, credential: Option<Credential>) -> Result<Mailer, DaemonError> {
+        let fixed = match (&credential, cfg.auth) {
+            (Some(Credential::Secret(_)), Auth::Password) | (None, _) => {
+                let password = match &credential {
+                    Some(c) => Some(c.get(false).await?),
+                    None => None,
+                };
+                Some(Smtp::new(cfg, password)?)
+            }
+            _ => None,
+        };
+        Ok(Mailer {
+            cfg: cfg.clone(),
+            credential,
+            fixed,
+        })
+    }
+
+    async fn client(&self, refresh: bool) -> Result<Smtp, DaemonError> {
+        match (&self.fixed, &self.credential) {
+            (Some(smtp), _) => Ok(smtp.clone()),
+            (None, Some(credential)) => {
+                Ok(Smtp::new(&self.cfg, Some(credential.get(refresh).await?))?)
+            }
+            (None, None) => Ok(Smtp::new(&self.cfg, None)?),
+        }
+    }
+
+    fn renewable(&self) -> bool {
+        self.credential.as_ref().is_some_and(Credential::renewable)
     }
 }

@@ -1,9 +1,12 @@
 //! Passwords from the environment, a file or a command; held as `SecretString`, whose `Debug`
 //! redacts, so they never reach a log or an error message.
 
+use std::sync::Arc;
+
 use secrecy::SecretString;
 
 use crate::config::SecretSource;
+use crate::shell::oauth::{OAuthError, TokenProvider};
 
 /// A password could not be read. The message names the source, never the secret.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +62,60 @@ pub async fn resolve(source: &SecretSource) -> Result<SecretString, SecretError>
         }
     };
     Ok(SecretString::from(text.trim().to_string()))
+}
+
+/// What a connection logs in with: a password (or an access token printed by an external
+/// helper), read anew each time, or a token from the OAuth2 provider.
+#[derive(Clone)]
+pub enum Credential {
+    Secret(SecretSource),
+    OAuth2(Arc<TokenProvider>),
+}
+
+/// A credential could not be obtained.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialError {
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error(transparent)]
+    OAuth(#[from] OAuthError),
+}
+
+impl CredentialError {
+    pub fn is_transient(&self) -> bool {
+        match self {
+            CredentialError::Secret(_) => false,
+            CredentialError::OAuth(e) => e.is_transient(),
+        }
+    }
+}
+
+impl Credential {
+    /// `source` when given, else the shared OAuth2 provider (config validation guarantees one).
+    pub fn pick(
+        source: Option<&SecretSource>,
+        oauth: Option<&Arc<TokenProvider>>,
+    ) -> Option<Credential> {
+        match (source, oauth) {
+            (Some(s), _) => Some(Credential::Secret(s.clone())),
+            (None, Some(p)) => Some(Credential::OAuth2(p.clone())),
+            (None, None) => None,
+        }
+    }
+
+    /// The secret to log in with; `refresh` asks the OAuth2 provider for a new token even if the
+    /// cached one looks valid (after a server refused it, or on a reconnect).
+    pub async fn get(&self, refresh: bool) -> Result<SecretString, CredentialError> {
+        match self {
+            Credential::Secret(source) => Ok(resolve(source).await?),
+            Credential::OAuth2(provider) => Ok(provider.access_token(refresh).await?),
+        }
+    }
+
+    /// Whether a second try with a new token can succeed where the first was refused.
+    pub fn renewable(&self) -> bool {
+        matches!(self, Credential::OAuth2(_))
+    }
 }
 
 #[cfg(test)]

@@ -34,9 +34,24 @@ impl SmtpError {
             _ => false,
         }
     }
+
+    /// The server refused the login (535 and kin), or, with XOAUTH2, answered the initial
+    /// response with an error challenge, which lettre reports as a client error. Either way the
+    /// refusal came before MAIL FROM: nothing was sent.
+    pub fn is_auth_failure(&self) -> bool {
+        match self {
+            SmtpError::Send { source, .. } => {
+                let code = source.status().map(|c| c.to_string());
+                matches!(code.as_deref(), Some("530" | "534" | "535"))
+                    || (source.is_client() && source.to_string().contains("challenge"))
+            }
+            _ => false,
+        }
+    }
 }
 
 /// A configured SMTP submission client.
+#[derive(Clone)]
 pub struct Smtp {
     transport: AsyncSmtpTransport<Tokio1Executor>,
     server: String,
@@ -87,6 +102,21 @@ impl Smtp {
             transport: builder.build(),
             server,
         })
+    }
+
+    /// Connects, and logs in when credentials are set; sends nothing.
+    pub async fn check(&self) -> Result<(), SmtpError> {
+        match self.transport.test_connection().await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(SmtpError::Setup {
+                server: self.server.clone(),
+                message: "the server did not answer NOOP".into(),
+            }),
+            Err(source) => Err(SmtpError::Send {
+                server: self.server.clone(),
+                source,
+            }),
+        }
     }
 
     /// Sends exactly these bytes from `from` to `to`.

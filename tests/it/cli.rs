@@ -316,3 +316,57 @@ fn an_unwritable_state_path_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn every_provider_config_block_in_the_readme_is_valid() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README");
+    let section = readme
+        .split("## Microsoft 365, Outlook.com and Gmail")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("the provider section");
+    let blocks: Vec<&str> = section
+        .split("```toml\n")
+        .skip(1)
+        .filter_map(|rest| rest.split("```").next())
+        .collect();
+    assert!(
+        blocks.len() >= 3,
+        "the provider sections end in config blocks"
+    );
+    for block in blocks {
+        if let Err(e) = postmaster_bot::config::parse(block, "README.md") {
+            panic!("README block does not parse: {e}\n{block}");
+        }
+    }
+}
+
+#[test]
+fn auth_commands_need_an_oauth2_section_and_check_config_tells_what_to_run() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "[trust]\nauthserv_ids = [\"mx1.example.net\"]\n").expect("write");
+    let o = bot(&["auth", "login", "--config", &config.display().to_string()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("[oauth2]"), "{}", stderr(&o));
+    std::fs::write(
+        &config,
+        "[trust]\nauthserv_ids = [\"mx1.example.net\"]\n[mailbox]\nhost = \"outlook.office365.com\"\nusername = \"pm@contoso.com\"\nauth = \"xoauth2\"\nsent_folder = \"Sent Items\"\n[oauth2]\nprovider = \"microsoft\"\ntenant = \"contoso.com\"\nclient_id = \"abc\"\n",
+    )
+    .expect("write");
+    let o = bot(&["check-config", "--config", &config.display().to_string()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains("auth login"), "{text}");
+    assert!(text.contains("second copy"), "{text}");
+    // XOAUTH2 without a token source is a config error naming the key.
+    std::fs::write(
+        &config,
+        "[mailbox]\nhost = \"imap.gmail.com\"\nusername = \"pm\"\nauth = \"xoauth2\"\n",
+    )
+    .expect("write");
+    let o = bot(&["check-config", "--config", &config.display().to_string()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("mailbox.auth"), "{}", stderr(&o));
+}

@@ -215,12 +215,16 @@ fn base64_decodes_to_bearer(line: &str) -> bool {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD
         .decode(line.trim())
-        .is_ok_and(|b| String::from_utf8_lossy(&b).contains("auth=Bearer exchange-token"))
+        .is_ok_and(|b| {
+            let text = String::from_utf8_lossy(&b);
+            // The token the external helper prints, or one the test OAuth2 server issued.
+            text.contains("auth=Bearer exchange-token") || text.contains("auth=Bearer at-")
+        })
 }
 
-#[test]
-fn exchange_bye_during_idle_is_a_normal_reconnect() {
-    let case = setup("draft", "");
+/// Runs the daemon against the Exchange-like server until it connected three times; returns
+/// the connections seen and the daemon's exit status after SIGTERM.
+fn reconnects_to_exchange(case: &crate::live::Case) -> (usize, std::process::ExitStatus) {
     let tls_dir = std::path::Path::new(&case.stack_ca())
         .parent()
         .expect("tls dir")
@@ -232,12 +236,7 @@ fn exchange_bye_during_idle_is_a_normal_reconnect() {
         .expect("config")
         .replacen(
             &format!("port = {}", case.stack.imaps_port),
-            &format!("port = {port}\nauth = \"xoauth2\""),
-            1,
-        )
-        .replacen(
-            "password_env = \"PMB_TEST_PASSWORD\"",
-            "password_command = \"echo exchange-token\"",
+            &format!("port = {port}"),
             1,
         );
     std::fs::write(&case.config, text).expect("write");
@@ -256,7 +255,21 @@ fn exchange_bye_during_idle_is_a_normal_reconnect() {
         runtime.block_on(async { tokio::time::sleep(std::time::Duration::from_millis(100)).await });
     }
     let seen = connections.load(std::sync::atomic::Ordering::SeqCst);
-    let status = daemon.stop();
+    (seen, daemon.stop())
+}
+
+#[test]
+fn exchange_bye_during_idle_is_a_normal_reconnect() {
+    let case = setup("draft", "");
+    let text = std::fs::read_to_string(&case.config)
+        .expect("config")
+        .replacen(
+            "password_env = \"PMB_TEST_PASSWORD\"",
+            "auth = \"xoauth2\"\npassword_command = \"echo exchange-token\"",
+            1,
+        );
+    std::fs::write(&case.config, text).expect("write");
+    let (seen, status) = reconnects_to_exchange(&case);
     assert!(
         seen >= 3,
         "the daemon reconnected after each BYE: {seen} connections"
@@ -264,5 +277,24 @@ fn exchange_bye_during_idle_is_a_normal_reconnect() {
     assert!(
         status.success(),
         "still running, then stopped cleanly: {status}"
+    );
+}
+
+#[test]
+fn every_reconnect_to_exchange_gets_a_new_oauth2_token() {
+    let client = crate::oauth::add_client(crate::oauth::Client {
+        secret: Some("s3cret".into()),
+        lifetime: 3600,
+        ..Default::default()
+    });
+    let case = setup("draft", "");
+    crate::oauth::use_oauth2(&case, &client, "client_credentials", "");
+    let (seen, status) = reconnects_to_exchange(&case);
+    assert!(seen >= 3, "{seen} connections");
+    assert!(status.success(), "{status}");
+    let requests = crate::oauth::client_stats(&client).requests as usize;
+    assert!(
+        requests >= seen - 1 && requests <= seen,
+        "a token per connection, although the first was valid for an hour: {requests} tokens for {seen} connections"
     );
 }
