@@ -746,6 +746,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn microsoft_and_gmail_hosts_get_their_folder_names() {
+        assert_eq!(
+            HostedBy::of("Outlook.Office365.com."),
+            Some(HostedBy::Microsoft)
+        );
+        assert_eq!(
+            HostedBy::of("imap-mail.outlook.com"),
+            Some(HostedBy::Microsoft)
+        );
+        assert_eq!(HostedBy::of("imap.gmail.com"), Some(HostedBy::Gmail));
+        assert_eq!(HostedBy::of("imap.example.net"), None);
+        assert_eq!(HostedBy::Microsoft.folders(), ("Drafts", "Sent Items"));
+        assert_eq!(HostedBy::Gmail.folders().0, "[Gmail]/Drafts");
+    }
+
+    #[test]
     fn empty_config_has_safe_defaults() {
         let c = parse("", "t").expect("valid");
         assert_eq!(c.mode, Mode::Draft);
