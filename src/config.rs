@@ -406,6 +406,7 @@ pub struct ReplyLimits {
 #[serde(deny_unknown_fields)]
 pub struct RawLimits {
     pub max_text_bytes: Option<usize>,
+    pub max_message_bytes: Option<u32>,
 }
 
 /// A validated config.
@@ -422,6 +423,8 @@ pub struct Config {
     pub policy: Policy,
     pub notify_on: NotifyOn,
     pub limits: Limits,
+    /// Bytes of a message fetched for classification; a longer one is cut and the cut recorded.
+    pub max_message_bytes: u32,
     /// Replies to messages older than this are held, not sent (first runs over old mail).
     pub max_reply_age_days: u32,
     pub reply_limits: ReplyLimits,
@@ -560,6 +563,13 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
             .max_text_bytes
             .unwrap_or(Limits::default().max_text_bytes),
     };
+    let max_message_bytes = raw.limits.max_message_bytes.unwrap_or(4 << 20);
+    if max_message_bytes < 65536 {
+        return Err(invalid(
+            "limits.max_message_bytes",
+            "must be at least 65536".to_string(),
+        ));
+    }
     if limits.max_text_bytes < 4096 {
         return Err(invalid(
             "limits.max_text_bytes",
@@ -639,6 +649,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
     }
     Ok(Config {
         oauth2,
+        max_message_bytes,
         max_reply_age_days: p.max_reply_age_days.unwrap_or(7),
         reply_limits: ReplyLimits {
             max_replies_per_hour: p.max_replies_per_hour.unwrap_or(10),

@@ -4,6 +4,7 @@
 //! Time, ids and the current case are passed in; new state and planned mail are returned.
 //! `tests/it/tidy.rs` checks that by reading the sources.
 
+pub mod candidate;
 pub mod case;
 pub mod classify;
 pub mod compose;

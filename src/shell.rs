@@ -7,6 +7,7 @@ pub mod engine;
 pub mod failpoint;
 pub mod imap;
 pub mod oauth;
+pub mod progress;
 pub mod replay;
 pub mod secret;
 pub mod smtp;

@@ -378,7 +378,7 @@ fn first_match(patterns: &[Regex], text: &str) -> Option<String> {
         .find_map(|r| r.find(&text).map(|m| m.as_str().to_string()))
 }
 
-fn domain_within(domain: &str, parents: &[String]) -> bool {
+pub(crate) fn domain_within(domain: &str, parents: &[String]) -> bool {
     let domain = domain.trim().trim_end_matches('.').to_ascii_lowercase();
     parents.iter().any(|p| {
         let p = p.to_ascii_lowercase();

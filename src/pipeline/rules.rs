@@ -174,6 +174,8 @@ pub struct Markers {
     pub bounce_subject: Vec<Regex>,
     pub bounce_body: Vec<Regex>,
     pub returned_message: Vec<Regex>,
+    /// Subjects that make the header-first sync fetch a message whole (`candidate.rs`).
+    pub candidate_subject: Vec<Regex>,
 }
 
 const MARKER_NAMES: &[&str] = &[
@@ -188,6 +190,7 @@ const MARKER_NAMES: &[&str] = &[
     "bounce_subject",
     "bounce_body",
     "returned_message",
+    "candidate_subject",
 ];
 
 /// The compiled rule set the classifier runs.
@@ -362,6 +365,7 @@ fn compile(source_name: &str, raw: RawRules) -> Result<Rules, RulesError> {
             "bounce_subject" => &mut markers.bounce_subject,
             "bounce_body" => &mut markers.bounce_body,
             "returned_message" => &mut markers.returned_message,
+            "candidate_subject" => &mut markers.candidate_subject,
             other => {
                 return Err(RulesError::Rule {
                     source_name: source_name.to_string(),

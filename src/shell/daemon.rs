@@ -7,13 +7,15 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::{Auth, MailboxConfig, SmtpConfig};
+use crate::pipeline::candidate;
 use crate::pipeline::sync::{self, Resume};
 use crate::shell::engine::{Engine, HandleError, OutboxStatus};
 use crate::shell::imap::{Imap, ImapError, Wake};
 use crate::shell::oauth::{OAuthError, TokenProvider};
+use crate::shell::progress::Progress;
 use crate::shell::secret::{Credential, CredentialError};
 use crate::shell::smtp::{Smtp, SmtpError};
 use crate::shell::store::{OutboxItem, Store, StoreError};
@@ -211,8 +213,14 @@ async fn session(
     }
 }
 
-/// Reads every message above the stored cursor, oldest first; the cursor moves only after a
-/// message's transaction committed, so a crash re-reads it and dedup skips it.
+/// UIDs per header FETCH. Round trips do not count at this size, and a signal or a crash
+/// loses at most one chunk of work.
+const CHUNK: u32 = 5000;
+
+/// Reads every message above the stored cursor, oldest first, header first: a chunk's header
+/// fields are judged by `candidate::needs_body`, only the messages that can matter are fetched
+/// whole, and the chunk's messages and the cursor after it are written in one transaction. A
+/// crash re-reads the chunk; dedup keeps a message from being handled twice.
 async fn catch_up(
     engine: &Engine,
     store: &mut Store,
@@ -232,51 +240,153 @@ async fn catch_up(
             0
         }
     };
-    let uids = imap.uids_after(after).await?;
-    if uids.is_empty() {
+    // Mail arriving from now on gets a UID at or above UIDNEXT and waits for the next pass.
+    let last = match selected.uid_next {
+        Some(next) => next.saturating_sub(1),
+        None => imap
+            .uids_after(after)
+            .await?
+            .last()
+            .copied()
+            .unwrap_or(after),
+    };
+    if last <= after {
         store.set_cursor(&key, selected.uid_validity, after)?;
         return Ok(());
     }
-    for chunk in uids.chunks(50) {
-        // A signal stops the catch-up between two messages; the cursor already covers the
-        // ones handled.
+    let ctx = &engine.config.classify;
+    let header_items = candidate::fetch_items(ctx);
+    let limit = engine.config.max_message_bytes;
+    let body_items = format!("(UID RFC822.SIZE BODY.PEEK[]<0.{limit}>)");
+    let estimate = if after == 0 {
+        selected.exists
+    } else {
+        (last - after).min(selected.exists)
+    };
+    let mut progress = Progress::new(u64::from(estimate));
+    let mut from = after + 1;
+    while from <= last {
+        // A signal stops the catch-up between two chunks; the cursor covers the ones done.
         if *shutdown.borrow() {
             return Ok(());
         }
-        for (uid, raw) in imap.fetch(chunk).await? {
-            crate::shell::failpoint::hit("after_fetch");
-            let now = crate::clock::now();
-            let prepared = engine.prepare(&raw);
-            let source = format!("{}/{uid}", mailbox.folder);
-            match engine.apply(store, &source, &prepared, now, OutboxStatus::Pending) {
-                Ok(_) => {}
-                // The store failing is no fault of the message: stop before the cursor moves,
-                // so the message is read again once the store is back.
-                Err(HandleError::Store(e)) => return Err(e.into()),
-                Err(e) => {
-                    warn!(uid, error = %e, "message quarantined");
-                    store.quarantine(
-                        &source,
-                        prepared.inbound.message_id.as_deref(),
-                        &prepared.inbound.content_hash,
-                        &format!("{e:#}"),
-                        now,
-                    )?;
-                }
+        let to = last.min(from.saturating_add(CHUNK - 1));
+        let range = format!("{from}:{to}");
+        let mut read = 0u64;
+        let mut wanted = Vec::new();
+        imap.for_each_fetched(&range, &header_items, |f| {
+            // Unsolicited FETCH responses (another client's flag change) carry no header.
+            let (Some(uid), Some(header)) = (f.uid, f.header()) else {
+                return Ok::<(), DaemonError>(());
+            };
+            if !(from..=to).contains(&uid) {
+                return Ok(());
             }
-            if let Some(keyword) = &mailbox.handled_keyword {
-                imap.add_keyword(uid, keyword).await?;
+            read += 1;
+            if let Some(reason) = candidate::needs_body(header, &engine.rules, ctx) {
+                debug!(uid, reason, "reading whole");
+                wanted.push(uid);
             }
-            crate::shell::failpoint::hit("before_cursor");
-            store.set_cursor(&key, selected.uid_validity, uid)?;
-            if let Some(folder) = &mailbox.handled_folder {
-                if !imap.move_uid(uid, folder).await? {
-                    warn!(folder = %folder, "the server has neither MOVE nor UIDPLUS: handled mail stays where it is");
-                }
+            Ok(())
+        })
+        .await?;
+        let fetched = wanted.len() as u64;
+        let mut batch = store.batch()?;
+        if !wanted.is_empty() {
+            let set = uid_set(&wanted);
+            imap.for_each_fetched(&set, &body_items, |f| {
+                let (Some(uid), Some(raw)) = (f.uid, f.body()) else {
+                    return Ok::<(), DaemonError>(());
+                };
+                crate::shell::failpoint::hit("after_fetch");
+                let size = f.size.unwrap_or(0) as usize;
+                handle_fetched(engine, &mut batch, mailbox, uid, raw, size)
+            })
+            .await?;
+        }
+        if let Some(keyword) = &mailbox.handled_keyword {
+            imap.add_keyword(&range, keyword).await?;
+        }
+        crate::shell::failpoint::hit("before_cursor");
+        batch.set_cursor(&key, selected.uid_validity, to)?;
+        batch.commit()?;
+        if let Some(folder) = &mailbox.handled_folder {
+            if !imap.move_uids(&range, folder).await? {
+                warn!(folder = %folder, "the server has neither MOVE nor UIDPLUS: handled mail stays where it is");
             }
         }
+        progress.advance(read, fetched);
+        from = to.saturating_add(1);
+        if to == u32::MAX {
+            break;
+        }
     }
+    progress.finish();
     Ok(())
+}
+
+/// Classifies one fetched message and applies it inside the chunk's batch; a message that
+/// cannot be handled is quarantined, never lost and never retried forever.
+fn handle_fetched(
+    engine: &Engine,
+    store: &mut Store,
+    mailbox: &MailboxConfig,
+    uid: u32,
+    raw: &[u8],
+    size: usize,
+) -> Result<(), DaemonError> {
+    let now = crate::clock::now();
+    let mut prepared = engine.prepare(raw);
+    if size > raw.len() {
+        let note = format!(
+            "fetched only the first {} of {size} bytes for classification",
+            raw.len()
+        );
+        warn!(uid, size, "{note}");
+        prepared.inbound.truncated = true;
+        prepared.inbound.damage.push(note);
+    }
+    let source = format!("{}/{uid}", mailbox.folder);
+    match engine.apply(store, &source, &prepared, now, OutboxStatus::Pending) {
+        Ok(_) => Ok(()),
+        // The store failing is no fault of the message: stop before the cursor moves, so the
+        // chunk is read again once the store is back.
+        Err(HandleError::Store(e)) => Err(e.into()),
+        Err(e) => {
+            warn!(uid, error = %e, "message quarantined");
+            Ok(store.quarantine(
+                &source,
+                prepared.inbound.message_id.as_deref(),
+                &prepared.inbound.content_hash,
+                &format!("{e:#}"),
+                now,
+            )?)
+        }
+    }
+}
+
+/// `1,2,3,7` as `1:3,7`: short commands for long runs of UIDs.
+fn uid_set(uids: &[u32]) -> String {
+    let mut out = String::new();
+    let mut i = 0;
+    while i < uids.len() {
+        let start = uids[i];
+        let mut end = start;
+        while i + 1 < uids.len() && uids[i + 1] == end.wrapping_add(1) {
+            i += 1;
+            end = uids[i];
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        if start == end {
+            out.push_str(&start.to_string());
+        } else {
+            out.push_str(&format!("{start}:{end}"));
+        }
+        i += 1;
+    }
+    out
 }
 
 /// Delivers pending outbox rows by their disposition, and approved ones.
@@ -600,5 +710,17 @@ impl Mailer {
 
     fn renewable(&self) -> bool {
         self.credential.as_ref().is_some_and(Credential::renewable)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::uid_set;
+
+    #[test]
+    fn uid_sets_collapse_runs() {
+        assert_eq!(uid_set(&[1, 2, 3, 7, 9, 10]), "1:3,7,9:10");
+        assert_eq!(uid_set(&[5]), "5");
+        assert_eq!(uid_set(&[]), "");
     }
 }

@@ -361,6 +361,8 @@ impl Engine {
                 action: transition.action,
                 reason: &transition.reason,
                 evidence_json: &evidence_json,
+                damage_json: &serde_json::to_string(&inbound.damage)
+                    .unwrap_or_else(|_| "[]".into()),
             },
             now,
         )?;

@@ -399,6 +399,26 @@ impl Imap {
         Ok(out)
     }
 
+    /// `UID FETCH set items`, handing each response to `each` as it arrives: nothing is
+    /// buffered beyond one response. Each response must come within the command time limit.
+    /// An error from `each` ends the command early; the connection is then given up.
+    pub async fn for_each_fetched<E: From<ImapError>>(
+        &mut self,
+        set: &str,
+        items: &str,
+        mut each: impl FnMut(async_imap::types::Fetch) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let timeout = self.timeout;
+        let server = self.server.clone();
+        let command = format!("UID FETCH {items}");
+        let session = self.session()?;
+        let mut stream = guarded(&server, timeout, &command, session.uid_fetch(set, items)).await?;
+        while let Some(fetched) = guarded(&server, timeout, &command, stream.try_next()).await? {
+            each(fetched)?;
+        }
+        Ok(())
+    }
+
     /// The first folder carrying a SPECIAL-USE attribute such as `\Drafts`.
     pub async fn special_use(&mut self, attribute: &str) -> Result<Option<String>, ImapError> {
         let timeout = self.timeout;
@@ -517,28 +537,27 @@ impl Imap {
         .await
     }
 
-    /// Sets a keyword on a message of the selected folder.
-    pub async fn add_keyword(&mut self, uid: u32, keyword: &str) -> Result<(), ImapError> {
+    /// Sets a keyword on a set of UIDs (`1,5,9:12`) of the selected folder in one command.
+    pub async fn add_keyword(&mut self, set: &str, keyword: &str) -> Result<(), ImapError> {
+        let timeout = self.timeout;
         let server = self.server.clone();
         let session = self.session()?;
-        let r = match session
-            .uid_store(uid.to_string(), format!("+FLAGS.SILENT ({keyword})"))
-            .await
-        {
-            Ok(stream) => stream.try_collect::<Vec<_>>().await.map(drop),
-            Err(e) => Err(e),
-        };
-        r.map_err(|source| ImapError::Command {
-            server,
-            command: "UID STORE".into(),
-            source,
+        let query = format!("+FLAGS.SILENT ({keyword})");
+        guarded(&server, timeout, "UID STORE", async {
+            session
+                .uid_store(set, &query)
+                .await?
+                .try_collect::<Vec<_>>()
+                .await
         })
+        .await?;
+        Ok(())
     }
 
-    /// Moves a message of the selected folder: UID MOVE (RFC 6851), else UID COPY, then
-    /// \Deleted and UID EXPUNGE of that UID only (RFC 4315); never a bare EXPUNGE, which would
+    /// Moves a set of UIDs of the selected folder: UID MOVE (RFC 6851), else UID COPY, then
+    /// \Deleted and UID EXPUNGE of those UIDs only (RFC 4315); never a bare EXPUNGE, which would
     /// remove other clients' deleted mail.
-    pub async fn move_uid(&mut self, uid: u32, folder: &str) -> Result<bool, ImapError> {
+    pub async fn move_uids(&mut self, set: &str, folder: &str) -> Result<bool, ImapError> {
         let server = self.server.clone();
         let has_move = self.has_capability("MOVE");
         let has_uidplus = self.has_capability("UIDPLUS");
@@ -550,7 +569,7 @@ impl Imap {
         };
         if has_move {
             session
-                .uid_mv(uid.to_string(), folder)
+                .uid_mv(set, folder)
                 .await
                 .map_err(|e| err("UID MOVE", e))?;
             return Ok(true);
@@ -559,18 +578,18 @@ impl Imap {
             return Ok(false);
         }
         session
-            .uid_copy(uid.to_string(), folder)
+            .uid_copy(set, folder)
             .await
             .map_err(|e| err("UID COPY", e))?;
         session
-            .uid_store(uid.to_string(), "+FLAGS.SILENT (\\Deleted)")
+            .uid_store(set, "+FLAGS.SILENT (\\Deleted)")
             .await
             .map_err(|e| err("UID STORE", e))?
             .try_collect::<Vec<_>>()
             .await
             .map_err(|e| err("UID STORE", e))?;
         session
-            .uid_expunge(uid.to_string())
+            .uid_expunge(set)
             .await
             .map_err(|e| err("UID EXPUNGE", e))?
             .try_collect::<Vec<_>>()

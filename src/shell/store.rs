@@ -142,12 +142,74 @@ CREATE TABLE mailbox_sync (
 ALTER TABLE outbox ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE outbox ADD COLUMN next_attempt_at INTEGER NOT NULL DEFAULT 0;
 "#,
+    r#"
+ALTER TABLE messages ADD COLUMN damage TEXT NOT NULL DEFAULT '[]';
+"#,
 ];
 
 /// The state store.
 pub struct Store {
     conn: Connection,
     path: String,
+    /// A batch transaction is open: each message's writes nest in a savepoint.
+    in_batch: bool,
+}
+
+/// One transaction around the messages of a catch-up chunk and the cursor after them: one
+/// commit (one fsync) per chunk instead of one per message. Dropped without `commit`, it rolls
+/// back, so an error or a crash leaves the chunk to be read again.
+pub struct Batch<'a> {
+    store: &'a mut Store,
+    done: bool,
+}
+
+impl Batch<'_> {
+    pub fn commit(mut self) -> Result<(), StoreError> {
+        self.done = true;
+        self.store.in_batch = false;
+        self.store
+            .conn
+            .execute_batch("COMMIT")
+            .map_err(sql(&self.store.path))
+    }
+}
+
+impl std::ops::Deref for Batch<'_> {
+    type Target = Store;
+    fn deref(&self) -> &Store {
+        self.store
+    }
+}
+
+impl std::ops::DerefMut for Batch<'_> {
+    fn deref_mut(&mut self) -> &mut Store {
+        self.store
+    }
+}
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.store.in_batch = false;
+            let _ = self.store.conn.execute_batch("ROLLBACK");
+        }
+    }
+}
+
+/// A message's transaction: its own, or a savepoint inside a [`Batch`].
+enum TxScope<'a> {
+    Own(Transaction<'a>),
+    InBatch(rusqlite::Savepoint<'a>),
+}
+
+impl std::ops::Deref for TxScope<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        match self {
+            TxScope::Own(t) => t,
+            TxScope::InBatch(s) => s,
+        }
+    }
 }
 
 /// One timeline line of a case.
@@ -205,6 +267,8 @@ pub struct ProcessedMessage<'a> {
     pub action: Action,
     pub reason: &'a str,
     pub evidence_json: &'a str,
+    /// What parsing or fetching could not do (JSON list), e.g. a body fetched only in part.
+    pub damage_json: &'a str,
 }
 
 fn sql(path: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
@@ -242,7 +306,11 @@ impl Store {
             path: shown.clone(),
             source,
         })?;
-        let mut store = Store { conn, path: shown };
+        let mut store = Store {
+            conn,
+            path: shown,
+            in_batch: false,
+        };
         store.configure()?;
         store.migrate()?;
         Ok(store)
@@ -292,14 +360,32 @@ impl Store {
         Ok(())
     }
 
-    /// Starts the one transaction that handling a message writes in.
+    /// Starts the one transaction that handling a message writes in (a savepoint inside an
+    /// open [`Batch`]).
     pub fn begin(&mut self) -> Result<StoreTx<'_>, StoreError> {
         let path = self.path.clone();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql(&path))?;
+        let tx = if self.in_batch {
+            TxScope::InBatch(self.conn.savepoint().map_err(sql(&path))?)
+        } else {
+            TxScope::Own(
+                self.conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(sql(&path))?,
+            )
+        };
         Ok(StoreTx { tx, path })
+    }
+
+    /// Opens a [`Batch`]: everything written until its `commit` lands in one transaction.
+    pub fn batch(&mut self) -> Result<Batch<'_>, StoreError> {
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(sql(&self.path))?;
+        self.in_batch = true;
+        Ok(Batch {
+            store: self,
+            done: false,
+        })
     }
 
     /// All cases, newest first.
@@ -609,7 +695,7 @@ impl Store {
 
 /// The open transaction for one message.
 pub struct StoreTx<'a> {
-    tx: Transaction<'a>,
+    tx: TxScope<'a>,
     path: String,
 }
 
@@ -836,8 +922,8 @@ impl StoreTx<'_> {
         self.tx
             .execute(
                 "INSERT INTO messages (message_id, content_hash, source, processed_at, kind, ticket_id,
-                                       ips, trusted, case_id, action, reason, evidence)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                                       ips, trusted, case_id, action, reason, evidence, damage)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
                 params![
                     m.message_id,
                     m.content_hash,
@@ -850,7 +936,8 @@ impl StoreTx<'_> {
                     m.case_id,
                     m.action.as_str(),
                     m.reason,
-                    m.evidence_json
+                    m.evidence_json,
+                    m.damage_json
                 ],
             )
             .map_err(sql(&self.path))?;
@@ -859,7 +946,11 @@ impl StoreTx<'_> {
 
     /// Makes everything written in this transaction durable.
     pub fn commit(self) -> Result<(), StoreError> {
-        self.tx.commit().map_err(sql(&self.path))
+        match self.tx {
+            TxScope::Own(t) => t.commit(),
+            TxScope::InBatch(s) => s.commit(),
+        }
+        .map_err(sql(&self.path))
     }
 }
 
