@@ -131,7 +131,9 @@ impl Default for NotifyOn {
 /// Plans the mail for one transition.
 ///
 /// `stale` says the message is older than the configured reply age (for example on a first
-/// run over an old mailbox): its reply is held rather than sent to a ticket long closed.
+/// run over an old mailbox): its reply is held rather than sent to a ticket long closed, and
+/// its notification held too, so that history does not flood the operator (the cases are
+/// still built and shown by `cases list`).
 /// `cap` names a persistent limit the reply would exceed; it is then held with that reason.
 pub fn plan(
     transition: &Transition,
@@ -176,6 +178,8 @@ pub fn plan(
             template: Template::OperatorNotification,
             disposition: if !has_operator {
                 Disposition::Hold("no operator address configured".to_string())
+            } else if stale {
+                Disposition::Hold("message too old to notify about".to_string())
             } else if mode == Mode::Draft {
                 Disposition::Draft
             } else {
@@ -333,6 +337,19 @@ mod tests {
             true,
             None,
         );
+        assert_eq!(p[0].disposition.as_str(), "hold");
+        // History does not flood the operator either.
+        let t = transition(Action::OpenCase, None);
+        let p = plan(
+            &t,
+            Some(&v),
+            Mode::Draft,
+            NotifyOn::default(),
+            true,
+            true,
+            None,
+        );
+        assert_eq!(p.len(), 1);
         assert_eq!(p[0].disposition.as_str(), "hold");
     }
 

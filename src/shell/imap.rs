@@ -630,9 +630,13 @@ impl Imap {
         let mut handle = session.idle();
         handle.init().await.map_err(self.cmd_err("IDLE"))?;
         let (wait, stop) = handle.wait_with_timeout(renew);
+        debug!(idle = true, "waiting for the server");
         let outcome = tokio::select! {
             r = wait => r.map(|resp| match resp {
-                IdleResponse::NewData(_) => Wake::Changed,
+                IdleResponse::NewData(_) => {
+                    debug!("woken by the server");
+                    Wake::Changed
+                }
                 IdleResponse::Timeout => Wake::Timeout,
                 IdleResponse::ManualInterrupt => Wake::Shutdown,
             }),
