@@ -794,3 +794,42 @@ fn a_crash_right_after_the_draft_append_never_drafts_twice() {
         "no second draft"
     );
 }
+
+#[test]
+fn a_large_catch_up_reads_headers_first_cuts_long_messages_and_reports_progress() {
+    let case = setup("draft", "");
+    let mut config = std::fs::read_to_string(&case.config).expect("config");
+    config.push_str("\n[limits]\nmax_message_bytes = 65536\n");
+    std::fs::write(&case.config, config).expect("write");
+    // 2,500 customer messages, then one block-list bounce longer than the fetch limit.
+    let mut bounce = case.fixture("d006.eml");
+    bounce.extend(std::iter::repeat_n(b"padding after the report\r\n".as_slice(), 6000).flatten());
+    block_on(async {
+        let mut imap = case.connect("postmaster@example.net").await;
+        for i in 0..2500 {
+            let m = format!(
+                "From: Customer {i} <c{i}@shop.example.com>\r\nTo: postmaster@example.net\r\nSubject: Order {i}\r\nMessage-ID: <order{i}@shop.example.com>\r\n\r\nHello, where is order {i}?\r\n"
+            );
+            imap.append(&case.folder, "()", m.as_bytes()).await.expect("append");
+        }
+        imap.append(&case.folder, "()", &bounce).await.expect("append");
+        imap.logout().await;
+    });
+    let o = case.bot(&["-v", "run", "--once", "--config", &case.config.display().to_string()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("catching up"), "a long catch-up says so: {err}");
+    let done = err.lines().find(|l| l.contains("caught up")).expect("a closing line");
+    assert!(done.contains("2501") && done.contains("fetched") && done.contains('1'), "{done}");
+    let db = rusqlite::Connection::open(case.dir.path().join("state.sqlite3")).expect("state");
+    let rows: Vec<(String, String)> = db
+        .prepare("SELECT kind, damage FROM messages")
+        .expect("query")
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("rows")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    assert_eq!(rows.len(), 1, "only the bounce was read whole: {rows:?}");
+    assert_eq!(rows[0].0, "ndr_ms_blocklist");
+    assert!(rows[0].1.contains("fetched only the first 65536"), "{}", rows[0].1);
+}
