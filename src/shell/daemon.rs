@@ -1,6 +1,7 @@
 //! The daemon: catch up by UID range, run each new message through the engine, deliver the
 //! outbox (send, draft or queue), then wait with IDLE (or poll) and do it again. Reconnects with
-//! capped exponential backoff; stops cleanly on SIGINT/SIGTERM between two messages.
+//! capped exponential backoff; stops cleanly on SIGINT/SIGTERM between two steps (in a
+//! catch-up, between two chunks).
 
 use std::sync::Arc;
 use std::time::Duration;
