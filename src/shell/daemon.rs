@@ -300,8 +300,11 @@ async fn catch_up(
                     return Ok::<(), DaemonError>(());
                 };
                 crate::shell::failpoint::hit("after_fetch");
-                let size = f.size.unwrap_or(0) as usize;
-                handle_fetched(engine, &mut batch, mailbox, uid, raw, size)
+                // Exchange reports sizes that are estimates: only a body as long as the limit
+                // was cut.
+                let cut = raw.len() >= limit as usize;
+                let size = f.size.map_or(raw.len(), |s| s as usize);
+                handle_fetched(engine, &mut batch, mailbox, uid, raw, cut.then_some(size))
             })
             .await?;
         }
@@ -334,11 +337,11 @@ fn handle_fetched(
     mailbox: &MailboxConfig,
     uid: u32,
     raw: &[u8],
-    size: usize,
+    cut_from: Option<usize>,
 ) -> Result<(), DaemonError> {
     let now = crate::clock::now();
     let mut prepared = engine.prepare(raw);
-    if size > raw.len() {
+    if let Some(size) = cut_from {
         let note = format!(
             "fetched only the first {} of {size} bytes for classification",
             raw.len()
