@@ -269,7 +269,7 @@ async fn catch_up(
     while from <= last {
         // A signal stops the catch-up between two chunks; the cursor covers the ones done.
         if *shutdown.borrow() {
-            return Ok(());
+            break;
         }
         let to = last.min(from.saturating_add(CHUNK - 1));
         let range = format!("{from}:{to}");
