@@ -195,7 +195,9 @@ async fn session(
             imap.logout().await;
             return Ok(());
         }
-        imap.select(&mailbox.folder).await?;
+        if imap.selected_validity(&mailbox.folder).is_none() {
+            imap.select(&mailbox.folder).await?;
+        }
         imap.drain_unsolicited();
         // Wake up in time for a reply waiting to be retried.
         let until_retry = store
@@ -232,58 +234,60 @@ async fn catch_up(
     if let Some(folder) = &mailbox.handled_folder {
         imap.ensure_folder(folder).await?;
     }
-    let selected = imap.select(&mailbox.folder).await?;
     let key = format!("{}@{}/{}", mailbox.username, mailbox.host, mailbox.folder);
-    let after = match sync::resume(store.cursor(&key)?, selected.uid_validity) {
+    // Still selected since the last pass (woken by IDLE, say): no new SELECT, and whatever
+    // arrived is read with an open-ended range. Else SELECT, and read up to UIDNEXT - 1 in
+    // chunks; later mail gets a higher UID and waits for the next pass.
+    let (uid_validity, mut last, estimate) = match imap.selected_validity(&mailbox.folder) {
+        Some(v) => (v, None, 0),
+        None => {
+            let s = imap.select(&mailbox.folder).await?;
+            let last = match s.uid_next {
+                Some(next) => next.saturating_sub(1),
+                None => imap.uids_after(0).await?.last().copied().unwrap_or(0),
+            };
+            (s.uid_validity, Some(last), s.exists)
+        }
+    };
+    let after = match sync::resume(store.cursor(&key)?, uid_validity) {
         Resume::After(uid) => uid,
         Resume::Rescan => {
-            info!(folder = %mailbox.folder, uid_validity = selected.uid_validity, "reading the whole folder (new or changed UIDVALIDITY)");
+            info!(folder = %mailbox.folder, uid_validity, "reading the whole folder (new or changed UIDVALIDITY)");
             0
         }
     };
-    // Mail arriving from now on gets a UID at or above UIDNEXT and waits for the next pass.
-    let last = match selected.uid_next {
-        Some(next) => next.saturating_sub(1),
-        None => imap
-            .uids_after(after)
-            .await?
-            .last()
-            .copied()
-            .unwrap_or(after),
-    };
-    if last <= after {
-        store.set_cursor(&key, selected.uid_validity, after)?;
+    if last.is_some_and(|l| l <= after) {
+        store.set_cursor(&key, uid_validity, after)?;
         return Ok(());
     }
     let ctx = &engine.config.classify;
     let header_items = candidate::fetch_items(ctx);
     let limit = engine.config.max_message_bytes;
     let body_items = format!("(UID RFC822.SIZE BODY.PEEK[]<0.{limit}>)");
-    let estimate = if after == 0 {
-        selected.exists
-    } else {
-        (last - after).min(selected.exists)
-    };
-    let mut progress = Progress::new(u64::from(estimate));
-    let mut from = after + 1;
-    while from <= last {
+    let span = last.map_or(0, |l| l - after);
+    let mut progress = Progress::new(u64::from(span.min(estimate)));
+    let mut from = after.saturating_add(1);
+    loop {
         // A signal stops the catch-up between two chunks; the cursor covers the ones done.
-        if *shutdown.borrow() {
+        if *shutdown.borrow() || last.is_some_and(|l| from > l) {
             break;
         }
-        let to = last.min(from.saturating_add(CHUNK - 1));
-        let range = format!("{from}:{to}");
+        let upper = last.map(|l| l.min(from.saturating_add(CHUNK - 1)));
+        // NOTE: RFC 3501: "n:*" also matches the highest UID when it is below n: filtered.
+        let range = upper.map_or(format!("{from}:*"), |to| format!("{from}:{to}"));
         let mut read = 0u64;
+        let mut highest = 0u32;
         let mut wanted = Vec::new();
         imap.for_each_fetched(&range, &header_items, |f| {
             // Unsolicited FETCH responses (another client's flag change) carry no header.
             let (Some(uid), Some(header)) = (f.uid, f.header()) else {
                 return Ok::<(), DaemonError>(());
             };
-            if !(from..=to).contains(&uid) {
+            if uid < from || upper.is_some_and(|to| uid > to) {
                 return Ok(());
             }
             read += 1;
+            highest = highest.max(uid);
             if let Some(reason) = candidate::needs_body(header, &engine.rules, ctx) {
                 debug!(uid, reason, "reading whole");
                 wanted.push(uid);
@@ -291,6 +295,16 @@ async fn catch_up(
             Ok(())
         })
         .await?;
+        let to = match upper {
+            Some(to) => to,
+            // Open-ended and nothing new: done.
+            None if highest == 0 => break,
+            None => {
+                last = Some(highest);
+                highest
+            }
+        };
+        let range = format!("{from}:{to}");
         let fetched = wanted.len() as u64;
         let mut batch = store.batch()?;
         if !wanted.is_empty() {
@@ -299,6 +313,7 @@ async fn catch_up(
                 let (Some(uid), Some(raw)) = (f.uid, f.body()) else {
                     return Ok::<(), DaemonError>(());
                 };
+                debug!(uid, bytes = raw.len(), "fetched whole");
                 crate::shell::failpoint::hit("after_fetch");
                 // Exchange reports sizes that are estimates: only a body as long as the limit
                 // was cut.
@@ -312,7 +327,7 @@ async fn catch_up(
             imap.add_keyword(&range, keyword).await?;
         }
         crate::shell::failpoint::hit("before_cursor");
-        batch.set_cursor(&key, selected.uid_validity, to)?;
+        batch.set_cursor(&key, uid_validity, to)?;
         batch.commit()?;
         if let Some(folder) = &mailbox.handled_folder {
             if !imap.move_uids(&range, folder).await? {

@@ -155,6 +155,8 @@ pub struct Imap {
     server: String,
     capabilities: Vec<String>,
     timeout: Duration,
+    /// The folder selected now and its UIDVALIDITY.
+    selected: Option<(String, u32)>,
 }
 
 impl Imap {
@@ -282,6 +284,7 @@ impl Imap {
             server,
             capabilities,
             timeout: cfg.command_timeout,
+            selected: None,
         })
     }
 
@@ -309,6 +312,8 @@ impl Imap {
 
     /// Selects a folder.
     pub async fn select(&mut self, folder: &str) -> Result<Selected, ImapError> {
+        // A failed SELECT leaves no folder selected (RFC 3501 6.3.1).
+        self.selected = None;
         let timeout = self.timeout;
         let server = self.server.clone();
         let session = self.session()?;
@@ -325,11 +330,21 @@ impl Imap {
                 server: self.server.clone(),
                 folder: folder.to_string(),
             })?;
+        self.selected = Some((folder.to_string(), uid_validity));
         Ok(Selected {
             uid_validity,
             uid_next: mailbox.uid_next,
             exists: mailbox.exists,
         })
+    }
+
+    /// The UIDVALIDITY of `folder` when it is the folder selected now. Selecting it again
+    /// costs: on a large maildir, a SELECT after new mail rescans the whole folder.
+    pub fn selected_validity(&self, folder: &str) -> Option<u32> {
+        match &self.selected {
+            Some((f, v)) if f == folder => Some(*v),
+            _ => None,
+        }
     }
 
     /// Whether the selected folder holds a message with this Message-ID.
