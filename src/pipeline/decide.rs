@@ -128,6 +128,10 @@ impl Default for NotifyOn {
     }
 }
 
+/// Why a reply or notification about old mail (history, on a first run) is held.
+pub const TOO_OLD_TO_ANSWER: &str = "message too old to answer automatically";
+pub const TOO_OLD_TO_NOTIFY: &str = "message too old to notify about";
+
 /// Plans the mail for one transition.
 ///
 /// `stale` says the message is older than the configured reply age (for example on a first
@@ -153,7 +157,7 @@ pub fn plan(
     if let Some(template) = reply {
         let disposition = match reply_guard(transition, verdict, mode) {
             Disposition::Send | Disposition::Draft | Disposition::Queue if stale => {
-                Disposition::Hold("message too old to answer automatically".to_string())
+                Disposition::Hold(TOO_OLD_TO_ANSWER.to_string())
             }
             // A draft cannot leave by itself, so only what could be sent is capped.
             Disposition::Send | Disposition::Queue if cap.is_some() => {
@@ -179,7 +183,7 @@ pub fn plan(
             disposition: if !has_operator {
                 Disposition::Hold("no operator address configured".to_string())
             } else if stale {
-                Disposition::Hold("message too old to notify about".to_string())
+                Disposition::Hold(TOO_OLD_TO_NOTIFY.to_string())
             } else if mode == Mode::Draft {
                 Disposition::Draft
             } else {

@@ -382,13 +382,26 @@ impl Engine {
             "decision"
         );
         for p in &produced {
-            if let Disposition::Hold(reason) = &p.disposition {
-                warn!(
+            match &p.disposition {
+                // History on a first run over an old mailbox: expected, and many.
+                Disposition::Hold(reason)
+                    if reason == decide::TOO_OLD_TO_ANSWER
+                        || reason == decide::TOO_OLD_TO_NOTIFY =>
+                {
+                    info!(
+                        case = case_id.unwrap_or(0),
+                        template = p.template.name(),
+                        reason = %reason,
+                        "held: old mail"
+                    );
+                }
+                Disposition::Hold(reason) => warn!(
                     case = case_id.unwrap_or(0),
                     template = p.template.name(),
                     reason = %reason,
                     "reply held for the operator"
-                );
+                ),
+                _ => {}
             }
         }
         Ok(Handled {

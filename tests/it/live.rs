@@ -810,17 +810,36 @@ fn a_large_catch_up_reads_headers_first_cuts_long_messages_and_reports_progress(
             let m = format!(
                 "From: Customer {i} <c{i}@shop.example.com>\r\nTo: postmaster@example.net\r\nSubject: Order {i}\r\nMessage-ID: <order{i}@shop.example.com>\r\n\r\nHello, where is order {i}?\r\n"
             );
-            imap.append(&case.folder, "()", m.as_bytes()).await.expect("append");
+            imap.append(&case.folder, "()", m.as_bytes())
+                .await
+                .expect("append");
         }
-        imap.append(&case.folder, "()", &bounce).await.expect("append");
+        imap.append(&case.folder, "()", &bounce)
+            .await
+            .expect("append");
         imap.logout().await;
     });
-    let o = case.bot(&["-v", "run", "--once", "--config", &case.config.display().to_string()]);
+    let o = case.bot(&[
+        "-v",
+        "run",
+        "--once",
+        "--config",
+        &case.config.display().to_string(),
+    ]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
-    assert!(err.contains("catching up"), "a long catch-up says so: {err}");
-    let done = err.lines().find(|l| l.contains("caught up")).expect("a closing line");
-    assert!(done.contains("2501") && done.contains("fetched") && done.contains('1'), "{done}");
+    assert!(
+        err.contains("catching up"),
+        "a long catch-up says so: {err}"
+    );
+    let done = err
+        .lines()
+        .find(|l| l.contains("caught up"))
+        .expect("a closing line");
+    assert!(
+        done.contains("2501") && done.contains("fetched") && done.contains('1'),
+        "{done}"
+    );
     let db = rusqlite::Connection::open(case.dir.path().join("state.sqlite3")).expect("state");
     let rows: Vec<(String, String)> = db
         .prepare("SELECT kind, damage FROM messages")
@@ -831,5 +850,32 @@ fn a_large_catch_up_reads_headers_first_cuts_long_messages_and_reports_progress(
         .expect("rows");
     assert_eq!(rows.len(), 1, "only the bounce was read whole: {rows:?}");
     assert_eq!(rows[0].0, "ndr_ms_blocklist");
-    assert!(rows[0].1.contains("fetched only the first 65536"), "{}", rows[0].1);
+    assert!(
+        rows[0].1.contains("fetched only the first 65536"),
+        "{}",
+        rows[0].1
+    );
+    drop(db);
+
+    // On a terminal (a pseudo-terminal from script(1)) the same catch-up draws a progress bar.
+    for f in ["state.sqlite3", "state.sqlite3-wal", "state.sqlite3-shm"] {
+        let _ = std::fs::remove_file(case.dir.path().join(f));
+    }
+    let command = format!(
+        "{} run --once --config {}",
+        env!("CARGO_BIN_EXE_postmaster-bot"),
+        case.config.display()
+    );
+    let o = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .current_dir(case.dir.path())
+        .env("PMB_TEST_PASSWORD", "password")
+        .output()
+        .expect("script(1) runs");
+    let screen = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{screen}");
+    assert!(
+        screen.contains("catch-up") && screen.contains("/2501 messages"),
+        "a progress bar: {screen}"
+    );
 }

@@ -445,11 +445,26 @@ fn device_code_login_stores_a_private_refresh_token_that_the_daemon_uses_and_rot
     assert_eq!(mode.mode() & 0o777, 0o600);
     let first = stored_refresh_token(&case);
     assert!(refresh_token_valid(&first));
-    let check = case.bot(&["auth", "check", "--config", &case.config.display().to_string()]);
+    let check = case.bot(&[
+        "auth",
+        "check",
+        "--config",
+        &case.config.display().to_string(),
+    ]);
     let said = String::from_utf8_lossy(&check.stdout);
-    assert!(check.status.success(), "{said}{}", String::from_utf8_lossy(&check.stderr));
-    assert!(said.contains("IMAP") && said.contains("logged in"), "{said}");
-    assert!(said.contains("SMTP") && said.contains("authenticated"), "{said}");
+    assert!(
+        check.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(
+        said.contains("IMAP") && said.contains("logged in"),
+        "{said}"
+    );
+    assert!(
+        said.contains("SMTP") && said.contains("authenticated"),
+        "{said}"
+    );
     let first = stored_refresh_token(&case);
 
     case.deliver(&THREAD);
