@@ -483,6 +483,7 @@ async fn wait_for_redirect(
             line.clear();
         }
     });
+    let mut stdin_open = true;
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -508,10 +509,10 @@ async fn wait_for_redirect(
                 let _ = stream.write_all(format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes()).await;
                 return Ok(url);
             }
-            pasted = paste_rx.recv() => {
+            pasted = paste_rx.recv(), if stdin_open => {
                 let Some(text) = pasted else {
                     // Standard input closed: only the browser can answer now.
-                    std::future::pending::<()>().await;
+                    stdin_open = false;
                     continue;
                 };
                 match oauth2::url::Url::parse(&text) {

@@ -388,7 +388,10 @@ fn run_once_logged(case: &Case) -> String {
 }
 
 /// Runs `auth login`, hands each line it prints to `act`, and returns its exit status.
-fn login(case: &Case, mut act: impl FnMut(&str)) -> (std::process::ExitStatus, String) {
+fn login(
+    case: &Case,
+    mut act: impl FnMut(&str, &mut std::process::ChildStdin),
+) -> (std::process::ExitStatus, String) {
     let mut child = Daemon(
         std::process::Command::new(env!("CARGO_BIN_EXE_postmaster-bot"))
             .args([
@@ -398,19 +401,20 @@ fn login(case: &Case, mut act: impl FnMut(&str)) -> (std::process::ExitStatus, S
                 &case.config.display().to_string(),
             ])
             .current_dir(case.dir.path())
-            .stdin(std::process::Stdio::null())
+            .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("auth login starts"),
     );
     let stdout = child.0.stdout.take().expect("stdout");
+    let mut stdin = child.0.stdin.take().expect("stdin");
     let mut printed = String::new();
     for line in BufReader::new(stdout).lines() {
         let line = line.expect("line");
         printed.push_str(&line);
         printed.push('\n');
-        act(&line);
+        act(&line, &mut stdin);
     }
     let status = child.0.wait().expect("exits");
     let mut err = String::new();
@@ -429,7 +433,7 @@ fn device_code_login_stores_a_private_refresh_token_that_the_daemon_uses_and_rot
     });
     let case = setup("auto", "");
     use_oauth2(&case, &client, "device_code", "");
-    let (status, printed) = login(&case, |line| {
+    let (status, printed) = login(&case, |line, _| {
         if let Some(code) = line.split("enter the code ").nth(1) {
             approve_device(code.trim());
         }
@@ -550,6 +554,53 @@ fn a_token_expiring_soon_is_replaced_before_use_and_smtp_gets_a_new_one_when_ref
 }
 
 #[test]
+fn authorization_code_login_accepts_the_address_pasted_from_another_machine() {
+    let client = add_client(Client {
+        lifetime: 3600,
+        ..Client::default()
+    });
+    let case = setup("draft", "");
+    use_oauth2(&case, &client, "authorization_code", "");
+    let (status, printed) = login(&case, |line, stdin| {
+        let Some(landed) = sign_in(line, &client) else {
+            return;
+        };
+        // The browser ran elsewhere: the address it ended on is pasted into `auth login`.
+        writeln!(stdin, "not an address").expect("paste");
+        writeln!(stdin, "{landed}").expect("paste");
+    });
+    assert!(status.success(), "{printed}");
+    assert!(refresh_token_valid(&stored_refresh_token(&case)));
+}
+
+/// Plays the provider for an authorization URL printed by `auth login`: checks PKCE, issues a
+/// code for `client`, and returns the address the browser would be sent back to.
+fn sign_in(line: &str, client: &str) -> Option<String> {
+    let url = url::Url::parse(line.trim()).ok()?;
+    if !url.path().ends_with("/authorize") {
+        return None;
+    }
+    let q: HashMap<String, String> = url.query_pairs().into_owned().collect();
+    assert_eq!(
+        q.get("code_challenge_method").map(String::as_str),
+        Some("S256")
+    );
+    let redirect = q.get("redirect_uri").expect("redirect_uri").clone();
+    let code = format!("code-{client}");
+    with_server(|s| {
+        s.codes.insert(
+            code.clone(),
+            (
+                client.to_string(),
+                q["code_challenge"].clone(),
+                redirect.clone(),
+            ),
+        )
+    });
+    Some(format!("{redirect}?code={code}&state={}", q["state"]))
+}
+
+#[test]
 fn authorization_code_login_uses_pkce_and_the_loopback_redirect() {
     let client = add_client(Client {
         lifetime: 3600,
@@ -557,32 +608,12 @@ fn authorization_code_login_uses_pkce_and_the_loopback_redirect() {
     });
     let case = setup("draft", "");
     use_oauth2(&case, &client, "authorization_code", "");
-    let (status, printed) = login(&case, |line| {
-        let Ok(url) = url::Url::parse(line.trim()) else {
+    let (status, printed) = login(&case, |line, _| {
+        let Some(landed) = sign_in(line, &client) else {
             return;
         };
-        if !url.path().ends_with("/authorize") {
-            return;
-        }
-        let q: HashMap<String, String> = url.query_pairs().into_owned().collect();
-        assert_eq!(
-            q.get("code_challenge_method").map(String::as_str),
-            Some("S256")
-        );
-        let redirect = q.get("redirect_uri").expect("redirect_uri").clone();
-        // The person signs in; the provider sends the browser back with a code.
-        let code = format!("code-{client}");
-        with_server(|s| {
-            s.codes.insert(
-                code.clone(),
-                (
-                    client.clone(),
-                    q["code_challenge"].clone(),
-                    redirect.clone(),
-                ),
-            )
-        });
-        let back = url::Url::parse(&redirect).expect("redirect");
+        // The provider sends the browser back to the bot's loopback listener.
+        let back = url::Url::parse(&landed).expect("redirect");
         let mut browser = std::net::TcpStream::connect((
             back.host_str().expect("host"),
             back.port().expect("port"),
@@ -590,8 +621,8 @@ fn authorization_code_login_uses_pkce_and_the_loopback_redirect() {
         .expect("the bot listens on loopback");
         write!(
             browser,
-            "GET /?code={code}&state={} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
-            q["state"]
+            "GET /?{} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+            back.query().unwrap_or("")
         )
         .expect("request");
         let mut page = String::new();
