@@ -173,18 +173,8 @@ pub fn header_fields(raw: &[u8], ctx: &Context) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::classify::tests::ctx;
     use proptest::prelude::*;
-
-    fn ctx() -> Context {
-        Context {
-            authserv_ids: vec!["mx1.example.net".into()],
-            microsoft_domains: vec!["microsoft.com".into()],
-            own_addresses: vec!["postmaster@example.net".into()],
-            own_message_id_domains: vec!["postmaster.example.net".into()],
-            loop_header: "X-Postmaster-Bot".into(),
-            our_networks: Vec::new(),
-        }
-    }
 
     static RULES: std::sync::LazyLock<Rules> =
         std::sync::LazyLock::new(|| Rules::builtin().expect("rules"));

@@ -815,4 +815,4 @@ fn phrase_kind(own_text: &str, rules: &Rules, evidence: &mut Vec<Evidence>) -> K
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

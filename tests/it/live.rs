@@ -208,6 +208,15 @@ impl Case {
             .expect("binary runs")
     }
 
+    /// `run --once -v`, which must succeed; returns its log.
+    pub(crate) fn run_once_logged(&self) -> String {
+        let config = self.config.display().to_string();
+        let o = self.bot(&["-v", "run", "--once", "--config", &config]);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{err}");
+        err
+    }
+
     pub(crate) fn run_once(&self) {
         let o = self.bot(&[
             "run",
@@ -819,15 +828,7 @@ fn a_large_catch_up_reads_headers_first_cuts_long_messages_and_reports_progress(
             .expect("append");
         imap.logout().await;
     });
-    let o = case.bot(&[
-        "-v",
-        "run",
-        "--once",
-        "--config",
-        &case.config.display().to_string(),
-    ]);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{err}");
+    let err = case.run_once_logged();
     assert!(
         err.contains("catching up"),
         "a long catch-up says so: {err}"

@@ -373,20 +373,6 @@ fn stored_refresh_token(case: &Case) -> String {
         .to_string()
 }
 
-/// `run --once -v`, which must succeed; returns its log.
-fn run_once_logged(case: &Case) -> String {
-    let o = case.bot(&[
-        "-v",
-        "run",
-        "--once",
-        "--config",
-        &case.config.display().to_string(),
-    ]);
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(o.status.success(), "{err}");
-    err
-}
-
 /// Runs `auth login`, hands each line it prints to `act`, and returns its exit status.
 fn login(
     case: &Case,
@@ -497,7 +483,7 @@ fn a_token_the_server_refuses_is_replaced_and_the_login_retried() {
     let case = setup("draft", "");
     use_oauth2(&case, &client, "client_credentials", "");
     case.deliver(&THREAD);
-    let err = run_once_logged(&case);
+    let err = case.run_once_logged();
     assert!(err.contains("refused the access token"), "{err}");
     assert_eq!(
         client_stats(&client).requests,
@@ -540,7 +526,7 @@ fn a_token_expiring_soon_is_replaced_before_use_and_smtp_gets_a_new_one_when_ref
     let case = setup("auto", "");
     use_oauth2(&case, &single, "client_credentials", "");
     case.deliver(&THREAD);
-    let err = run_once_logged(&case);
+    let err = case.run_once_logged();
     assert!(
         err.contains("SMTP server refused the access token"),
         "{err}"

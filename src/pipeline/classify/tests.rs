@@ -3,7 +3,8 @@ use crate::pipeline::parse::{parse, Limits};
 
 const OURS: &str = "Authentication-Results: mx1.example.net; dkim=pass header.d=microsoft.com; dmarc=pass header.from=microsoft.com\n";
 
-fn ctx() -> Context {
+/// The context the pipeline's unit tests share.
+pub(crate) fn ctx() -> Context {
     Context {
         authserv_ids: vec!["mx1.example.net".into()],
         microsoft_domains: vec!["microsoft.com".into()],
