@@ -311,8 +311,9 @@ fn auth(command: AuthCommand, out: &mut impl Write) -> Result<ExitCode> {
             let provider = config.oauth2.as_ref().map(|_| provider()).transpose()?;
             runtime.block_on(async {
                 if let Some(m) = &config.mailbox {
-                    let credential = Credential::pick(m.password.as_ref(), provider.as_ref())
-                        .context("[mailbox] has no credential")?;
+                    let credential =
+                        Credential::pick(m.auth, m.password.as_ref(), provider.as_ref())
+                            .context("[mailbox] has no credential")?;
                     let secret = credential.get(true).await?;
                     let imap = postmaster_bot::shell::imap::Imap::connect(m, &secret).await?;
                     imap.logout().await;
@@ -323,7 +324,8 @@ fn auth(command: AuthCommand, out: &mut impl Write) -> Result<ExitCode> {
                     )?;
                 }
                 if let Some(s) = &config.smtp {
-                    let credential = Credential::pick(s.password.as_ref(), provider.as_ref());
+                    let credential =
+                        Credential::pick(s.auth, s.password.as_ref(), provider.as_ref());
                     let secret = match &credential {
                         Some(c) => Some(c.get(false).await?),
                         None => None,

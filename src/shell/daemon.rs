@@ -75,7 +75,7 @@ pub async fn run(
         .map(TokenProvider::new)
         .transpose()?
         .map(Arc::new);
-    let credential = Credential::pick(mailbox.password.as_ref(), provider.as_ref())
+    let credential = Credential::pick(mailbox.auth, mailbox.password.as_ref(), provider.as_ref())
         .ok_or(DaemonError::NoCredential)?;
     // In draft mode nothing may ever be sent, so no SMTP client is even built.
     let mailer = match &engine.config.smtp {
@@ -83,7 +83,7 @@ pub async fn run(
         Some(cfg) => Some(
             Mailer::new(
                 cfg,
-                Credential::pick(cfg.password.as_ref(), provider.as_ref()),
+                Credential::pick(cfg.auth, cfg.password.as_ref(), provider.as_ref()),
             )
             .await?,
         ),

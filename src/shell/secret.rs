@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use secrecy::SecretString;
 
-use crate::config::SecretSource;
+use crate::config::{Auth, SecretSource};
 use crate::shell::oauth::{OAuthError, TokenProvider};
 
 /// A password could not be read. The message names the source, never the secret.
@@ -91,15 +91,17 @@ impl CredentialError {
 }
 
 impl Credential {
-    /// `source` when given, else the shared OAuth2 provider (config validation guarantees one).
+    /// `source` when given; else, for XOAUTH2 only, the shared OAuth2 provider (config
+    /// validation guarantees one). `None`: log in without credentials (an open relay).
     pub fn pick(
+        auth: Auth,
         source: Option<&SecretSource>,
         oauth: Option<&Arc<TokenProvider>>,
     ) -> Option<Credential> {
         match (source, oauth) {
             (Some(s), _) => Some(Credential::Secret(s.clone())),
-            (None, Some(p)) => Some(Credential::OAuth2(p.clone())),
-            (None, None) => None,
+            (None, Some(p)) if auth == Auth::Xoauth2 => Some(Credential::OAuth2(p.clone())),
+            _ => None,
         }
     }
 
@@ -141,6 +143,26 @@ mod tests {
         let from_cmd =
             resolve_now(SecretSource::Command("printf 'hunter2\\n'".into())).expect("command");
         assert_eq!(from_cmd.expose_secret(), "hunter2");
+    }
+
+    #[test]
+    fn only_xoauth2_falls_back_to_the_oauth2_provider() {
+        let cfg =
+            crate::config::parse("[oauth2]\nprovider = \"microsoft\"\nclient_id = \"x\"", "t")
+                .expect("valid")
+                .oauth2
+                .expect("oauth2");
+        let provider = Arc::new(TokenProvider::new(cfg).expect("provider"));
+        assert!(Credential::pick(Auth::Password, None, Some(&provider)).is_none());
+        assert!(matches!(
+            Credential::pick(Auth::Xoauth2, None, Some(&provider)),
+            Some(Credential::OAuth2(_))
+        ));
+        let helper = SecretSource::Command("print-token".into());
+        assert!(matches!(
+            Credential::pick(Auth::Xoauth2, Some(&helper), Some(&provider)),
+            Some(Credential::Secret(_))
+        ));
     }
 
     #[test]
