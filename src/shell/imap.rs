@@ -109,6 +109,24 @@ impl async_imap::Authenticator for Xoauth2 {
     }
 }
 
+/// Reads the server's greeting; a connection closed before it is an error naming the server.
+async fn read_greeting<T>(client: &mut async_imap::Client<T>, server: &str) -> Result<(), ImapError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + std::fmt::Debug + Send,
+{
+    client
+        .read_response()
+        .await
+        .map_err(|source| ImapError::Connect {
+            server: server.to_string(),
+            source,
+        })?
+        .ok_or_else(|| ImapError::Closed {
+            server: server.to_string(),
+        })?;
+    Ok(())
+}
+
 /// Runs one IMAP command with a time limit, naming the server and the command in the error.
 /// Takes the server name and limit by value so the caller can hold the session borrowed.
 async fn guarded<T>(
@@ -186,21 +204,11 @@ impl Imap {
             transient: e.kind() != std::io::ErrorKind::InvalidData,
             message: e.to_string(),
         };
-        let closed = || ImapError::Closed {
-            server: server.clone(),
-        };
         let stream = match cfg.tls {
             Tls::Implicit => connector.connect(name, tcp).await.map_err(tls_err)?,
             Tls::Starttls => {
                 let mut plain = async_imap::Client::new(tcp);
-                plain
-                    .read_response()
-                    .await
-                    .map_err(|source| ImapError::Connect {
-                        server: server.clone(),
-                        source,
-                    })?
-                    .ok_or_else(closed)?;
+                read_greeting(&mut plain, &server).await?;
                 plain
                     .run_command_and_check_ok("STARTTLS", None)
                     .await
@@ -216,14 +224,7 @@ impl Imap {
         };
         let mut client = async_imap::Client::new(stream);
         if cfg.tls == Tls::Implicit {
-            client
-                .read_response()
-                .await
-                .map_err(|source| ImapError::Connect {
-                    server: server.clone(),
-                    source,
-                })?
-                .ok_or_else(closed)?;
+            read_greeting(&mut client, &server).await?;
         }
         let mut session = match cfg.auth {
             Auth::Password => client

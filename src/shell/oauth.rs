@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use oauth2::basic::{BasicClient, BasicErrorResponseType};
 use oauth2::{
     AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken,
-    DeviceAuthorizationUrl, ErrorResponse, PkceCodeChallenge, RedirectUrl, RefreshToken,
-    RequestTokenError, Scope, StandardDeviceAuthorizationResponse, TokenResponse, TokenUrl,
+    DeviceAuthorizationUrl, ErrorResponseType, PkceCodeChallenge, RedirectUrl, RefreshToken,
+    RequestTokenError, Scope, StandardDeviceAuthorizationResponse, StandardErrorResponse,
+    TokenResponse, TokenUrl,
 };
 use secrecy::{ExposeSecret, SecretString};
 use tracing::{info, warn};
@@ -211,23 +212,23 @@ impl TokenProvider {
     }
 
     fn token_error(&self, e: TokenError) -> OAuthError {
-        let refreshing = self.cfg.flow != Flow::ClientCredentials;
-        describe(&self.cfg.token_url, e, |r| {
-            let code = r.error().as_ref().to_string();
-            let transient = matches!(
-                code.as_str(),
-                "temporarily_unavailable" | "server_error" | "slow_down"
-            );
-            let mut description = r.error_description().cloned();
-            if code == "invalid_grant" && refreshing {
+        let mut error = describe(&self.cfg.token_url, e);
+        if let OAuthError::Refused {
+            code, description, ..
+        } = &mut error
+        {
+            if code == "invalid_grant" && self.cfg.flow != Flow::ClientCredentials {
                 // Revoked, expired, or the password changed: only a new sign-in helps.
-                description = Some(format!(
+                *description = Some(format!(
                     "{}sign in again with `postmaster-bot auth login --config <file>`",
-                    description.map(|d| format!("{d}; ")).unwrap_or_default()
+                    description
+                        .take()
+                        .map(|d| format!("{d}; "))
+                        .unwrap_or_default()
                 ));
             }
-            (code, description, transient)
-        })
+        }
+        error
     }
 
     fn read_refresh_token(&self) -> Result<SecretString, OAuthError> {
@@ -292,15 +293,7 @@ impl TokenProvider {
             .add_scopes(self.scopes())
             .request_async(&self.http)
             .await
-            .map_err(|e| {
-                describe(&url, e, |r| {
-                    (
-                        r.error().as_ref().to_string(),
-                        r.error_description().cloned(),
-                        false,
-                    )
-                })
-            })?;
+            .map_err(|e| describe(&url, e))?;
         show(&format!(
             "To sign in, open {} and enter the code {}\n(waiting up to {} minutes)",
             details.verification_uri().as_str(),
@@ -311,15 +304,7 @@ impl TokenProvider {
             .exchange_device_access_token(&details)
             .request_async(&self.http, tokio::time::sleep, None)
             .await
-            .map_err(|e| {
-                describe(&self.cfg.token_url, e, |r| {
-                    (
-                        r.error().as_ref().to_string(),
-                        r.error_description().cloned(),
-                        false,
-                    )
-                })
-            })?;
+            .map_err(|e| describe(&self.cfg.token_url, e))?;
         self.keep_login(response.refresh_token().map(|t| t.secret().as_str()))
     }
 
@@ -405,25 +390,24 @@ impl TokenProvider {
     }
 }
 
-/// Turns the crate's error into ours; `server` reads a server's error response.
-fn describe<RE, T>(
-    url: &str,
-    e: RequestTokenError<RE, T>,
-    server: impl Fn(&T) -> (String, Option<String>, bool),
-) -> OAuthError
+/// Turns the crate's error into ours, for the token and device-authorization endpoints alike.
+fn describe<RE, T>(url: &str, e: RequestTokenError<RE, StandardErrorResponse<T>>) -> OAuthError
 where
     RE: std::error::Error + 'static,
-    T: ErrorResponse + 'static,
+    T: ErrorResponseType + AsRef<str> + std::fmt::Display + 'static,
 {
     let url = url.to_string();
     match e {
         RequestTokenError::ServerResponse(r) => {
-            let (code, description, transient) = server(&r);
+            let code = r.error().as_ref().to_string();
             OAuthError::Refused {
-                url,
+                transient: matches!(
+                    code.as_str(),
+                    "temporarily_unavailable" | "server_error" | "slow_down"
+                ),
+                description: r.error_description().cloned(),
                 code,
-                description,
-                transient,
+                url,
             }
         }
         RequestTokenError::Request(e) => {
