@@ -94,25 +94,15 @@ fn run_against(fault: Fault) -> std::process::Output {
         .to_path_buf();
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let port = runtime.block_on(serve(fault, tls_dir));
-    let text = std::fs::read_to_string(&case.config)
-        .expect("config")
-        .replacen(
-            &format!("port = {}", case.stack.imaps_port),
+    case.point_imap_at(port);
+    case.edit_config(|t| {
+        t.replacen(
+            &format!("port = {port}"),
             &format!("port = {port}\ntimeout_seconds = 3"),
             1,
-        );
-    std::fs::write(&case.config, text).expect("write");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_postmaster-bot"))
-        .args([
-            "run",
-            "--once",
-            "--config",
-            &case.config.display().to_string(),
-        ])
-        .current_dir(case.dir.path())
-        .env("PMB_TEST_PASSWORD", "password")
-        .output()
-        .expect("binary runs");
+        )
+    });
+    let out = case.try_run_once(&[]);
     drop(runtime);
     out
 }
@@ -232,14 +222,7 @@ fn reconnects_to_exchange(case: &crate::live::Case) -> (usize, std::process::Exi
     let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let port = runtime.block_on(serve_exchange(tls_dir, connections.clone()));
-    let text = std::fs::read_to_string(&case.config)
-        .expect("config")
-        .replacen(
-            &format!("port = {}", case.stack.imaps_port),
-            &format!("port = {port}"),
-            1,
-        );
-    std::fs::write(&case.config, text).expect("write");
+    case.point_imap_at(port);
     let mut daemon = crate::live::Daemon(
         std::process::Command::new(env!("CARGO_BIN_EXE_postmaster-bot"))
             .args(["run", "--config", &case.config.display().to_string()])
@@ -261,14 +244,13 @@ fn reconnects_to_exchange(case: &crate::live::Case) -> (usize, std::process::Exi
 #[test]
 fn exchange_bye_during_idle_is_a_normal_reconnect() {
     let case = setup("draft", "");
-    let text = std::fs::read_to_string(&case.config)
-        .expect("config")
-        .replacen(
+    case.edit_config(|t| {
+        t.replacen(
             "password_env = \"PMB_TEST_PASSWORD\"",
             "auth = \"xoauth2\"\npassword_command = \"echo exchange-token\"",
             1,
-        );
-    std::fs::write(&case.config, text).expect("write");
+        )
+    });
     let (seen, status) = reconnects_to_exchange(&case);
     assert!(
         seen >= 3,
@@ -288,7 +270,7 @@ fn every_reconnect_to_exchange_gets_a_new_oauth2_token() {
         ..Default::default()
     });
     let case = setup("draft", "");
-    crate::oauth::use_oauth2(&case, &client, "client_credentials", "");
+    crate::oauth::use_oauth2(&case, &client, "client_credentials");
     let (seen, status) = reconnects_to_exchange(&case);
     assert!(seen >= 3, "{seen} connections");
     assert!(status.success(), "{status}");

@@ -80,17 +80,6 @@ fn pipe(mut from: TcpStream, mut to: TcpStream) {
     });
 }
 
-fn point_imap_at(case: &Case, port: u16) {
-    let text = std::fs::read_to_string(&case.config)
-        .expect("config")
-        .replacen(
-            &format!("port = {}", case.stack.imaps_port),
-            &format!("port = {port}"),
-            1,
-        );
-    std::fs::write(&case.config, text).expect("write");
-}
-
 fn wait_for_drafts(case: &Case, n: usize, within: Duration) -> usize {
     let deadline = Instant::now() + within;
     loop {
@@ -106,7 +95,7 @@ fn wait_for_drafts(case: &Case, n: usize, within: Duration) -> usize {
 fn a_cut_connection_mid_idle_and_a_server_outage_are_survived() {
     let case = setup("draft", "");
     let proxy = Proxy::start(case.stack.imaps_port);
-    point_imap_at(&case, proxy.port);
+    case.point_imap_at(proxy.port);
     let mut daemon = crate::live::Daemon(
         Command::new(env!("CARGO_BIN_EXE_postmaster-bot"))
             .args(["run", "--config", &case.config.display().to_string()])
@@ -258,15 +247,13 @@ fn fake_smtp_451(case: &Case) -> u16 {
 fn a_4xx_is_retried_with_a_growing_backoff() {
     let case = setup("auto", "");
     let port = fake_smtp_451(&case);
-    let text = std::fs::read_to_string(&case.config)
-        .expect("config")
-        .replacen(
+    case.edit_config(|t| {
+        t.replacen(
             &format!("port = {}", case.stack.smtps_port),
             &format!("port = {port}"),
             1,
-        )
-        + "retry_seconds = 30\n";
-    std::fs::write(&case.config, text).expect("write");
+        ) + "retry_seconds = 30\n"
+    });
     case.deliver(&THREAD);
     case.run_once();
     let db = rusqlite::Connection::open(case.dir.path().join("state.sqlite3")).expect("state");

@@ -208,27 +208,41 @@ impl Case {
             .expect("binary runs")
     }
 
+    /// `run --once` after the global `flags` (`-v`), whatever its outcome.
+    pub(crate) fn try_run_once(&self, flags: &[&str]) -> Output {
+        let config = self.config.display().to_string();
+        let mut args = flags.to_vec();
+        args.extend(["run", "--once", "--config", &config]);
+        self.bot(&args)
+    }
+
     /// `run --once -v`, which must succeed; returns its log.
     pub(crate) fn run_once_logged(&self) -> String {
-        let config = self.config.display().to_string();
-        let o = self.bot(&["-v", "run", "--once", "--config", &config]);
+        let o = self.try_run_once(&["-v"]);
         let err = String::from_utf8_lossy(&o.stderr).into_owned();
         assert!(o.status.success(), "{err}");
         err
     }
 
     pub(crate) fn run_once(&self) {
-        let o = self.bot(&[
-            "run",
-            "--once",
-            "--config",
-            &self.config.display().to_string(),
-        ]);
+        let o = self.try_run_once(&[]);
         assert!(
             o.status.success(),
             "run --once failed: {}",
             String::from_utf8_lossy(&o.stderr)
         );
+    }
+
+    /// Rewrites this test's config file.
+    pub(crate) fn edit_config(&self, edit: impl FnOnce(String) -> String) {
+        let text = std::fs::read_to_string(&self.config).expect("config");
+        std::fs::write(&self.config, edit(text)).expect("write config");
+    }
+
+    /// Points `[mailbox]` at another IMAPS port: a fault proxy or a scripted server.
+    pub(crate) fn point_imap_at(&self, port: u16) {
+        let stack_port = format!("port = {}", self.stack.imaps_port);
+        self.edit_config(|t| t.replacen(&stack_port, &format!("port = {port}"), 1));
     }
 
     pub(crate) fn messages(&self, user: &str, folder: &str) -> Vec<Vec<u8>> {
@@ -265,6 +279,14 @@ impl Case {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// A config edit: the operator is also told about escalations.
+fn notify_on_escalation(config: String) -> String {
+    config.replace(
+        "notify_on_close_case = false",
+        "notify_on_close_case = false\nnotify_on_escalation = true",
+    )
 }
 
 pub(crate) const THREAD: [&str; 3] = ["d006.eml", "d007.eml", "d008.eml"];
@@ -528,20 +550,21 @@ fn starttls_works_for_imap_and_smtp() {
             .expect("port")
             .to_string()
     };
-    let text = std::fs::read_to_string(&case.config)
-        .expect("config")
-        .replacen(
-            &format!("port = {}\ntls = \"implicit\"", case.stack.imaps_port),
-            &format!("port = {}\ntls = \"starttls\"", port("MAILSTACK_IMAP_PORT")),
-            1,
-        )
-        .replacen(
-            &format!("port = {}\ntls = \"implicit\"", case.stack.smtps_port),
-            &format!("port = {}\ntls = \"starttls\"", port("MAILSTACK_SMTP_PORT")),
-            1,
-        );
-    assert_eq!(text.matches("starttls").count(), 2, "{text}");
-    std::fs::write(&case.config, text).expect("write");
+    case.edit_config(|t| {
+        let text = t
+            .replacen(
+                &format!("port = {}\ntls = \"implicit\"", case.stack.imaps_port),
+                &format!("port = {}\ntls = \"starttls\"", port("MAILSTACK_IMAP_PORT")),
+                1,
+            )
+            .replacen(
+                &format!("port = {}\ntls = \"implicit\"", case.stack.smtps_port),
+                &format!("port = {}\ntls = \"starttls\"", port("MAILSTACK_SMTP_PORT")),
+                1,
+            );
+        assert_eq!(text.matches("starttls").count(), 2, "{text}");
+        text
+    });
     case.deliver(&THREAD);
     case.run_once();
     assert_eq!(case.wait_for_replies(1).len(), 1);
@@ -550,19 +573,13 @@ fn starttls_works_for_imap_and_smtp() {
 #[test]
 fn an_untrusted_certificate_is_fatal_and_names_the_host() {
     let case = setup("draft", "");
-    let text = std::fs::read_to_string(&case.config).expect("config");
-    let text: String = text
-        .lines()
-        .filter(|l| !l.starts_with("ca_file"))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    std::fs::write(&case.config, text).expect("write");
-    let o = case.bot(&[
-        "run",
-        "--once",
-        "--config",
-        &case.config.display().to_string(),
-    ]);
+    case.edit_config(|t| {
+        t.lines()
+            .filter(|l| !l.starts_with("ca_file"))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    });
+    let o = case.try_run_once(&[]);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("127.0.0.1:") && err.contains("TLS"), "{err}");
@@ -580,13 +597,7 @@ fn notifications_follow_the_mode_and_sent_copies_only_where_configured() {
     // auto: the notification is mailed to the operator; the reply is copied to Sent.
     let tag = unique();
     let auto = setup("auto", &format!("sent_folder = \"t-sent-{tag}\""));
-    let policy = std::fs::read_to_string(&auto.config)
-        .expect("config")
-        .replace(
-            "notify_on_close_case = false",
-            "notify_on_close_case = false\nnotify_on_escalation = true",
-        );
-    std::fs::write(&auto.config, policy).expect("write");
+    auto.edit_config(notify_on_escalation);
     block_on(async {
         let mut imap = auto.connect("postmaster@example.net").await;
         imap.ensure_folder(&format!("t-sent-{tag}"))
@@ -615,13 +626,7 @@ fn notifications_follow_the_mode_and_sent_copies_only_where_configured() {
 
     // draft: the same notification is only a draft; nothing reaches the operator.
     let draft = setup("draft", "");
-    let policy = std::fs::read_to_string(&draft.config)
-        .expect("config")
-        .replace(
-            "notify_on_close_case = false",
-            "notify_on_close_case = false\nnotify_on_escalation = true",
-        );
-    std::fs::write(&draft.config, policy).expect("write");
+    draft.edit_config(notify_on_escalation);
     draft.deliver(&THREAD);
     draft.run_once();
     assert_eq!(
@@ -807,9 +812,7 @@ fn a_crash_right_after_the_draft_append_never_drafts_twice() {
 #[test]
 fn a_large_catch_up_reads_headers_first_cuts_long_messages_and_reports_progress() {
     let case = setup("draft", "");
-    let mut config = std::fs::read_to_string(&case.config).expect("config");
-    config.push_str("\n[limits]\nmax_message_bytes = 65536\n");
-    std::fs::write(&case.config, config).expect("write");
+    case.edit_config(|t| t + "\n[limits]\nmax_message_bytes = 65536\n");
     // 2,500 customer messages, then one block-list bounce longer than the fetch limit.
     let mut bounce = case.fixture("d006.eml");
     bounce.extend(std::iter::repeat_n(b"padding after the report\r\n".as_slice(), 6000).flatten());

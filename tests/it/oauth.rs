@@ -284,13 +284,12 @@ fn refresh_token_valid(token: &str) -> bool {
 }
 
 fn use_xoauth2(case: &Case, token_command: &str) {
-    let text = std::fs::read_to_string(&case.config)
-        .expect("config")
-        .replace(
+    case.edit_config(|t| {
+        t.replace(
             "password_env = \"PMB_TEST_PASSWORD\"",
             &format!("auth = \"xoauth2\"\npassword_command = \"{token_command}\""),
-        );
-    std::fs::write(&case.config, text).expect("write");
+        )
+    });
 }
 
 #[test]
@@ -323,12 +322,7 @@ fn a_rejected_token_reports_the_server_reason() {
     grant_access("tok-good-2");
     let case = setup("draft", "");
     use_xoauth2(&case, "echo tok-expired");
-    let o = case.bot(&[
-        "run",
-        "--once",
-        "--config",
-        &case.config.display().to_string(),
-    ]);
+    let o = case.try_run_once(&[]);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -342,14 +336,13 @@ fn a_rejected_token_reports_the_server_reason() {
 }
 
 /// Switches IMAP and SMTP to XOAUTH2 with tokens from an `[oauth2]` section for `client`.
-pub(crate) fn use_oauth2(case: &Case, client: &str, flow: &str, extra: &str) {
+pub(crate) fn use_oauth2(case: &Case, client: &str, flow: &str) {
     let port = oauth_server();
     let base = format!("http://127.0.0.1:{port}");
-    let mut text = std::fs::read_to_string(&case.config)
-        .expect("config")
-        .replace("password_env = \"PMB_TEST_PASSWORD\"", "auth = \"xoauth2\"");
-    text.push_str(&format!(
-        r#"
+    case.edit_config(|t| {
+        t.replace("password_env = \"PMB_TEST_PASSWORD\"", "auth = \"xoauth2\"")
+            + &format!(
+                r#"
 [oauth2]
 provider = "custom"
 flow = "{flow}"
@@ -360,10 +353,9 @@ token_url = "{base}/token"
 device_authorization_url = "{base}/devicecode"
 authorization_url = "{base}/authorize"
 refresh_token_file = "refresh-token"
-{extra}
 "#
-    ));
-    std::fs::write(&case.config, text).expect("write");
+            )
+    });
 }
 
 fn stored_refresh_token(case: &Case) -> String {
@@ -418,7 +410,7 @@ fn device_code_login_stores_a_private_refresh_token_that_the_daemon_uses_and_rot
         ..Client::default()
     });
     let case = setup("auto", "");
-    use_oauth2(&case, &client, "device_code", "");
+    use_oauth2(&case, &client, "device_code");
     let (status, printed) = login(&case, |line, _| {
         if let Some(code) = line.split("enter the code ").nth(1) {
             approve_device(code.trim());
@@ -481,7 +473,7 @@ fn a_token_the_server_refuses_is_replaced_and_the_login_retried() {
         ..Client::default()
     });
     let case = setup("draft", "");
-    use_oauth2(&case, &client, "client_credentials", "");
+    use_oauth2(&case, &client, "client_credentials");
     case.deliver(&THREAD);
     let err = case.run_once_logged();
     assert!(err.contains("refused the access token"), "{err}");
@@ -505,7 +497,7 @@ fn a_token_expiring_soon_is_replaced_before_use_and_smtp_gets_a_new_one_when_ref
         ..Client::default()
     });
     let case = setup("auto", "");
-    use_oauth2(&case, &short, "client_credentials", "");
+    use_oauth2(&case, &short, "client_credentials");
     case.deliver(&THREAD);
     case.run_once();
     assert_eq!(case.wait_for_replies(1).len(), 1);
@@ -524,7 +516,7 @@ fn a_token_expiring_soon_is_replaced_before_use_and_smtp_gets_a_new_one_when_ref
         ..Client::default()
     });
     let case = setup("auto", "");
-    use_oauth2(&case, &single, "client_credentials", "");
+    use_oauth2(&case, &single, "client_credentials");
     case.deliver(&THREAD);
     let err = case.run_once_logged();
     assert!(
@@ -546,7 +538,7 @@ fn authorization_code_login_accepts_the_address_pasted_from_another_machine() {
         ..Client::default()
     });
     let case = setup("draft", "");
-    use_oauth2(&case, &client, "authorization_code", "");
+    use_oauth2(&case, &client, "authorization_code");
     let (status, printed) = login(&case, |line, stdin| {
         let Some(landed) = sign_in(line, &client) else {
             return;
@@ -593,7 +585,7 @@ fn authorization_code_login_uses_pkce_and_the_loopback_redirect() {
         ..Client::default()
     });
     let case = setup("draft", "");
-    use_oauth2(&case, &client, "authorization_code", "");
+    use_oauth2(&case, &client, "authorization_code");
     let (status, printed) = login(&case, |line, _| {
         let Some(landed) = sign_in(line, &client) else {
             return;
@@ -632,18 +624,13 @@ fn a_revoked_refresh_token_stops_with_a_sign_in_hint_and_no_token_in_the_output(
         ..Client::default()
     });
     let case = setup("draft", "");
-    use_oauth2(&case, &client, "device_code", "");
+    use_oauth2(&case, &client, "device_code");
     std::fs::write(
         case.dir.path().join("refresh-token"),
         "rt-revoked-long-ago\n",
     )
     .expect("w");
-    let o = case.bot(&[
-        "run",
-        "--once",
-        "--config",
-        &case.config.display().to_string(),
-    ]);
+    let o = case.try_run_once(&[]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(
