@@ -116,7 +116,7 @@ pub enum ModeArg {
 
 #[derive(Debug, Subcommand)]
 pub enum QueueCommand {
-    /// Replies waiting for approval.
+    /// Replies waiting for approval, and held messages with the reason.
     List {
         #[arg(long)]
         config: Option<PathBuf>,
@@ -131,7 +131,8 @@ pub enum QueueCommand {
         #[arg(long)]
         state: Option<PathBuf>,
     },
-    /// Approve a reply: the daemon sends it on its next pass, once.
+    /// Approve a waiting reply (or release a held one): the daemon sends it on its next pass,
+    /// once.
     Approve {
         id: i64,
         #[arg(long)]
@@ -139,7 +140,16 @@ pub enum QueueCommand {
         #[arg(long)]
         state: Option<PathBuf>,
     },
-    /// Reject a reply: it is never sent.
+    /// Release a held message (a reply held by a guard or a cap, a notification held by a rate
+    /// limit): the daemon delivers it on its next pass, once.
+    Release {
+        id: i64,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        state: Option<PathBuf>,
+    },
+    /// Reject a waiting or held message: it is never sent.
     Reject {
         id: i64,
         #[arg(long)]

@@ -278,6 +278,21 @@ fn mailbox_config(raw: &RawMailbox, origin: &str) -> Result<MailboxConfig, Confi
     if poll_seconds == 0 {
         return Err(invalid("poll_seconds", "must be at least 1"));
     }
+    if let Some(k) = &raw.handled_keyword {
+        check_keyword(k).map_err(|why| invalid("handled_keyword", &why))?;
+    }
+    for (key, folder) in [
+        ("folder", &raw.folder),
+        ("drafts_folder", &raw.drafts_folder),
+        ("review_folder", &raw.review_folder),
+        ("approved_folder", &raw.approved_folder),
+        ("sent_folder", &raw.sent_folder),
+        ("handled_folder", &raw.handled_folder),
+    ] {
+        if let Some(f) = folder {
+            check_folder(f).map_err(|why| invalid(key, &why))?;
+        }
+    }
     Ok(MailboxConfig {
         host,
         port: raw.port.unwrap_or(match tls {
@@ -357,6 +372,12 @@ pub struct RawTrust {
     #[serde(default)]
     pub authserv_ids: Vec<String>,
     pub microsoft_domains: Option<Vec<String>>,
+    pub internal_hosts: Option<Vec<String>>,
+    #[serde(default)]
+    pub reporting_mtas: Vec<String>,
+    pub verify_dkim: Option<bool>,
+    #[serde(default)]
+    pub dns_servers: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -391,6 +412,8 @@ pub struct RawPolicy {
     pub max_reply_age_days: Option<u32>,
     pub max_replies_per_hour: Option<u32>,
     pub min_hours_between_replies: Option<u32>,
+    pub new_case_notice_minutes: Option<u32>,
+    pub max_ips_per_case: Option<usize>,
 }
 
 /// Persistent limits on replies to Microsoft, counted from the store.
@@ -400,6 +423,9 @@ pub struct ReplyLimits {
     pub max_replies_per_hour: u32,
     /// Hours between two replies on one case.
     pub min_hours_between_replies: u32,
+    /// Minutes during which one source (a reporting MTA, or all unauthenticated mail
+    /// together) gets at most one new-case notification.
+    pub new_case_notice_minutes: u32,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -407,6 +433,7 @@ pub struct ReplyLimits {
 pub struct RawLimits {
     pub max_text_bytes: Option<usize>,
     pub max_message_bytes: Option<u32>,
+    pub max_ips_per_message: Option<usize>,
 }
 
 /// A validated config.
@@ -432,6 +459,15 @@ pub struct Config {
     pub smtp: Option<SmtpConfig>,
     /// Where XOAUTH2 access tokens come from when no password source prints them.
     pub oauth2: Option<OAuth2Config>,
+    /// DKIM is verified again by the bot itself (DNS), as a second check beside our MX's.
+    pub verify_dkim: Option<DkimCheck>,
+}
+
+/// How the bot's own DKIM check reaches DNS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DkimCheck {
+    /// Name servers to ask (`ip:port`); empty: the system's resolver configuration.
+    pub dns_servers: Vec<std::net::SocketAddr>,
 }
 
 /// The bot's From when none is configured.
@@ -530,6 +566,56 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
             "must name at least one domain".to_string(),
         ));
     }
+    for (i, d) in microsoft_domains.iter().enumerate() {
+        if let Err(why) = check_microsoft_domain(d) {
+            return Err(invalid(&format!("trust.microsoft_domains[{i}]"), why));
+        }
+    }
+    let microsoft_domains: Vec<String> = microsoft_domains
+        .iter()
+        .map(|d| d.trim().trim_end_matches('.').to_ascii_lowercase())
+        .collect();
+    let host_list = |key: &str, list: &[String]| -> Result<Vec<String>, ConfigError> {
+        list.iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let h = h.trim().trim_end_matches('.').to_ascii_lowercase();
+                if is_host_name(&h) {
+                    Ok(h)
+                } else {
+                    Err(invalid(
+                        &format!("{key}[{i}]"),
+                        format!("`{h}` is not a host name"),
+                    ))
+                }
+            })
+            .collect()
+    };
+    let internal_hosts = host_list(
+        "trust.internal_hosts",
+        raw.trust.internal_hosts.as_deref().unwrap_or_default(),
+    )?;
+    let reporting_mtas = host_list("trust.reporting_mtas", &raw.trust.reporting_mtas)?;
+    let mut dns_servers = Vec::new();
+    for (i, s) in raw.trust.dns_servers.iter().enumerate() {
+        let addr = s
+            .parse::<std::net::SocketAddr>()
+            .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| (ip, 53).into()))
+            .map_err(|_| {
+                invalid(
+                    &format!("trust.dns_servers[{i}]"),
+                    format!("`{s}` is not an IP address or ip:port"),
+                )
+            })?;
+        dns_servers.push(addr);
+    }
+    if !dns_servers.is_empty() && raw.trust.verify_dkim != Some(true) {
+        return Err(invalid(
+            "trust.dns_servers",
+            "is only used with verify_dkim = true".to_string(),
+        ));
+    }
+    let verify_dkim = (raw.trust.verify_dkim == Some(true)).then_some(DkimCheck { dns_servers });
 
     let defaults = Policy::default();
     let p = &raw.policy;
@@ -544,7 +630,14 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         notice_interval_hours: p
             .notice_interval_hours
             .unwrap_or(defaults.notice_interval_hours),
+        max_ips_per_case: p.max_ips_per_case.unwrap_or(defaults.max_ips_per_case),
     };
+    if !(1..=65536).contains(&policy.max_ips_per_case) {
+        return Err(invalid(
+            "policy.max_ips_per_case",
+            "must be 1 to 65536".into(),
+        ));
+    }
     if policy.max_escalations_per_ticket > 3 {
         return Err(invalid(
             "policy.max_escalations_per_ticket",
@@ -568,6 +661,13 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         return Err(invalid(
             "limits.max_message_bytes",
             "must be at least 65536".to_string(),
+        ));
+    }
+    let max_ips_per_message = raw.limits.max_ips_per_message.unwrap_or(256);
+    if !(1..=65536).contains(&max_ips_per_message) {
+        return Err(invalid(
+            "limits.max_ips_per_message",
+            "must be 1 to 65536".to_string(),
         ));
     }
     if limits.max_text_bytes < 4096 {
@@ -654,7 +754,9 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         reply_limits: ReplyLimits {
             max_replies_per_hour: p.max_replies_per_hour.unwrap_or(10),
             min_hours_between_replies: p.min_hours_between_replies.unwrap_or(24),
+            new_case_notice_minutes: p.new_case_notice_minutes.unwrap_or(10),
         },
+        verify_dkim,
         mailbox,
         smtp,
         origin: origin.to_string(),
@@ -672,6 +774,9 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
             own_message_id_domains: vec![message_id_domain],
             loop_header,
             our_networks,
+            internal_hosts,
+            reporting_mtas,
+            max_ips: max_ips_per_message,
         },
         rules_file: raw.rules.file,
         templates_dir: raw.templates.dir,
@@ -728,6 +833,125 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         }
     }
     Ok(config)
+}
+
+/// Free and consumer mail domains: anyone can have an address there, so verified mail from
+/// them proves nothing about Microsoft's sender support.
+const CONSUMER_DOMAINS: &[&str] = &[
+    "outlook.com",
+    "hotmail.com",
+    "live.com",
+    "msn.com",
+    "passport.com",
+    "windowslive.com",
+    "gmail.com",
+    "googlemail.com",
+    "yahoo.com",
+    "ymail.com",
+    "aol.com",
+    "icloud.com",
+    "me.com",
+    "mac.com",
+    "gmx.com",
+    "gmx.net",
+    "gmx.de",
+    "web.de",
+    "mail.com",
+    "proton.me",
+    "protonmail.com",
+    "yandex.com",
+    "yandex.ru",
+    "mail.ru",
+    "zoho.com",
+    "fastmail.com",
+    "onmicrosoft.com",
+];
+
+/// Brands whose every country domain (`hotmail.fr`, `live.co.uk`, `outlook.de`) is a consumer
+/// mail domain.
+const CONSUMER_BRANDS: &[&str] = &["outlook", "hotmail", "live", "msn", "gmail", "yahoo"];
+
+/// A domain whose verified mail may count as Microsoft's: a real domain, not a consumer mail
+/// service nor a suffix that contains one.
+fn check_microsoft_domain(domain: &str) -> Result<(), String> {
+    let d = domain.trim().trim_end_matches('.').to_ascii_lowercase();
+    if !is_host_name(&d) || !d.contains('.') {
+        return Err(format!("`{domain}` is not a domain name"));
+    }
+    let labels: Vec<&str> = d.split('.').collect();
+    let first_label = labels.first().copied().unwrap_or_default();
+    // A registry suffix such as `co.uk` would take in every domain under it.
+    const SECOND_LEVEL: &[&str] = &[
+        "co", "com", "net", "org", "ac", "gov", "edu", "ne", "or", "go", "gob", "ltd", "plc",
+    ];
+    if labels.len() == 2 && labels[1].len() == 2 && SECOND_LEVEL.contains(&labels[0]) {
+        return Err(format!("`{domain}` is a registry suffix, not a domain"));
+    }
+    let covers_consumer = CONSUMER_DOMAINS
+        .iter()
+        .any(|c| *c == d || c.ends_with(&format!(".{d}")));
+    if covers_consumer || CONSUMER_BRANDS.contains(&first_label) {
+        return Err(format!(
+            "`{domain}` is (or contains) a consumer mail domain where anyone can have an address; \
+             name the domains Microsoft's sender support writes from, such as microsoft.com"
+        ));
+    }
+    Ok(())
+}
+
+/// A DNS host name: dot-separated labels of letters, digits and inner hyphens.
+fn is_host_name(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// An IMAP keyword (RFC 3501 `flag-keyword` = atom): printable ASCII without atom-specials, so
+/// it can go into `UID STORE` as it is.
+fn check_keyword(keyword: &str) -> Result<(), String> {
+    let ok = !keyword.is_empty()
+        && keyword.len() <= 128
+        && keyword
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"(){%*\"\\]".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{keyword}` is not an IMAP keyword: use letters, digits and `$-_.`, \
+             without spaces, parentheses, quotes, backslashes, `%`, `*`, `{{` or `]`"
+        ))
+    }
+}
+
+/// A folder name the bot can pass to SELECT, APPEND, CREATE and LIST: no control characters,
+/// no LIST wildcards, not empty.
+fn check_folder(folder: &str) -> Result<(), String> {
+    if folder.trim().is_empty() {
+        return Err("is empty".to_string());
+    }
+    if folder.len() > 512 {
+        return Err("is longer than 512 bytes".to_string());
+    }
+    if let Some(c) = folder
+        .chars()
+        .find(|c| c.is_control() || *c == '*' || *c == '%')
+    {
+        return Err(format!(
+            "`{}` contains {c:?}, which an IMAP folder name cannot carry here",
+            folder.escape_debug()
+        ));
+    }
+    if folder != folder.trim() {
+        return Err(format!("`{folder}` starts or ends with white space"));
+    }
+    Ok(())
 }
 
 /// Splits `Name <addr@host>` or `addr@host` into (name, address).
@@ -822,5 +1046,79 @@ mod tests {
             c.classify.own_message_id_domains,
             vec!["postmaster.example.net"]
         );
+    }
+
+    #[test]
+    fn consumer_mail_domains_cannot_be_microsofts() {
+        for d in [
+            "outlook.com",
+            "hotmail.fr",
+            "live.co.uk",
+            "msn.com",
+            "gmail.com",
+            "com",
+            "co.uk",
+            "onmicrosoft.com",
+        ] {
+            let text = format!("[trust]\nmicrosoft_domains = [\"microsoft.com\", \"{d}\"]\n");
+            let err = parse(&text, "c.toml").expect_err(d).to_string();
+            assert!(err.contains("trust.microsoft_domains[1]"), "{d}: {err}");
+        }
+        let c = parse(
+            "[trust]\nmicrosoft_domains = [\"Microsoft.com.\", \"support.microsoft.com\"]\n",
+            "c.toml",
+        )
+        .expect("valid");
+        assert_eq!(
+            c.classify.microsoft_domains,
+            vec!["microsoft.com", "support.microsoft.com"]
+        );
+    }
+
+    #[test]
+    fn keywords_and_folders_follow_the_imap_grammar() {
+        let mailbox =
+            "[mailbox]\nhost = \"imap.example.net\"\nusername = \"u\"\npassword_env = \"P\"\n";
+        for bad in [
+            "$Done) UID 1:* +FLAGS (\\\\Deleted",
+            "two words",
+            "\\\\Seen",
+            "a\\\"b",
+            "x]",
+        ] {
+            let text = format!("{mailbox}handled_keyword = \"{bad}\"\n");
+            let err = parse(&text, "c.toml").expect_err(bad).to_string();
+            assert!(err.contains("mailbox.handled_keyword"), "{bad}: {err}");
+        }
+        assert!(parse(
+            &format!("{mailbox}handled_keyword = \"$PostmasterBot\"\n"),
+            "c.toml"
+        )
+        .is_ok());
+        for bad in ["", "a\\r\\nb", "Review*", "%", " Review"] {
+            let text = format!("{mailbox}review_folder = \"{bad}\"\n");
+            let err = parse(&text, "c.toml").expect_err(bad).to_string();
+            assert!(err.contains("mailbox.review_folder"), "{bad:?}: {err}");
+        }
+        assert!(parse(
+            &format!("{mailbox}drafts_folder = \"[Gmail]/Drafts\"\n"),
+            "c.toml"
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn trust_hosts_are_host_names() {
+        let err = parse(
+            "[trust]\nreporting_mtas = [\"out1.example.net; x\"]\n",
+            "c.toml",
+        )
+        .expect_err("bad host")
+        .to_string();
+        assert!(err.contains("trust.reporting_mtas[0]"), "{err}");
+        let err = parse("[trust]\ndns_servers = [\"127.0.0.1:53\"]\n", "c.toml")
+            .expect_err("dns without dkim")
+            .to_string();
+        assert!(err.contains("trust.dns_servers"), "{err}");
     }
 }

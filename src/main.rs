@@ -414,21 +414,28 @@ fn queue(command: QueueCommand, out: &mut dyn Write) -> Result<ExitCode> {
     match command {
         QueueCommand::List { config, state } => {
             let store = open_existing(&state_path(config.as_deref(), state)?)?;
-            let items = store.outbox_items("awaiting_approval")?;
-            if items.is_empty() {
-                writeln!(out, "no replies wait for approval")?;
+            let waiting = store.outbox_items("awaiting_approval")?;
+            let held = store.outbox_items("held")?;
+            if waiting.is_empty() && held.is_empty() {
+                writeln!(out, "nothing waits for approval and nothing is held")?;
             }
-            for i in items {
-                writeln!(
-                    out,
-                    "#{:<4} case #{:<4} {:<22} to {} [{}]{}",
-                    i.id,
-                    i.case_id.unwrap_or(0),
-                    i.template,
-                    i.recipients.join(", "),
-                    i.subject,
-                    i.reason.map(|r| format!(" ({r})")).unwrap_or_default()
-                )?;
+            for (title, items) in [("waiting for approval", waiting), ("held", held)] {
+                if items.is_empty() {
+                    continue;
+                }
+                writeln!(out, "{title}:")?;
+                for i in items {
+                    writeln!(
+                        out,
+                        "#{:<4} case #{:<4} {:<22} to {} [{}]{}",
+                        i.id,
+                        i.case_id.unwrap_or(0),
+                        i.template,
+                        i.recipients.join(", "),
+                        i.subject,
+                        i.reason.map(|r| format!(" ({r})")).unwrap_or_default()
+                    )?;
+                }
             }
         }
         QueueCommand::Show { id, config, state } => {
@@ -438,41 +445,47 @@ fn queue(command: QueueCommand, out: &mut dyn Write) -> Result<ExitCode> {
             };
             writeln!(
                 out,
-                "outbox #{} ({}, {})",
-                item.id, item.template, item.status
+                "outbox #{} ({}, {}){}",
+                item.id,
+                item.template,
+                item.status,
+                item.reason.map(|r| format!(": {r}")).unwrap_or_default()
             )?;
             out.write_all(&item.bytes)?;
             writeln!(out)?;
         }
-        QueueCommand::Approve { id, config, state } => {
-            let store = open_existing(&state_path(config.as_deref(), state)?)?;
-            if !store.transition_outbox(
-                id,
-                "awaiting_approval",
-                "approved",
-                Some("approved from the command line"),
-                now,
-            )? {
-                return Err(UsageError(format!("outbox #{id} is not waiting for approval")).into());
-            }
-            if let Some(case) = store.outbox_item(id)?.and_then(|i| i.case_id) {
-                store.note(case, now, "delivery", "approved from the command line")?;
-            }
+        QueueCommand::Approve { id, config, state }
+        | QueueCommand::Release { id, config, state } => {
+            let cfg = config.as_deref().map(config::load).transpose()?;
+            let path = match state {
+                Some(s) => s,
+                None => cfg.clone().unwrap_or_default().state_path,
+            };
+            let mut store = open_existing(&path)?;
+            release(&mut store, cfg.as_ref(), id, now)?;
             writeln!(
                 out,
-                "outbox #{id} approved: the daemon sends it on its next pass"
+                "outbox #{id} released: the daemon delivers it on its next pass"
             )?;
         }
         QueueCommand::Reject { id, config, state } => {
             let store = open_existing(&state_path(config.as_deref(), state)?)?;
-            if !store.transition_outbox(
-                id,
-                "awaiting_approval",
-                "rejected",
-                Some("rejected from the command line"),
-                now,
-            )? {
-                return Err(UsageError(format!("outbox #{id} is not waiting for approval")).into());
+            let rejected = ["awaiting_approval", "held"].iter().any(|from| {
+                store
+                    .transition_outbox(
+                        id,
+                        from,
+                        "rejected",
+                        Some("rejected from the command line"),
+                        now,
+                    )
+                    .unwrap_or(false)
+            });
+            if !rejected {
+                return Err(UsageError(format!(
+                    "outbox #{id} is neither waiting for approval nor held"
+                ))
+                .into());
             }
             if let Some(case) = store.outbox_item(id)?.and_then(|i| i.case_id) {
                 store.note(case, now, "delivery", "rejected from the command line")?;
@@ -481,6 +494,75 @@ fn queue(command: QueueCommand, out: &mut dyn Write) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Approves a waiting reply or releases a held one. A released reply to Microsoft still goes
+/// only to Microsoft's domains, and counts as the escalation it is (refused when the ticket has
+/// had all the escalations the policy allows since).
+fn release(store: &mut Store, cfg: Option<&Config>, id: i64, now: i64) -> Result<()> {
+    let Some(item) = store.outbox_item(id)? else {
+        return Err(UsageError(format!("no outbox entry #{id}")).into());
+    };
+    if !matches!(item.status.as_str(), "held" | "awaiting_approval") {
+        return Err(UsageError(format!(
+            "outbox #{id} is {}: only a held or waiting message can be released",
+            item.status
+        ))
+        .into());
+    }
+    if item.bytes.is_empty() {
+        return Err(UsageError(format!(
+            "outbox #{id} has no message (it could not be written: {})",
+            item.reason.unwrap_or_default()
+        ))
+        .into());
+    }
+    let is_reply = item.template != "operator_notification";
+    let defaults = Config::default();
+    let cfg = cfg.unwrap_or(&defaults);
+    if is_reply {
+        let domains = &cfg.classify.microsoft_domains;
+        if let Some(bad) = item
+            .recipients
+            .iter()
+            .find(|r| !postmaster_bot::pipeline::decide::recipient_allowed(r, domains))
+        {
+            return Err(UsageError(format!(
+                "outbox #{id} goes to {bad}, outside trust.microsoft_domains ({}): it is never sent",
+                domains.join(", ")
+            ))
+            .into());
+        }
+    }
+    // A held reply did not count as an escalation; released, it does.
+    let mut case = match (is_reply && item.status == "held", item.case_id) {
+        (true, Some(case_id)) => store.case(case_id)?,
+        _ => None,
+    };
+    if let Some(c) = case.as_mut() {
+        postmaster_bot::pipeline::case::reply_released(
+            c,
+            item.template == "followup",
+            &cfg.policy,
+            now,
+        )
+        .map_err(|why| UsageError(format!("outbox #{id} is not released: {why}")))?;
+    }
+    let how = if item.status == "held" {
+        "released from the command line"
+    } else {
+        "approved from the command line"
+    };
+    if !store.release_outbox(id, how, now)? {
+        return Err(UsageError(format!("outbox #{id} changed meanwhile; try again")).into());
+    }
+    if let Some(c) = case.as_mut() {
+        store.update_case(c)?;
+    }
+    if let Some(case_id) = item.case_id {
+        store.note(case_id, now, "delivery", how)?;
+    }
+    Ok(())
 }
 
 fn state_path(config: Option<&Path>, state: Option<PathBuf>) -> Result<PathBuf> {
@@ -681,6 +763,10 @@ fn sample_context(config: &Config) -> render::Context {
         last_bounce: Some(
             "550 5.7.1 Unfortunately, messages from [192.0.2.10] weren't sent. ... (S3140)".into(),
         ),
+        bounce_quote: Some(
+            "550 5.7.1 Unfortunately, messages from [192.0.2.10] weren't sent. ... part of their network is on our block list (S3140)".into(),
+        ),
+        ips_omitted: 0,
         last_microsoft: Some(Parent::default()),
         thread_ids: vec![],
     };
@@ -700,6 +786,8 @@ fn sample_context(config: &Config) -> render::Context {
         bounce: None,
         loop_risk: None,
         claimed_kind: None,
+        own_claim: None,
+        ips_omitted: 0,
         evidence: vec![],
     };
     render::context(

@@ -132,8 +132,16 @@ pub struct Case {
     pub last_followup_at: Option<i64>,
     pub last_microsoft_at: Option<i64>,
     pub last_notified_at: Option<i64>,
-    /// The remote server's answer in the latest block-list bounce.
+    /// The remote server's answer in the latest block-list bounce, as the bounce wrote it:
+    /// for the operator only, never quoted to Microsoft.
     pub last_bounce: Option<String>,
+    /// The latest block-list evidence from one of our own MTAs, reduced to what a reply may
+    /// quote (see `classify::Bounce::quote`).
+    #[serde(default)]
+    pub bounce_quote: Option<String>,
+    /// IPs named for this case beyond the per-case limit: counted, not kept.
+    #[serde(default)]
+    pub ips_omitted: usize,
     /// The latest Microsoft message on the thread: what a follow-up replies to.
     pub last_microsoft: Option<Parent>,
     /// Message-IDs known to belong to this case, ours included.
@@ -159,6 +167,8 @@ impl Case {
             last_microsoft_at: None,
             last_notified_at: None,
             last_bounce: None,
+            bounce_quote: None,
+            ips_omitted: 0,
             last_microsoft: None,
             thread_ids: Vec::new(),
         }
@@ -168,10 +178,17 @@ impl Case {
         self.state != State::Closed
     }
 
-    fn add_ips(&mut self, ips: &[String]) {
+    /// Adds IPs up to the per-case limit; the rest are counted.
+    fn add_ips(&mut self, ips: &[String], limit: usize) {
+        let mut known: std::collections::HashSet<String> = self.ips.iter().cloned().collect();
         for ip in ips {
-            if !self.ips.contains(ip) {
+            if !known.insert(ip.clone()) {
+                continue;
+            }
+            if self.ips.len() < limit {
                 self.ips.push(ip.clone());
+            } else {
+                self.ips_omitted += 1;
             }
         }
     }
@@ -200,6 +217,8 @@ pub struct Policy {
     pub max_followups: u32,
     /// Hours between two notifications about the same notice (JMRP IP, bounce cause).
     pub notice_interval_hours: u32,
+    /// IPs a case keeps at most; more are counted, not kept.
+    pub max_ips_per_case: usize,
 }
 
 impl Default for Policy {
@@ -209,6 +228,7 @@ impl Default for Policy {
             followup_after_days: 7,
             max_followups: 1,
             notice_interval_hours: 24,
+            max_ips_per_case: 256,
         }
     }
 }
@@ -362,8 +382,14 @@ pub fn step(
 
     let (action, reason, ips) = match kind {
         Kind::NdrMsBlocklist => {
-            case.add_ips(&verdict.ips);
-            case.last_bounce = verdict.bounce.as_ref().map(|b| b.diagnostic.clone());
+            case.add_ips(&verdict.ips, policy.max_ips_per_case);
+            if let Some(b) = &verdict.bounce {
+                case.last_bounce = Some(b.diagnostic.clone());
+                // Only our own MTA's evidence replaces what a reply quotes.
+                if b.quote.is_some() {
+                    case.bounce_quote = b.quote.clone();
+                }
+            }
             if is_new || !case.is_open() {
                 case.set_state(State::Blocked, now);
                 let r = match case.topic {
@@ -380,7 +406,7 @@ pub fn step(
             }
         }
         Kind::MsAck => {
-            case.add_ips(&verdict.ips);
+            case.add_ips(&verdict.ips, policy.max_ips_per_case);
             if matches!(case.state, State::Blocked) || is_new {
                 case.set_state(State::AwaitingResult, now);
             }
@@ -391,7 +417,7 @@ pub fn step(
             )
         }
         Kind::MsNotQualified => {
-            case.add_ips(&verdict.ips);
+            case.add_ips(&verdict.ips, policy.max_ips_per_case);
             let refused = verdict.refused_ips();
             if case.escalations < policy.max_escalations_per_ticket {
                 case.escalations += 1;
@@ -431,7 +457,7 @@ pub fn step(
                 .filter(|ip| !covered(ip, &mitigated))
                 .cloned()
                 .collect();
-            case.add_ips(&verdict.ips);
+            case.add_ips(&verdict.ips, policy.max_ips_per_case);
             if remaining.is_empty() || mitigated.is_empty() {
                 case.set_state(State::Closed, now);
                 (Action::CloseCase, "mitigated".to_string(), mitigated)
@@ -448,7 +474,7 @@ pub fn step(
             }
         }
         Kind::MsConditionallyMitigated => {
-            case.add_ips(&verdict.ips);
+            case.add_ips(&verdict.ips, policy.max_ips_per_case);
             case.set_state(State::NeedsOperator, now);
             (
                 Action::NotifyOperator,
@@ -457,7 +483,7 @@ pub fn step(
             )
         }
         Kind::MsEscalated => {
-            case.add_ips(&verdict.ips);
+            case.add_ips(&verdict.ips, policy.max_ips_per_case);
             case.set_state(State::Escalated, now);
             (
                 Action::None,
@@ -466,7 +492,7 @@ pub fn step(
             )
         }
         Kind::MsInfoRequested => {
-            case.add_ips(&verdict.ips);
+            case.add_ips(&verdict.ips, policy.max_ips_per_case);
             case.set_state(State::NeedsOperator, now);
             (
                 Action::NotifyOperator,
@@ -475,7 +501,7 @@ pub fn step(
             )
         }
         Kind::MsResolved => {
-            case.add_ips(&verdict.ips);
+            case.add_ips(&verdict.ips, policy.max_ips_per_case);
             case.set_state(State::Closed, now);
             (
                 Action::CloseCase,
@@ -484,7 +510,7 @@ pub fn step(
             )
         }
         Kind::MsOther => {
-            case.add_ips(&verdict.ips);
+            case.add_ips(&verdict.ips, policy.max_ips_per_case);
             case.set_state(State::NeedsOperator, now);
             (
                 Action::NotifyOperator,
@@ -493,7 +519,7 @@ pub fn step(
             )
         }
         Kind::JmrpReport | Kind::SndsNotice | Kind::NdrOther => {
-            case.add_ips(&verdict.ips);
+            case.add_ips(&verdict.ips, policy.max_ips_per_case);
             case.set_state(State::NeedsOperator, now);
             let interval = i64::from(policy.notice_interval_hours) * 3600;
             let recently = case
@@ -532,6 +558,61 @@ pub fn step(
         reason,
         ips,
     }
+}
+
+/// A planned reply was held (a cap, a guard, an address outside Microsoft's domains): nothing
+/// went to Microsoft, so the case is not counted as escalated. It waits for a person, who can
+/// release the reply ([`reply_released`]) or answer by hand.
+pub fn reply_held(transition: &mut Transition, before: Option<&Case>, reason: &str) {
+    let Some(case) = transition.case.as_mut() else {
+        return;
+    };
+    let (escalations, last_escalated_at, followups, last_followup_at) =
+        before.map_or((0, None, 0, None), |b| {
+            (
+                b.escalations,
+                b.last_escalated_at,
+                b.followups,
+                b.last_followup_at,
+            )
+        });
+    case.escalations = escalations;
+    case.last_escalated_at = last_escalated_at;
+    case.followups = followups;
+    case.last_followup_at = last_followup_at;
+    case.set_state(State::NeedsOperator, case.updated_at);
+    transition.reason = format!("{}; the reply is held: {reason}", transition.reason);
+}
+
+/// An operator released a held reply: now it counts as the escalation (or follow-up) it is.
+/// Refused when the ticket has had all the escalations the policy allows since.
+pub fn reply_released(
+    case: &mut Case,
+    followup: bool,
+    policy: &Policy,
+    now: i64,
+) -> Result<(), String> {
+    if !case.is_open() {
+        return Err(format!("case #{} is closed", case.id));
+    }
+    if followup {
+        case.followups += 1;
+        case.last_followup_at = Some(now);
+    } else {
+        if case.escalations >= policy.max_escalations_per_ticket {
+            return Err(format!(
+                "ticket {} already had {} escalation(s) (policy.max_escalations_per_ticket = {})",
+                case.ticket_id.as_deref().unwrap_or("-"),
+                case.escalations,
+                policy.max_escalations_per_ticket
+            ));
+        }
+        case.escalations += 1;
+        case.last_escalated_at = Some(now);
+    }
+    case.updated_at = now;
+    case.set_state(State::Escalated, now);
+    Ok(())
 }
 
 fn covered(ip: &str, list: &[String]) -> bool {

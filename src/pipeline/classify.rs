@@ -1,6 +1,7 @@
 //! [`Inbound`] -> [`Verdict`]: which kind of message this is, which ticket and IPs it is about,
 //! whether Microsoft really sent it, and the evidence for each of those findings.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::sync::LazyLock;
 
@@ -132,6 +133,14 @@ pub struct Bounce {
     pub diagnostic: String,
     /// The enhanced status code, when a DSN gave one.
     pub status: Option<String>,
+    /// The MTA that reported it (`Reporting-MTA`, else the bounce sender's host).
+    pub reporter: Option<String>,
+    /// The reporter is one of our own MTAs (`trust.reporting_mtas`).
+    pub own_mta: bool,
+    /// What a reply to Microsoft may quote: for a block-list bounce from one of our own
+    /// reporting MTAs, the SMTP code, the enhanced status, our IP and Microsoft's own words for
+    /// the listing from the rules, never the bounce's free text.
+    pub quote: Option<String>,
 }
 
 /// The classifier's finding for one message.
@@ -151,6 +160,11 @@ pub struct Verdict {
     pub loop_risk: Option<String>,
     /// For an unverified message that looks like sender support: the kind it claims to be.
     pub claimed_kind: Option<Kind>,
+    /// The Message-ID of a message that claims to be our own but that our MX did not
+    /// authenticate: it is our own only if our outbox sent it ([`confirm_own`]).
+    pub own_claim: Option<String>,
+    /// IPs named beyond the per-message limit: counted, not kept.
+    pub ips_omitted: usize,
     pub evidence: Vec<Evidence>,
 }
 
@@ -172,7 +186,7 @@ impl Verdict {
 }
 
 /// Who we trust and who we are: the classifier's inputs besides the message.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Context {
     /// `authserv-id`s of our own MX hosts; only their `Authentication-Results` count.
     pub authserv_ids: Vec<String>,
@@ -186,12 +200,96 @@ pub struct Context {
     pub loop_header: String,
     /// When non-empty, only IPs inside these networks are reported.
     pub our_networks: Vec<IpNet>,
+    /// Hosts whose `Received:` headers are our own (MX, filters, the IMAP server's LMTP);
+    /// empty: the authserv-ids.
+    pub internal_hosts: Vec<String>,
+    /// Host names our own MTAs report bounces as (`Reporting-MTA`, or the bounce sender's
+    /// host): only their block-list evidence is quoted to Microsoft.
+    pub reporting_mtas: Vec<String>,
+    /// IPs taken from one message at most; the rest are counted, not kept.
+    pub max_ips: usize,
+}
+
+impl Default for Context {
+    fn default() -> Self {
+        Context {
+            authserv_ids: Vec::new(),
+            microsoft_domains: vec!["microsoft.com".to_string()],
+            own_addresses: Vec::new(),
+            own_message_id_domains: Vec::new(),
+            loop_header: String::new(),
+            our_networks: Vec::new(),
+            internal_hosts: Vec::new(),
+            reporting_mtas: Vec::new(),
+            max_ips: 256,
+        }
+    }
+}
+
+impl Context {
+    /// The hosts whose `Received:` headers mark our own hops.
+    pub fn internal_hosts(&self) -> &[String] {
+        if self.internal_hosts.is_empty() {
+            &self.authserv_ids
+        } else {
+            &self.internal_hosts
+        }
+    }
+
+    /// The domains of our own addresses: mail our MX authenticated as from one of them, with
+    /// our Message-ID, is our own.
+    fn own_domains(&self) -> Vec<String> {
+        self.own_addresses
+            .iter()
+            .filter_map(|a| a.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()))
+            .chain(self.own_message_id_domains.iter().cloned())
+            .collect()
+    }
 }
 
 /// Classifies one message. Pure: the same message, rules and context give the same verdict.
 pub fn classify(inbound: &Inbound, rules: &Rules, ctx: &Context) -> Verdict {
+    let mut verdict = classify_uncapped(inbound, rules, ctx);
+    if verdict.ips.len() > ctx.max_ips {
+        verdict.ips_omitted += verdict.ips.len() - ctx.max_ips;
+        verdict.ips.truncate(ctx.max_ips);
+        let kept: HashSet<&str> = verdict.ips.iter().map(String::as_str).collect();
+        verdict.outcomes.retain(|o| kept.contains(o.ip.as_str()));
+    }
+    verdict
+}
+
+/// A message that claims to be our own (our Message-ID) is our own when our outbox sent it:
+/// the engine asks the store and, when it knows the Message-ID, calls this.
+pub fn confirm_own(verdict: &Verdict, inbound: &Inbound, rules: &Rules, ctx: &Context) -> Verdict {
+    let mut evidence: Vec<Evidence> = verdict
+        .evidence
+        .iter()
+        .filter(|e| e.rule != "own.unconfirmed")
+        .cloned()
+        .collect();
+    evidence.push(ev(
+        "own.outbox",
+        format!(
+            "our outbox sent {}",
+            verdict.own_claim.as_deref().unwrap_or_default()
+        ),
+    ));
+    let mut base = verdict.clone();
+    base.own_claim = None;
+    base.claimed_kind = None;
+    base.outcomes.clear();
+    base.bounce = None;
+    negative(base, Origin::Own, inbound, rules, ctx, evidence)
+}
+
+fn classify_uncapped(inbound: &Inbound, rules: &Rules, ctx: &Context) -> Verdict {
     let mut evidence = Vec::new();
-    let trusted = check_trust(inbound, ctx, &mut evidence);
+    let trust = check_trust(inbound, ctx);
+    let trusted = trust.is_ok();
+    if let Ok(why) = &trust {
+        evidence.push(why.clone());
+    }
     let mut verdict = Verdict {
         kind: Kind::Other,
         ticket_id: None,
@@ -200,14 +298,24 @@ pub fn classify(inbound: &Inbound, rules: &Rules, ctx: &Context) -> Verdict {
         trusted,
         origin: Origin::Unrelated,
         bounce: None,
-        loop_risk: loop_risk(inbound).or_else(|| only_copied(inbound, ctx)),
+        loop_risk: loop_risk(inbound, ctx).or_else(|| only_copied(inbound, ctx)),
         claimed_kind: None,
+        own_claim: None,
+        ips_omitted: 0,
         evidence: Vec::new(),
     };
 
-    if let Some(why) = own_message(inbound, ctx) {
-        evidence.push(why);
-        return negative(verdict, Origin::Own, inbound, rules, ctx, evidence);
+    match own_message(inbound, ctx) {
+        OwnClaim::Verified(why) => {
+            evidence.push(why);
+            return negative(verdict, Origin::Own, inbound, rules, ctx, evidence);
+        }
+        OwnClaim::Unconfirmed(id, why) => {
+            verdict.own_claim = Some(id);
+            evidence.push(why);
+        }
+        OwnClaim::NotOurs(Some(why)) => evidence.push(why),
+        OwnClaim::NotOurs(None) => {}
     }
     if let Some(why) = jmrp(inbound, rules) {
         evidence.push(why);
@@ -266,7 +374,10 @@ pub fn classify(inbound: &Inbound, rules: &Rules, ctx: &Context) -> Verdict {
     if !trusted {
         evidence.push(ev(
             "trust",
-            "claims to be Microsoft sender support but our MX did not verify it".to_string(),
+            format!(
+                "claims to be Microsoft sender support but our MX did not verify it: {}",
+                trust.as_ref().err().map_or("", String::as_str)
+            ),
         ));
         let mut scratch = Vec::new();
         let claimed = result_table(&own_text, rules, ctx, &mut scratch);
@@ -297,8 +408,9 @@ pub fn classify(inbound: &Inbound, rules: &Rules, ctx: &Context) -> Verdict {
     } else {
         table_kind(&verdict.outcomes)
     };
+    let mut listed: HashSet<String> = verdict.ips.iter().cloned().collect();
     for o in &verdict.outcomes {
-        if !verdict.ips.contains(&o.ip) {
+        if listed.insert(o.ip.clone()) {
             verdict.ips.push(o.ip.clone());
         }
     }
@@ -334,7 +446,7 @@ fn negative(
 
 /// RFC 3834 signals that an automatic answer could loop. `Auto-Submitted` is not one of them
 /// here: Microsoft's templated results are automatic and still invite a reply.
-fn loop_risk(inbound: &Inbound) -> Option<String> {
+fn loop_risk(inbound: &Inbound, ctx: &Context) -> Option<String> {
     if let Some(rp) = inbound.header("return-path") {
         let rp = rp.trim();
         if rp == "<>" || rp.is_empty() {
@@ -349,6 +461,10 @@ fn loop_risk(inbound: &Inbound) -> Option<String> {
     }
     if inbound.header("x-loop").is_some() {
         return Some("X-Loop header".to_string());
+    }
+    // Our own header on someone else's message: it echoes our mail, so answering could loop.
+    if !ctx.loop_header.is_empty() && inbound.header(&ctx.loop_header).is_some() {
+        return Some(format!("carries our {} header", ctx.loop_header));
     }
     None
 }
@@ -386,90 +502,178 @@ pub(crate) fn domain_within(domain: &str, parents: &[String]) -> bool {
     })
 }
 
-/// Reads only the topmost `Authentication-Results` written by one of our own MX hosts: headers
-/// from anyone else, or further down, may be forged.
-fn check_trust(inbound: &Inbound, ctx: &Context, evidence: &mut Vec<Evidence>) -> bool {
-    let Some(ours) = inbound.auth_results.iter().find(|ar| {
-        ctx.authserv_ids
-            .iter()
-            .any(|id| id.eq_ignore_ascii_case(&ar.authserv_id))
-    }) else {
-        return false;
+/// The `Authentication-Results` header our own MX wrote for this message: the topmost one with
+/// a configured authserv-id that stands above every `Received:` header our own hosts did not
+/// add. A header further down was already in the message when it reached us, so it may be
+/// forged (RFC 8601 section 5 asks the MX to strip those; not every MX does).
+fn our_auth_results<'a>(
+    inbound: &'a Inbound,
+    ctx: &Context,
+) -> Result<&'a crate::pipeline::parse::AuthResults, &'static str> {
+    let ours = |id: &str| ctx.authserv_ids.iter().any(|a| a.eq_ignore_ascii_case(id));
+    let first = inbound.auth_results.iter().find(|ar| ours(&ar.authserv_id));
+    let Some(first) = first else {
+        return Err("no Authentication-Results from our MX");
     };
-    let from_domain = inbound
-        .from
-        .as_ref()
-        .map(|f| f.domain())
-        .unwrap_or_default();
-    for r in &ours.results {
-        if r.result != "pass" {
-            continue;
+    let internal = ctx.internal_hosts();
+    let boundary = inbound
+        .headers
+        .iter()
+        .enumerate()
+        .find(|(_, (name, value))| {
+            name == "received" && !received_by(value).is_some_and(|by| domain_within(&by, internal))
+        })
+        .map(|(i, _)| i);
+    match boundary {
+        Some(b) if first.index > b => {
+            Err("our MX's Authentication-Results sits below a Received header our hosts did not add (forged upstream?)")
         }
-        let verified = match r.method.as_str() {
-            "dmarc" => r
-                .prop("header.from")
-                .is_some_and(|d| domain_within(d, &ctx.microsoft_domains)),
-            // DKIM counts only when aligned with the From domain, as DMARC would have it.
-            "dkim" => {
-                let d = r.prop("header.d").or_else(|| {
-                    r.prop("header.i")
-                        .map(|i| i.rsplit('@').next().unwrap_or(i))
-                });
-                d.is_some_and(|d| domain_within(d, &ctx.microsoft_domains))
-                    && domain_within(&from_domain, &ctx.microsoft_domains)
-            }
-            _ => false,
-        };
-        if verified {
-            let detail = r
-                .props
-                .iter()
-                .filter(|(k, _)| k.starts_with("header."))
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(" ");
-            evidence.push(ev(
-                "trust",
-                format!("{}: {}=pass {detail}", ours.authserv_id, r.method),
-            ));
-            return true;
+        _ => Ok(first),
+    }
+}
+
+/// The host in a `Received:` header's `by` clause, comments removed.
+pub(crate) fn received_by(value: &str) -> Option<String> {
+    received_clause(value, "by")
+}
+
+/// The host (or local name) in a `Received:` header's `from` clause, comments removed.
+fn received_from(value: &str) -> Option<String> {
+    received_clause(value, "from")
+}
+
+fn received_clause(value: &str, clause: &str) -> Option<String> {
+    let mut depth = 0usize;
+    let mut plain = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth = depth.saturating_sub(1),
+            c if depth == 0 => plain.push(c),
+            _ => plain.push(' '),
         }
     }
-    false
+    let mut words = plain.split_whitespace();
+    while let Some(w) = words.next() {
+        if w.eq_ignore_ascii_case(clause) {
+            return words
+                .next()
+                .map(|h| h.trim_end_matches(';').to_ascii_lowercase());
+        }
+    }
+    None
+}
+
+/// The domain our MX authenticated as the author's: DMARC passed for `header.from`, and that
+/// domain is the domain of the message's single `From:` mailbox.
+fn dmarc_domain(inbound: &Inbound, ctx: &Context) -> Result<(String, Evidence), String> {
+    let ours = our_auth_results(inbound, ctx).map_err(str::to_string)?;
+    let single_author = inbound.from_count == 1 && inbound.header_all("from").count() == 1;
+    let Some(from) = inbound.from.as_ref().filter(|_| single_author) else {
+        return Err("no single From: mailbox to authenticate".to_string());
+    };
+    let from_domain = from.domain();
+    let pass = ours.results.iter().find(|r| {
+        r.method == "dmarc"
+            && r.result == "pass"
+            && r.prop("header.from").is_some_and(|d| {
+                d.trim_end_matches('.')
+                    .eq_ignore_ascii_case(from_domain.trim_end_matches('.'))
+            })
+    });
+    match pass {
+        Some(r) => Ok((
+            from_domain.clone(),
+            ev(
+                "trust",
+                format!(
+                    "{}: dmarc=pass header.from={}",
+                    ours.authserv_id,
+                    r.prop("header.from").unwrap_or_default()
+                ),
+            ),
+        )),
+        None => Err(format!(
+            "our MX ({}) reports no dmarc=pass for the From: domain {from_domain}",
+            ours.authserv_id
+        )),
+    }
+}
+
+/// Whether our own MX verified the message as sent by one of Microsoft's domains: the evidence,
+/// or why not.
+fn check_trust(inbound: &Inbound, ctx: &Context) -> Result<Evidence, String> {
+    let (domain, why) = dmarc_domain(inbound, ctx)?;
+    if domain_within(&domain, &ctx.microsoft_domains) {
+        Ok(why)
+    } else {
+        Err(format!("{domain} is not one of trust.microsoft_domains"))
+    }
 }
 
 static OWN_MAILER: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"(?i)\bpostmaster-bot\b").expect("static regex is valid"));
 
-fn own_message(inbound: &Inbound, ctx: &Context) -> Option<Evidence> {
-    if !ctx.loop_header.is_empty() && inbound.header(&ctx.loop_header).is_some() {
-        return Some(ev("own.loop_header", ctx.loop_header.clone()));
+/// Whether a message is our own mail seen again.
+enum OwnClaim {
+    /// Our Message-ID, and our MX authenticated it as from one of our domains.
+    Verified(Evidence),
+    /// Our Message-ID, nothing more: ours only if the outbox sent it.
+    Unconfirmed(String, Evidence),
+    /// Not ours; headers that merely look like ours are noted.
+    NotOurs(Option<Evidence>),
+}
+
+/// Our own mail is what carries our Message-ID **and** is verifiably ours. A loop header, an
+/// `X-Mailer` or our From address alone are believed from nobody: anyone can write them.
+fn own_message(inbound: &Inbound, ctx: &Context) -> OwnClaim {
+    let own_domains = ctx.own_domains();
+    let our_id = inbound.message_id.as_ref().filter(|id| {
+        id.rsplit_once('@').is_some_and(|(_, d)| {
+            ctx.own_message_id_domains
+                .iter()
+                .any(|o| o.eq_ignore_ascii_case(d))
+        })
+    });
+    if let Some(id) = our_id {
+        return match dmarc_domain(inbound, ctx) {
+            Ok((domain, why)) if domain_within(&domain, &own_domains) => OwnClaim::Verified(ev(
+                "own.authenticated",
+                format!("Message-ID {id}; {}", why.matched),
+            )),
+            _ => OwnClaim::Unconfirmed(
+                id.clone(),
+                ev(
+                    "own.unconfirmed",
+                    format!("Message-ID {id} is of our domain but our MX did not authenticate it"),
+                ),
+            ),
+        };
     }
-    if let Some(id) = &inbound.message_id {
-        let domain = id.rsplit('@').next().unwrap_or_default();
-        if ctx
-            .own_message_id_domains
-            .iter()
-            .any(|d| d.eq_ignore_ascii_case(domain))
-        {
-            return Some(ev("own.message_id", id.clone()));
-        }
-    }
-    if let Some(mailer) = inbound.header("x-mailer") {
-        if OWN_MAILER.is_match(mailer) {
-            return Some(ev("own.x_mailer", mailer.to_string()));
-        }
-    }
-    if let Some(from) = &inbound.from {
-        if ctx
-            .own_addresses
-            .iter()
-            .any(|a| a.eq_ignore_ascii_case(&from.address))
-        {
-            return Some(ev("own.from", from.address.clone()));
-        }
-    }
-    None
+    let looks = if !ctx.loop_header.is_empty() && inbound.header(&ctx.loop_header).is_some() {
+        Some(format!("{} header", ctx.loop_header))
+    } else if inbound
+        .header("x-mailer")
+        .is_some_and(|m| OWN_MAILER.is_match(m))
+    {
+        Some("X-Mailer names postmaster-bot".to_string())
+    } else {
+        inbound
+            .from
+            .as_ref()
+            .filter(|f| {
+                ctx.own_addresses
+                    .iter()
+                    .any(|a| a.eq_ignore_ascii_case(&f.address))
+            })
+            .map(|f| format!("From: {}", f.address))
+    };
+    OwnClaim::NotOurs(looks.map(|l| {
+        ev(
+            "own.not_ours",
+            format!("{l}, but not our Message-ID: not taken as our own mail"),
+        )
+    }))
 }
 
 fn jmrp(inbound: &Inbound, rules: &Rules) -> Option<Evidence> {
@@ -624,14 +828,29 @@ fn classify_bounce(
             .collect(),
     };
     let mut ips = Vec::new();
+    let mut seen = HashSet::new();
     for (unit, _) in &matching_units {
-        for ip in extract::sender_ips(unit, rules, &ctx.our_networks) {
-            if !ips.contains(&ip) {
+        let (found, omitted) =
+            extract::sender_ips_capped(unit, rules, &ctx.our_networks, ctx.max_ips);
+        verdict.ips_omitted += omitted;
+        for ip in found {
+            if seen.insert(ip.clone()) {
                 ips.push(ip);
             }
         }
     }
     verdict.ips = ips;
+    let reporter = inbound
+        .dsn
+        .as_ref()
+        .and_then(|d| d.reporting_mta.clone())
+        .or_else(|| inbound.from.as_ref().map(|f| f.domain()))
+        .map(|r| r.trim().trim_end_matches('.').to_ascii_lowercase())
+        .filter(|r| !r.is_empty());
+    let from_own_mta = reporter
+        .as_deref()
+        .is_some_and(|r| !ctx.reporting_mtas.is_empty() && domain_within(r, &ctx.reporting_mtas))
+        && !entered_from_outside(inbound, ctx);
 
     let diagnostic = matching_units
         .iter()
@@ -651,12 +870,22 @@ fn classify_bounce(
         Some((rule, matched)) => {
             evidence.push(ev(&rule.id, matched));
             verdict.kind = rule.kind;
+            let quote = if from_own_mta {
+                matching_units.first().and_then(|(unit, unit_status)| {
+                    bounce_quote(rule, &normalize(unit), unit_status.as_deref(), &verdict.ips)
+                })
+            } else {
+                None
+            };
             Bounce {
                 cause: rule.cause.clone(),
                 channel: rule.channel,
                 notify: rule.notify,
                 diagnostic,
                 status,
+                reporter,
+                own_mta: from_own_mta,
+                quote,
             }
         }
         None => Bounce {
@@ -665,10 +894,76 @@ fn classify_bounce(
             notify: false,
             diagnostic,
             status,
+            reporter,
+            own_mta: from_own_mta,
+            quote: None,
         },
     });
     verdict.evidence = evidence;
     verdict
+}
+
+/// Whether a `Received:` header shows the message coming in from a host that is not ours: a
+/// bounce our own MTA wrote never does (it is handed over locally or between our hosts).
+fn entered_from_outside(inbound: &Inbound, ctx: &Context) -> bool {
+    let ours: Vec<String> = ctx
+        .reporting_mtas
+        .iter()
+        .chain(ctx.internal_hosts())
+        .cloned()
+        .collect();
+    inbound.header_all("received").any(|value| {
+        received_from(value).is_some_and(|host| {
+            let host = host.trim_matches(|c| c == '[' || c == ']');
+            let local = !host.contains('.')
+                || host.starts_with("localhost")
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            !local && !domain_within(host, &ours)
+        })
+    })
+}
+
+static REPLY_CODE: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\b([45]\d\d)[ -]").expect("static regex is valid"));
+static ENHANCED_STATUS: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\b([245]\.\d{1,3}\.\d{1,3})\b").expect("static regex is valid"));
+static LISTING_CODE: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^[A-Za-z0-9()-]{2,24}$").expect("static regex is valid"));
+
+/// The bounce evidence a reply to Microsoft may carry, rebuilt from parts that cannot carry
+/// free text: the SMTP reply code, the enhanced status, our (parsed) IP, the rule's words and a
+/// listing code of a few letters and digits. `None` when any part is missing.
+fn bounce_quote(
+    rule: &crate::pipeline::rules::BounceRule,
+    unit: &str,
+    unit_status: Option<&str>,
+    ips: &[String],
+) -> Option<String> {
+    let words = rule.quote.as_deref()?;
+    let code = REPLY_CODE.captures(unit)?.get(1)?.as_str();
+    let status = unit_status
+        .and_then(|s| ENHANCED_STATUS.captures(s))
+        .or_else(|| ENHANCED_STATUS.captures(unit))?
+        .get(1)?
+        .as_str();
+    let listing = rule
+        .listing
+        .as_ref()?
+        .find(unit)
+        .map(|m| m.as_str())
+        .filter(|l| LISTING_CODE.is_match(l))?;
+    let words = if words.contains("{ip}") {
+        let ip = ips.first()?;
+        if ip.parse::<std::net::IpAddr>().is_err() && ip.parse::<IpNet>().is_err() {
+            return None;
+        }
+        words.replace("{ip}", ip)
+    } else {
+        words.to_string()
+    };
+    Some(format!("{code} {status} {words} ({listing})"))
 }
 
 static SMTP_REPLY: LazyLock<Regex> = LazyLock::new(|| {
@@ -724,6 +1019,7 @@ fn result_table(
     evidence: &mut Vec<Evidence>,
 ) -> Vec<IpOutcome> {
     let mut outcomes: Vec<IpOutcome> = Vec::new();
+    let mut position: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     let mut current: Option<Outcome> = None;
     let heading_of = |line: &str| {
         rules
@@ -767,13 +1063,14 @@ fn result_table(
         };
         if let Some(outcome) = outcome {
             for ip in ips {
-                match outcomes.iter_mut().find(|o| o.ip == ip) {
+                match position.get(&ip) {
                     // The harshest outcome wins when an IP is listed twice.
-                    Some(existing) if outcome == Outcome::NotQualified => {
-                        existing.outcome = outcome
-                    }
+                    Some(&i) if outcome == Outcome::NotQualified => outcomes[i].outcome = outcome,
                     Some(_) => {}
-                    None => outcomes.push(IpOutcome { ip, outcome }),
+                    None => {
+                        position.insert(ip.clone(), outcomes.len());
+                        outcomes.push(IpOutcome { ip, outcome });
+                    }
                 }
             }
         }

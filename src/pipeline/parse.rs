@@ -78,6 +78,8 @@ pub struct Inbound {
     /// Decoded subject (RFC 2047 words resolved), empty when missing.
     pub subject: String,
     pub from: Option<Mailbox>,
+    /// How many mailboxes `From:` names; only a single author can be authenticated by DMARC.
+    pub from_count: usize,
     pub reply_to: Option<Mailbox>,
     pub to: Vec<Mailbox>,
     pub cc: Vec<Mailbox>,
@@ -157,6 +159,7 @@ pub fn parse(raw: &[u8], limits: Limits) -> Inbound {
     inbound.message_id = message.message_id().map(clean_id).filter(|s| !s.is_empty());
     inbound.subject = message.subject().unwrap_or_default().trim().to_string();
     inbound.from = message.from().and_then(first_mailbox);
+    inbound.from_count = message.from().map_or(0, |a| all_mailboxes(a).len());
     inbound.reply_to = message.reply_to().and_then(first_mailbox);
     inbound.to = message.to().map(all_mailboxes).unwrap_or_default();
     inbound.cc = message.cc().map(all_mailboxes).unwrap_or_default();
@@ -176,8 +179,14 @@ pub fn parse(raw: &[u8], limits: Limits) -> Inbound {
         inbound.content_type = "text/plain".to_string();
     }
     inbound.auth_results = inbound
-        .header_all("authentication-results")
-        .map(authres::parse)
+        .headers
+        .iter()
+        .enumerate()
+        .filter(|(_, (name, _))| name == "authentication-results")
+        .map(|(index, (_, value))| AuthResults {
+            index,
+            ..authres::parse(value)
+        })
         .collect();
 
     let mut budget = limits.max_text_bytes;

@@ -99,8 +99,18 @@ impl Templates {
             .unwrap_or_else(|| template.name().to_string())
     }
 
-    /// Renders one template with a context.
-    pub fn render<C: Serialize>(
+    /// Renders one template with a context. A reply to Microsoft never sees the fields meant
+    /// for the operator only (text written by strangers, such as a bounce's own words): they
+    /// are emptied here, whatever the template asks for.
+    pub fn render(&self, template: Template, context: &Context) -> Result<Draft, RenderError> {
+        if template.is_reply() {
+            self.render_value(template, &context.clone().for_reply())
+        } else {
+            self.render_value(template, context)
+        }
+    }
+
+    fn render_value<C: Serialize>(
         &self,
         template: Template,
         context: &C,
@@ -134,7 +144,7 @@ impl Templates {
     }
 
     /// Renders every template with a sample context, as `check-config` does.
-    pub fn check_all<C: Serialize>(&self, context: &C) -> Result<(), RenderError> {
+    pub fn check_all(&self, context: &Context) -> Result<(), RenderError> {
         for t in ALL {
             self.render(t, context)?;
         }
@@ -186,7 +196,7 @@ mod tests {
         )];
         let templates = Templates::new(&user).expect("template parses");
         let err = templates
-            .render(Template::EscalationReply, &json!({}))
+            .render_value(Template::EscalationReply, &json!({}))
             .unwrap_err();
         let text = err.to_string();
         assert!(text.contains("my/escalation_reply.txt.hbs"), "{text}");
@@ -198,7 +208,7 @@ mod tests {
         let user = vec![("followup".to_string(), "f".to_string(), "{{x}}".to_string())];
         let templates = Templates::new(&user).expect("template parses");
         let draft = templates
-            .render(Template::Followup, &json!({"x": "<a> & \"b\""}))
+            .render_value(Template::Followup, &json!({"x": "<a> & \"b\""}))
             .expect("renders");
         assert_eq!(draft.body, "<a> & \"b\"\n");
     }
@@ -225,7 +235,14 @@ pub struct Context {
     /// The IPs the action concerns.
     pub ips: Vec<String>,
     pub ip_list: String,
+    /// Block-list evidence a reply may quote: from our own MTA, reduced by the rules to the
+    /// SMTP code, status, our IP and Microsoft's words (`classify::Bounce::quote`).
     pub bounce: Option<String>,
+    /// The latest bounce's own text, as a stranger may have written it: operator
+    /// notifications only; empty in replies.
+    pub bounce_text: Option<String>,
+    /// Why a planned reply is held, for the operator's notification.
+    pub held: Option<String>,
     pub case: CaseView,
     pub message: Option<MessageView>,
     pub identity: IdentityView,
@@ -233,6 +250,16 @@ pub struct Context {
     pub evidence: Vec<String>,
     /// The time of rendering, RFC 2822.
     pub now: String,
+}
+
+impl Context {
+    /// The context a reply to Microsoft is rendered with: nothing meant for the operator only.
+    pub fn for_reply(mut self) -> Context {
+        self.bounce_text = None;
+        self.held = None;
+        self.evidence.clear();
+        self
+    }
 }
 
 /// The case as templates see it.
@@ -316,9 +343,14 @@ pub fn context(
         ips,
         ip_list,
         bounce: case
-            .and_then(|c| c.last_bounce.clone())
-            .or_else(|| verdict.and_then(|v| v.bounce.as_ref().map(|b| b.diagnostic.clone())))
+            .and_then(|c| c.bounce_quote.clone())
+            .or_else(|| verdict.and_then(|v| v.bounce.as_ref().and_then(|b| b.quote.clone())))
             .filter(|b| !b.is_empty()),
+        bounce_text: verdict
+            .and_then(|v| v.bounce.as_ref().map(|b| b.diagnostic.clone()))
+            .or_else(|| case.and_then(|c| c.last_bounce.clone()))
+            .filter(|b| !b.is_empty()),
+        held: None,
         case: CaseView {
             id: case.map_or(0, |c| c.id),
             topic: case

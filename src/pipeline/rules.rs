@@ -104,6 +104,10 @@ pub struct RawBounce {
     pub patterns: Vec<String>,
     #[serde(default)]
     pub require: Vec<String>,
+    /// Microsoft's own words for this listing, quoted in replies (`{ip}` is our IP).
+    pub quote: Option<String>,
+    /// The listing code in the bounce (`S3140`), quoted after the words.
+    pub listing: Option<String>,
     #[serde(default = "yes")]
     pub enabled: bool,
 }
@@ -158,6 +162,11 @@ pub struct BounceRule {
     pub priority: u32,
     pub patterns: Vec<Regex>,
     pub require: Vec<Regex>,
+    /// Microsoft's own words for the listing, with `{ip}` for our IP: the only bounce text a
+    /// reply to Microsoft ever quotes.
+    pub quote: Option<String>,
+    /// Finds the listing code (`S3140`) in the bounce.
+    pub listing: Option<Regex>,
 }
 
 /// Named pattern lists (`markers` table).
@@ -343,6 +352,17 @@ fn compile(source_name: &str, raw: RawRules) -> Result<Rules, RulesError> {
                 .iter()
                 .map(|s| re(&b.id, s))
                 .collect::<Result<_, _>>()?,
+            quote: match &b.quote {
+                Some(q) if q.chars().any(char::is_control) || q.len() > 200 => {
+                    return Err(RulesError::Rule {
+                        source_name: source_name.to_string(),
+                        rule: b.id.clone(),
+                        message: "`quote` must be one line of at most 200 bytes".to_string(),
+                    })
+                }
+                q => q.clone(),
+            },
+            listing: b.listing.as_deref().map(|s| re(&b.id, s)).transpose()?,
         });
     }
     bounces.sort_by_key(|b| b.priority);

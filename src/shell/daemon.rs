@@ -12,6 +12,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::{Auth, MailboxConfig, SmtpConfig};
 use crate::pipeline::candidate;
+use crate::pipeline::decide::Mode;
 use crate::pipeline::sync::{self, Resume};
 use crate::shell::engine::{Engine, HandleError, OutboxStatus};
 use crate::shell::imap::{Imap, ImapError, Wake};
@@ -19,7 +20,7 @@ use crate::shell::oauth::{OAuthError, TokenProvider};
 use crate::shell::progress::Progress;
 use crate::shell::secret::{Credential, CredentialError};
 use crate::shell::smtp::{Smtp, SmtpError};
-use crate::shell::store::{OutboxItem, Store, StoreError};
+use crate::shell::store::{OutboxItem, Retry, Store, StoreError};
 
 /// The daemon cannot go on.
 #[derive(Debug, thiserror::Error)]
@@ -191,6 +192,14 @@ async fn session(
             collect_approvals(engine, store, mailbox, &mut imap).await?;
         }
         deliver(engine, store, mailbox, &drafts, &mut imap, mailer).await?;
+        if let Some(e) = imap.unreliable_error() {
+            // The rows that failed are marked; a fresh connection delivers the rest.
+            if once {
+                warn!(error = %e, "ending the pass early; rows not copied yet wait for the next run");
+                return Ok(());
+            }
+            return Err(e.into());
+        }
         if once {
             imap.logout().await;
             return Ok(());
@@ -408,7 +417,12 @@ fn uid_set(uids: &[u32]) -> String {
     out
 }
 
-/// Delivers pending outbox rows by their disposition, and approved ones.
+/// Attempts one row gets at an IMAP APPEND before it is held for the operator.
+const MAX_COPY_ATTEMPTS: i64 = 5;
+
+/// Delivers pending outbox rows by their disposition, and approved ones. A row that fails is
+/// retried later or held, by itself: the rows behind it are still delivered. Only a lost
+/// connection ends the pass (the session reconnects).
 async fn deliver(
     engine: &Engine,
     store: &mut Store,
@@ -418,56 +432,162 @@ async fn deliver(
     mailer: Option<&Mailer>,
 ) -> Result<(), DaemonError> {
     let now = crate::clock::now();
+    let mode = engine.config.mode;
     for item in store.outbox_items("pending")? {
+        if item.next_attempt_at > now {
+            continue;
+        }
         match item.disposition.as_str() {
             "draft" => {
-                // `drafting` marks the window between APPEND and the record of it.
-                if !store.transition_outbox(item.id, "pending", "drafting", None, now)? {
-                    continue;
-                }
-                imap.append(drafts, DRAFT_FLAGS, &item.bytes).await?;
-                crate::shell::failpoint::hit("after_append");
-                store.transition_outbox(item.id, "drafting", "drafted", None, now)?;
-                note(
+                let copy = Copy::draft(drafts);
+                copy_row(store, imap, &item, "pending", &copy, engine).await?;
+            }
+            // A row from an older version or another mode: approve mode is what mirrors it.
+            "queue" if mode != Mode::Approve => {
+                hold(
                     store,
                     &item,
+                    "pending",
+                    &format!(
+                        "waits for approval, but the bot runs in {mode} mode: `postmaster-bot queue release {}` sends it",
+                        item.id
+                    ),
                     now,
-                    &format!("{} drafted in {drafts}", item.template),
                 )?;
-                info!(outbox = item.id, template = %item.template, folder = drafts, "drafted");
             }
             "queue" => {
-                if !store.transition_outbox(item.id, "pending", "mirroring", None, now)? {
-                    continue;
-                }
-                imap.append(&mailbox.review_folder, REVIEW_FLAGS, &item.bytes)
-                    .await?;
-                store.transition_outbox(item.id, "mirroring", "awaiting_approval", None, now)?;
-                note(
-                    store,
-                    &item,
-                    now,
-                    &format!("{} waits for approval", item.template),
-                )?;
-                info!(outbox = item.id, template = %item.template, "queued for approval");
+                let copy = Copy::review(&mailbox.review_folder);
+                copy_row(store, imap, &item, "pending", &copy, engine).await?;
             }
-            "send" if item.next_attempt_at > now => {}
             "send" => send(engine, store, mailbox, imap, mailer, &item, "pending").await?,
             other => {
-                store.transition_outbox(
-                    item.id,
+                hold(
+                    store,
+                    &item,
                     "pending",
-                    "held",
-                    Some(&format!("unknown disposition {other}")),
+                    &format!("unknown disposition {other}"),
                     now,
                 )?;
             }
         }
     }
     for item in store.outbox_items("approved")? {
-        if item.next_attempt_at <= now {
+        if item.next_attempt_at > now {
+            continue;
+        }
+        if mode == Mode::Draft {
+            // Released in draft mode: it becomes a draft, never a sent message.
+            let copy = Copy::draft(drafts);
+            copy_row(store, imap, &item, "approved", &copy, engine).await?;
+        } else {
             send(engine, store, mailbox, imap, mailer, &item, "approved").await?;
         }
+    }
+    Ok(())
+}
+
+/// Where an APPEND puts a row, and the statuses around it.
+struct Copy<'a> {
+    folder: &'a str,
+    flags: &'static str,
+    /// Marks the window between the APPEND and the record of it.
+    during: &'static str,
+    done: &'static str,
+}
+
+impl<'a> Copy<'a> {
+    fn draft(folder: &'a str) -> Copy<'a> {
+        Copy {
+            folder,
+            flags: DRAFT_FLAGS,
+            during: "drafting",
+            done: "drafted",
+        }
+    }
+
+    fn review(folder: &'a str) -> Copy<'a> {
+        Copy {
+            folder,
+            flags: REVIEW_FLAGS,
+            during: "mirroring",
+            done: "awaiting_approval",
+        }
+    }
+}
+
+/// Appends one row to a folder. A refusal (the server said NO or BAD) or a message the server
+/// would not take holds or delays this row only; a lost connection leaves it marked, to be
+/// looked up by Message-ID after reconnecting, and ends the pass.
+async fn copy_row(
+    store: &mut Store,
+    imap: &mut Imap,
+    item: &OutboxItem,
+    from: &str,
+    copy: &Copy<'_>,
+    engine: &Engine,
+) -> Result<(), DaemonError> {
+    let now = crate::clock::now();
+    // After an APPEND that left the session out of step, copies wait for a fresh connection.
+    if imap.unreliable().is_some() {
+        return Ok(());
+    }
+    if !store.transition_outbox(item.id, from, copy.during, None, now)? {
+        return Ok(());
+    }
+    match imap.append(copy.folder, copy.flags, &item.bytes).await {
+        Ok(()) => {
+            crate::shell::failpoint::hit("after_append");
+            store.transition_outbox(item.id, copy.during, copy.done, None, now)?;
+            let what = if copy.done == "drafted" {
+                format!("{} drafted in {}", item.template, copy.folder)
+            } else {
+                format!("{} waits for approval", item.template)
+            };
+            note(store, item, now, &what)?;
+            info!(outbox = item.id, template = %item.template, folder = copy.folder, status = copy.done, "copied");
+            Ok(())
+        }
+        Err(e) if e.is_refusal() => {
+            let base = engine
+                .config
+                .smtp
+                .as_ref()
+                .map_or(60, |s| s.retry.as_secs() as i64);
+            let reason = format!("APPEND to {} refused: {e}", copy.folder);
+            let held = store
+                .attempt_failed(
+                    item.id,
+                    copy.during,
+                    from,
+                    &reason,
+                    Retry {
+                        base_secs: base,
+                        max_attempts: MAX_COPY_ATTEMPTS,
+                    },
+                    now,
+                )?
+                .held;
+            warn!(outbox = item.id, error = %e, held, "copy refused; the other rows go on");
+            if held {
+                note(store, item, now, &format!("held: {reason}"))?;
+            }
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Holds a row for the operator with the reason.
+fn hold(
+    store: &Store,
+    item: &OutboxItem,
+    from: &str,
+    reason: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    if store.transition_outbox(item.id, from, "held", Some(reason), now)? {
+        note(store, item, now, &format!("held: {reason}"))?;
+        warn!(outbox = item.id, reason, "held for the operator");
     }
     Ok(())
 }
@@ -482,6 +602,28 @@ async fn send(
     from_status: &str,
 ) -> Result<(), DaemonError> {
     let now = crate::clock::now();
+    // NOTE: checked again at the last moment, whatever put the row here (a release by hand, a
+    // row from an older version): a reply to Microsoft goes only to Microsoft's domains.
+    let domains = &engine.config.classify.microsoft_domains;
+    if item.template != "operator_notification"
+        && (item.recipients.is_empty()
+            || !item
+                .recipients
+                .iter()
+                .all(|r| crate::pipeline::decide::recipient_allowed(r, domains)))
+    {
+        hold(
+            store,
+            item,
+            from_status,
+            &format!(
+                "reply address {} is outside trust.microsoft_domains",
+                item.recipients.join(", ")
+            ),
+            now,
+        )?;
+        return Ok(());
+    }
     let Some(mailer) = mailer else {
         let reason = if engine.config.mode == crate::pipeline::decide::Mode::Draft {
             "draft mode: nothing is sent"
@@ -539,8 +681,18 @@ async fn send(
                 &format!("{} sent to {}", item.template, item.recipients.join(", ")),
             )?;
             info!(outbox = item.id, message_id = %item.message_id, to = ?item.recipients, "sent");
-            if let Some(sent) = &mailbox.sent_folder {
-                imap.append(sent, "(\\Seen)", &item.bytes).await?;
+            if let Some(sent) = mailbox
+                .sent_folder
+                .as_ref()
+                .filter(|_| imap.unreliable().is_none())
+            {
+                match imap.append(sent, "(\\Seen)", &item.bytes).await {
+                    Ok(()) => {}
+                    Err(e) if e.is_refusal() => {
+                        warn!(outbox = item.id, folder = %sent, error = %e, "sent, but the copy to the Sent folder was refused");
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
         }
         // A refused login sent nothing either: wait for a fixed credential, never drop the reply.
@@ -584,8 +736,22 @@ async fn settle_uncertain(
         for item in store.outbox_items(status)? {
             let present =
                 imap.select(folder).await.is_ok() && imap.has_message_id(&item.message_id).await?;
-            let next = if present { done } else { "pending" };
-            store.transition_outbox(item.id, status, next, None, now)?;
+            if present {
+                store.transition_outbox(item.id, status, done, None, now)?;
+            } else {
+                // A row whose APPEND keeps losing the connection must not stop the others.
+                store.attempt_failed(
+                    item.id,
+                    status,
+                    "pending",
+                    &format!("the connection was lost during the APPEND to {folder}"),
+                    Retry {
+                        base_secs: 1,
+                        max_attempts: MAX_COPY_ATTEMPTS,
+                    },
+                    now,
+                )?;
+            }
         }
     }
     let uncertain = store.outbox_items("sending")?;

@@ -15,7 +15,7 @@ use crate::pipeline::decide::{self, Disposition, Planned, Template};
 use crate::pipeline::parse::{self, Inbound};
 use crate::pipeline::render::{self, IdentityView, MessageView, RenderError, Templates};
 use crate::pipeline::rules::{Rules, RulesError};
-use crate::shell::store::{NewOutbox, ProcessedMessage, Store, StoreError, TimelineEntry};
+use crate::shell::store::{NewOutbox, ProcessedMessage, Store, StoreError, StoreTx, TimelineEntry};
 
 /// The engine could not be set up from its config.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +72,9 @@ pub struct Produced {
     pub body: String,
     /// Why a queued message needs a person (stored as the outbox row's reason).
     pub note: Option<String>,
+    /// The rate-limit group of a notification.
+    #[serde(skip)]
+    pub rate_key: Option<String>,
 }
 
 /// The outcome of applying one message.
@@ -165,8 +168,20 @@ impl Engine {
             });
         }
 
+        // A message claiming our Message-ID is our own only if our outbox produced it.
+        let confirmed;
+        let verdict = match &verdict.own_claim {
+            Some(id) if tx.outbox_knows(id)? => {
+                confirmed =
+                    classify::confirm_own(verdict, inbound, &self.rules, &self.config.classify);
+                &confirmed
+            }
+            _ => verdict,
+        };
+
         let lookups = case::lookups(verdict, &inbound.in_reply_to, &inbound.references);
         let found = tx.find_case(&lookups)?;
+        let before = found.clone();
         let arrival = Arrival {
             message_id: inbound.message_id.clone(),
             parent: parent_of(inbound),
@@ -207,54 +222,106 @@ impl Engine {
                 None => None,
             }
         };
-        let plans = decide::plan(
-            &transition,
-            Some(verdict),
-            self.config.mode,
-            self.config.notify_on,
-            self.config.identity.operator.is_some(),
+        let situation = decide::Situation {
+            mode: self.config.mode,
+            notify_on: self.config.notify_on,
+            has_operator: self.config.identity.operator.is_some(),
             stale,
-            cap.as_deref(),
-        );
+            cap: cap.as_deref(),
+            microsoft_domains: &self.config.classify.microsoft_domains,
+        };
+        let mut plans = decide::plan(&transition, Some(verdict), &situation);
+        // A held reply is not an escalation made: the case waits for a person instead.
+        let held = plans.iter().find_map(|p| match &p.disposition {
+            Disposition::Hold(r) if p.template.is_reply() => Some(r.clone()),
+            _ => None,
+        });
+        if let Some(reason) = &held {
+            case::reply_held(&mut transition, before.as_ref(), reason);
+        } else if plans.iter().any(|p| p.template.is_reply()) {
+            if let Some(c) = transition.case.as_ref() {
+                tx.supersede_held_replies(c.id, now)?;
+            }
+        }
+        // Mail that nobody authenticated opens at most one notified case per source and
+        // interval: a flood of forged bounces is one notification, not thousands.
+        let is_new_case = before.is_none() && transition.case.is_some();
+        let rate_key = is_new_case
+            .then(|| decide::new_case_source(verdict))
+            .flatten();
+        if let Some(key) = &rate_key {
+            self.rate_limit(&tx, key, &mut plans, now)?;
+        }
+
         let seed = inbound
             .message_id
             .clone()
             .unwrap_or_else(|| inbound.content_hash.clone());
         let mut produced = Vec::new();
         for planned in &plans {
-            produced.push(self.produce(&transition, verdict, inbound, planned, &seed, now)?);
+            let mut p = self.produce(
+                &transition,
+                verdict,
+                inbound,
+                planned,
+                &seed,
+                held.as_deref(),
+                now,
+            )?;
+            if planned.template == Template::OperatorNotification {
+                p.rate_key = rate_key.clone();
+            }
+            produced.push(p);
         }
-        // NOTE: an unverified message claiming to be a refusal is never answered by itself; in
-        // auto mode a person sees the reply it would get, with the reason, in the queue.
+        // NOTE: an unverified message claiming to be a refusal is never answered by itself. In
+        // auto mode a person is told (at most once per interval) and the reply it would get is
+        // held, to be released by hand if the message turns out to be genuine.
         if verdict.origin == classify::Origin::Unverified
             && verdict.claimed_kind == Some(classify::Kind::MsNotQualified)
             && self.config.mode == decide::Mode::Auto
         {
-            let pseudo = case::Transition {
-                case: None,
-                action: Action::DraftEscalationReply,
-                reason: "unverified sender".to_string(),
-                ips: verdict.ips.clone(),
-            };
-            let planned = Planned {
-                template: Template::EscalationReply,
-                disposition: Disposition::Queue,
-            };
-            let mut p = self.produce(&pseudo, verdict, inbound, &planned, &seed, now)?;
             let from = inbound
                 .from
                 .as_ref()
                 .map(|f| f.address.as_str())
                 .unwrap_or("?");
-            p.note = Some(format!(
-                "unverified sender: {from} did not pass our MX's checks"
-            ));
+            let reason = format!("unverified sender: {from} did not pass our MX's checks");
+            let pseudo = case::Transition {
+                case: None,
+                action: Action::DraftEscalationReply,
+                reason: reason.clone(),
+                ips: verdict.ips.clone(),
+            };
+            let planned = Planned {
+                template: Template::EscalationReply,
+                disposition: Disposition::Hold(reason.clone()),
+            };
+            produced.push(self.produce(&pseudo, verdict, inbound, &planned, &seed, None, now)?);
+            let notice = case::Transition {
+                action: Action::NotifyOperator,
+                ..pseudo
+            };
+            let key = "unverified_refusal".to_string();
+            let mut notify = vec![Planned {
+                template: Template::OperatorNotification,
+                disposition: decide::notification_disposition(&situation),
+            }];
+            self.rate_limit(&tx, &key, &mut notify, now)?;
+            let mut p = self.produce(
+                &notice,
+                verdict,
+                inbound,
+                &notify[0],
+                &seed,
+                Some(&reason),
+                now,
+            )?;
+            p.rate_key = Some(key);
+            produced.push(p);
             warn!(
                 message_id = message_id.unwrap_or("-"),
-                from,
-                "unverified message claiming a refusal: queued for a person, never sent by itself"
+                from, "unverified message claiming a refusal: reply held, operator told"
             );
-            produced.push(p);
         }
 
         let status_str = match status {
@@ -297,6 +364,7 @@ impl Engine {
                     recipients: &recipients,
                     subject: &subject,
                     bytes: &bytes,
+                    rate_key: p.rate_key.as_deref(),
                 },
                 now,
             )?;
@@ -361,7 +429,7 @@ impl Engine {
                 action: transition.action,
                 reason: &transition.reason,
                 evidence_json: &evidence_json,
-                damage_json: &serde_json::to_string(&inbound.damage)
+                damage_json: &serde_json::to_string(&damage_of(inbound, verdict))
                     .unwrap_or_else(|_| "[]".into()),
             },
             now,
@@ -414,6 +482,34 @@ impl Engine {
         })
     }
 
+    /// Holds the sendable notifications among `plans` when one under the same key was planned
+    /// within the configured interval.
+    fn rate_limit(
+        &self,
+        tx: &StoreTx<'_>,
+        key: &str,
+        plans: &mut [Planned],
+        now: i64,
+    ) -> Result<(), HandleError> {
+        let minutes = self.config.reply_limits.new_case_notice_minutes;
+        let Some(last) = tx.last_rate_key_at(key)? else {
+            return Ok(());
+        };
+        if now.saturating_sub(last) >= i64::from(minutes) * 60 {
+            return Ok(());
+        }
+        for p in plans.iter_mut().filter(|p| {
+            p.template == Template::OperatorNotification
+                && matches!(p.disposition, Disposition::Send | Disposition::Draft)
+        }) {
+            p.disposition = Disposition::Hold(format!(
+                "one notification per {minutes} minutes for {key}; `postmaster-bot cases list` shows every case"
+            ));
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn produce(
         &self,
         transition: &case::Transition,
@@ -421,10 +517,11 @@ impl Engine {
         inbound: &Inbound,
         planned: &Planned,
         seed: &str,
+        held: Option<&str>,
         now: i64,
     ) -> Result<Produced, HandleError> {
         let identity = &self.config.identity;
-        let context = render::context(
+        let mut context = render::context(
             transition,
             Some(verdict),
             Some(message_view(inbound)),
@@ -436,6 +533,7 @@ impl Engine {
             self.config.mode,
             now,
         );
+        context.held = held.map(str::to_string);
         let draft = self.templates.render(planned.template, &context)?;
         let message_id = compose::message_id(
             &format!("{seed}/{}", planned.template.name()),
@@ -488,8 +586,22 @@ impl Engine {
             outgoing,
             body: draft.body,
             note: None,
+            rate_key: None,
         })
     }
+}
+
+/// What was wrong with a message, for the operator: the parser's notes and the work it was
+/// not given (IPs beyond the per-message limit).
+fn damage_of(inbound: &Inbound, verdict: &Verdict) -> Vec<String> {
+    let mut damage = inbound.damage.clone();
+    if verdict.ips_omitted > 0 {
+        damage.push(format!(
+            "{} more IPs named than limits.max_ips_per_message: counted, not kept",
+            verdict.ips_omitted
+        ));
+    }
+    damage
 }
 
 fn read(path: &Path) -> Result<String, SetupError> {

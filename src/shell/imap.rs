@@ -62,9 +62,37 @@ pub enum ImapError {
     NoUidValidity { server: String, folder: String },
     #[error("{server} closed the connection")]
     Closed { server: String },
+    #[error("{server}: the session is out of step after {why}; reconnecting")]
+    Unreliable { server: String, why: String },
 }
 
 impl ImapError {
+    /// The server refused this one command (NO, BAD, a refused APPEND, or a value it cannot
+    /// carry): other commands can still succeed.
+    pub fn is_refusal(&self) -> bool {
+        use async_imap::error::Error;
+        matches!(
+            self,
+            ImapError::Command {
+                source: Error::No(_) | Error::Bad(_) | Error::Append | Error::Validate(_),
+                ..
+            }
+        )
+    }
+
+    /// After this error the session's state is unknown (an APPEND refused before its literal
+    /// may leave the server waiting for it): a new connection is the safe next step.
+    pub fn needs_reconnect(&self) -> bool {
+        !self.is_refusal()
+            || matches!(
+                self,
+                ImapError::Command {
+                    source: async_imap::error::Error::Append,
+                    ..
+                }
+            )
+    }
+
     /// Whether reconnecting later can help; a login or TLS failure needs a config change.
     pub fn is_transient(&self) -> bool {
         match self {
@@ -175,6 +203,8 @@ pub struct Imap {
     timeout: Duration,
     /// The folder selected now and its UIDVALIDITY.
     selected: Option<(String, u32)>,
+    /// Why the session can no longer be trusted to be in step with the server.
+    unreliable: Option<String>,
 }
 
 impl Imap {
@@ -286,6 +316,21 @@ impl Imap {
             capabilities,
             timeout: cfg.command_timeout,
             selected: None,
+            unreliable: None,
+        })
+    }
+
+    /// Set after a command that may have left the server and the client out of step (an
+    /// APPEND refused before its literal): nothing more should be sent on this connection.
+    pub fn unreliable(&self) -> Option<&str> {
+        self.unreliable.as_deref()
+    }
+
+    /// The error that ends a session which became unreliable.
+    pub fn unreliable_error(&self) -> Option<ImapError> {
+        self.unreliable.as_ref().map(|why| ImapError::Unreliable {
+            server: self.server.clone(),
+            why: why.clone(),
         })
     }
 
@@ -544,13 +589,19 @@ impl Imap {
         let server = self.server.clone();
         let timeout = self.timeout;
         let session = self.session()?;
-        guarded(
+        let result = guarded(
             &server,
             timeout,
             &format!("APPEND {folder}"),
             session.append(folder, Some(flags), None, bytes),
         )
-        .await
+        .await;
+        if let Err(e) = &result {
+            if e.needs_reconnect() {
+                self.unreliable = Some(format!("APPEND to {folder} failed"));
+            }
+        }
+        result
     }
 
     /// Sets a keyword on a set of UIDs (`1,5,9:12`) of the selected folder in one command.

@@ -145,7 +145,29 @@ ALTER TABLE outbox ADD COLUMN next_attempt_at INTEGER NOT NULL DEFAULT 0;
     r#"
 ALTER TABLE messages ADD COLUMN damage TEXT NOT NULL DEFAULT '[]';
 "#,
+    r#"
+ALTER TABLE outbox ADD COLUMN rate_key TEXT;
+CREATE INDEX outbox_rate_key ON outbox(rate_key, created_at) WHERE rate_key IS NOT NULL;
+"#,
 ];
+
+/// How a failed delivery attempt is retried.
+#[derive(Debug, Clone, Copy)]
+pub struct Retry {
+    /// The first delay, doubled per attempt, at most an hour.
+    pub base_secs: i64,
+    /// Attempts after which the row is held for the operator.
+    pub max_attempts: i64,
+}
+
+/// What became of a failed attempt.
+#[derive(Debug, Clone, Copy)]
+pub struct Attempt {
+    /// The row is now held for the operator.
+    pub held: bool,
+    /// When it is due again otherwise.
+    pub due: i64,
+}
 
 /// The state store.
 pub struct Store {
@@ -251,6 +273,8 @@ pub struct NewOutbox<'a> {
     pub recipients: &'a [String],
     pub subject: &'a str,
     pub bytes: &'a [u8],
+    /// Groups notifications that are rate limited together (`new_case:bounce:unverified`).
+    pub rate_key: Option<&'a str>,
 }
 
 /// What is recorded about a processed message.
@@ -609,7 +633,8 @@ impl Store {
     }
 
     /// Puts a row whose send failed for now back to `to`, due again after an exponential
-    /// backoff (`base` doubled per attempt, at most an hour); returns when it is due.
+    /// backoff (`base` doubled per attempt, at most an hour); returns when it is due. A send is
+    /// retried for as long as it fails for now: it is never held for that alone.
     pub fn retry_later(
         &self,
         id: i64,
@@ -618,24 +643,76 @@ impl Store {
         base_secs: i64,
         now: i64,
     ) -> Result<i64, StoreError> {
+        let retry = Retry {
+            base_secs,
+            max_attempts: i64::MAX,
+        };
+        Ok(self
+            .attempt_failed(id, "sending", to, reason, retry, now)?
+            .due)
+    }
+
+    /// Records a failed delivery attempt of one row that left it in `from`: back to `to` after
+    /// an exponential backoff, or `held` with the reason once `max_attempts` were made.
+    pub fn attempt_failed(
+        &self,
+        id: i64,
+        from: &str,
+        to: &str,
+        reason: &str,
+        retry: Retry,
+        now: i64,
+    ) -> Result<Attempt, StoreError> {
         let attempts: i64 = self
             .conn
             .query_row("SELECT attempts FROM outbox WHERE id = ?1", [id], |r| {
                 r.get(0)
             })
             .map_err(sql(&self.path))?;
-        let delay = base_secs
-            .saturating_mul(1 << attempts.clamp(0, 16))
-            .min(3600);
-        let due = now + delay;
+        let held = attempts + 1 >= retry.max_attempts;
+        let due = now
+            + retry
+                .base_secs
+                .saturating_mul(1 << attempts.clamp(0, 16))
+                .min(3600);
+        let (status, reason) = if held {
+            (
+                "held",
+                format!("{reason} (gave up after {} attempts)", attempts + 1),
+            )
+        } else {
+            (to, reason.to_string())
+        };
         self.conn
             .execute(
-                "UPDATE outbox SET status = ?2, reason = ?3, attempts = attempts + 1,
-                        next_attempt_at = ?4, updated_at = ?5 WHERE id = ?1 AND status = 'sending'",
-                params![id, to, reason, due, now],
+                "UPDATE outbox SET status = ?3, reason = ?4, attempts = attempts + 1,
+                        next_attempt_at = ?5, updated_at = ?6 WHERE id = ?1 AND status = ?2",
+                params![id, from, status, reason, due, now],
             )
             .map_err(sql(&self.path))?;
-        Ok(due)
+        Ok(Attempt { held, due })
+    }
+
+    /// Releases a held row (or approves one waiting for approval): the daemon delivers it on
+    /// its next pass. False when the row is in neither state.
+    pub fn release_outbox(&self, id: i64, reason: &str, now: i64) -> Result<bool, StoreError> {
+        let changed = self
+            .conn
+            .execute(
+                "UPDATE outbox SET status = 'approved', reason = ?2, attempts = 0,
+                        next_attempt_at = 0, updated_at = ?3
+                 WHERE id = ?1 AND status IN ('held', 'awaiting_approval') AND length(bytes) > 0",
+                params![id, reason, now],
+            )
+            .map_err(sql(&self.path))?;
+        Ok(changed == 1)
+    }
+
+    /// Saves a case changed outside a message transaction (a released reply).
+    pub fn update_case(&mut self, case: &mut Case) -> Result<(), StoreError> {
+        let tx = self.begin()?;
+        tx.save_case(case)?;
+        tx.commit()
     }
 
     /// The earliest time a row waiting for a retry is due, if any.
@@ -783,13 +860,15 @@ impl StoreTx<'_> {
         Ok(None)
     }
 
-    /// Replies to Microsoft planned since `since` (any status but held, rejected or replayed):
-    /// the persistent count behind the global rate limit.
+    /// Replies to Microsoft planned since `since` on a case (so only answers to verified
+    /// Microsoft mail), in any status but held, rejected, superseded or replayed: the
+    /// persistent count behind the global rate limit. A spoof moves no counter.
     pub fn replies_since(&self, since: i64) -> Result<i64, StoreError> {
         self.tx
             .query_row(
                 "SELECT count(*) FROM outbox WHERE template != 'operator_notification'
-                 AND created_at >= ?1 AND status NOT IN ('held', 'rejected', 'replayed')",
+                 AND case_id IS NOT NULL AND created_at >= ?1
+                 AND status NOT IN ('held', 'rejected', 'superseded', 'replayed')",
                 [since],
                 |r| r.get(0),
             )
@@ -802,9 +881,46 @@ impl StoreTx<'_> {
             .query_row(
                 "SELECT max(created_at) FROM outbox WHERE case_id = ?1
                  AND template != 'operator_notification'
-                 AND status NOT IN ('held', 'rejected', 'replayed')",
+                 AND status NOT IN ('held', 'rejected', 'superseded', 'replayed')",
                 [case_id],
                 |r| r.get(0),
+            )
+            .map_err(sql(&self.path))
+    }
+
+    /// When the latest notification under a rate key was planned (not held), if any.
+    pub fn last_rate_key_at(&self, rate_key: &str) -> Result<Option<i64>, StoreError> {
+        self.tx
+            .query_row(
+                "SELECT max(created_at) FROM outbox WHERE rate_key = ?1
+                 AND status NOT IN ('held', 'rejected', 'superseded')",
+                [rate_key],
+                |r| r.get(0),
+            )
+            .map_err(sql(&self.path))
+    }
+
+    /// Whether our outbox produced a message with this Message-ID.
+    pub fn outbox_knows(&self, message_id: &str) -> Result<bool, StoreError> {
+        self.tx
+            .query_row(
+                "SELECT 1 FROM outbox WHERE message_id = ?1 LIMIT 1",
+                [message_id],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|found| found.is_some())
+            .map_err(sql(&self.path))
+    }
+
+    /// A new reply on a case makes its older held replies moot: they can no longer be released.
+    pub fn supersede_held_replies(&self, case_id: CaseId, now: i64) -> Result<usize, StoreError> {
+        self.tx
+            .execute(
+                "UPDATE outbox SET status = 'superseded', updated_at = ?2,
+                        reason = COALESCE(reason, '') || ' (superseded by a newer reply)'
+                 WHERE case_id = ?1 AND status = 'held' AND template != 'operator_notification'",
+                params![case_id, now],
             )
             .map_err(sql(&self.path))
     }
@@ -896,8 +1012,9 @@ impl StoreTx<'_> {
         self.tx
             .execute(
                 "INSERT INTO outbox (message_id, case_id, inbound_message_id, template, disposition,
-                                     status, reason, recipients, subject, bytes, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)",
+                                     status, reason, recipients, subject, bytes, created_at, updated_at,
+                                     rate_key)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12)",
                 params![
                     row.message_id,
                     row.case_id,
@@ -909,7 +1026,8 @@ impl StoreTx<'_> {
                     recipients,
                     row.subject,
                     row.bytes,
-                    now
+                    now,
+                    row.rate_key
                 ],
             )
             .map_err(sql(&self.path))?;

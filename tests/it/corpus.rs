@@ -7,7 +7,7 @@ use postmaster_bot::shell::store::Store;
 
 use crate::support::{engine, fixtures, manifest};
 
-fn check_classify(set: &str) {
+pub(crate) fn check_classify(set: &str) {
     let engine = engine();
     let mut failures = Vec::new();
     for row in manifest(set) {
@@ -39,7 +39,7 @@ fn check_classify(set: &str) {
 
 /// Replays the set; with `header_first`, a message the header filter skips is never applied,
 /// as in the daemon's catch-up, and must be one that needs no action.
-fn check_replay(set: &str, header_first: bool) {
+pub(crate) fn check_replay(set: &str, header_first: bool) {
     let engine = engine();
     let dir = tempfile::tempdir().expect("temp dir");
     let mut store = Store::open(&dir.path().join("state.sqlite3")).expect("store opens");

@@ -108,7 +108,7 @@ fn a_second_reply_on_one_case_within_the_interval_is_held() {
 }
 
 #[test]
-fn an_unverified_refusal_is_queued_for_a_person_in_auto_mode_only() {
+fn an_unverified_refusal_is_held_and_the_operator_told_in_auto_mode_only() {
     let spoof = std::fs::read(fixtures().join("corpus/d024.eml")).expect("fixture");
     let dir = tempfile::tempdir().expect("temp dir");
     let auto = engine("");
@@ -118,14 +118,31 @@ fn an_unverified_refusal_is_queued_for_a_person_in_auto_mode_only() {
         .apply(&mut store, "spoof", &prepared, NOW, OutboxStatus::Pending)
         .expect("applies");
     assert_eq!(handled.action.as_str(), "none");
-    assert_eq!(handled.produced.len(), 1);
-    assert_eq!(handled.produced[0].disposition, Disposition::Queue);
-    let row = &store.outbox(None).expect("outbox")[0];
+    let shapes: Vec<(&str, &str)> = handled
+        .produced
+        .iter()
+        .map(|p| (p.template.name(), p.disposition.as_str()))
+        .collect();
+    // Never a row that waits on a review folder that auto mode does not have.
+    assert_eq!(
+        shapes,
+        [
+            ("escalation_reply", "hold"),
+            ("operator_notification", "send")
+        ]
+    );
+    let outbox = store.outbox(None).expect("outbox");
+    let reply = outbox
+        .iter()
+        .find(|r| r.template == "escalation_reply")
+        .expect("held reply");
+    assert_eq!(reply.status, "held");
     assert!(
-        row.reason
+        reply
+            .reason
             .as_deref()
             .is_some_and(|r| r.contains("unverified sender")),
-        "{row:?}"
+        "{reply:?}"
     );
 
     let draft = Engine::new(config::parse(TEST_CONFIG, "test").expect("valid")).expect("engine");

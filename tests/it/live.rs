@@ -169,7 +169,13 @@ impl Case {
     /// A corpus message made current: today's date, this test's ticket id, and the Microsoft
     /// side's address the test stack knows.
     pub(crate) fn fixture(&self, file: &str) -> Vec<u8> {
-        let raw = std::fs::read(fixtures().join("corpus").join(file)).expect("fixture");
+        // A bare name is a corpus file; `hostile/h01...` names another fixture set.
+        let path = if file.contains('/') {
+            fixtures().join(file)
+        } else {
+            fixtures().join("corpus").join(file)
+        };
+        let raw = std::fs::read(&path).expect("fixture");
         let text = String::from_utf8_lossy(&raw)
             .replace("SRX1569221851ID", &self.ticket)
             .replace("srx1569221851id", &self.ticket.to_ascii_lowercase())
@@ -361,8 +367,7 @@ fn approve_mode_sends_nothing_until_approved_then_once() {
     let listing = String::from_utf8_lossy(&list.stdout).to_string();
     let id = listing
         .split_whitespace()
-        .next()
-        .and_then(|w| w.strip_prefix('#'))
+        .find_map(|w| w.strip_prefix('#'))
         .unwrap_or_else(|| panic!("no queued reply: {listing}"))
         .to_string();
     let ok = case.bot(&["queue", "approve", &id, "--config", &config]);
@@ -881,5 +886,117 @@ fn a_large_catch_up_reads_headers_first_cuts_long_messages_and_reports_progress(
     assert!(
         screen.contains("catch-up") && screen.contains("/2501 messages"),
         "a progress bar: {screen}"
+    );
+}
+
+/// The security review's first finding, on the real servers: a spoofed refusal in auto mode
+/// must not stop the real escalation reply or the operator's notifications.
+#[test]
+fn a_spoof_then_the_real_thread_in_auto_mode_delivers_the_reply_and_the_notification() {
+    let case = setup("auto", "");
+    case.deliver(&["hostile/h01-spoofed-refusal.eml"]);
+    case.deliver(&THREAD);
+    case.run_once();
+    let replies = case.wait_for_replies(1);
+    assert_eq!(replies.len(), 1, "the real escalation reply went out");
+    assert_eq!(replies[0].in_reply_to().as_text(), Some(REFUSAL_ID));
+    // The operator was told about the spoof (the open-case notice is off in these tests).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let told = || {
+        case.messages("noc@example.net", "INBOX")
+            .iter()
+            .filter(|b| {
+                let t = String::from_utf8_lossy(b);
+                t.contains(&case.ticket) && t.contains("our MX did not verify")
+            })
+            .count()
+    };
+    while told() == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(told(), 1, "one notification about the spoof");
+    // The reply the spoof would have got is held, with its reason, for a person.
+    let config = case.config.display().to_string();
+    let list = String::from_utf8_lossy(&case.bot(&["queue", "list", "--config", &config]).stdout)
+        .into_owned();
+    assert!(
+        list.contains("held:") && list.contains("unverified sender"),
+        "{list}"
+    );
+    // Another pass changes nothing: no retry loop, no second reply.
+    case.run_once();
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(case.delivered_replies().len(), 1);
+}
+
+/// A row the server refuses to store (here: a draft left from an older run, for a folder that
+/// does not exist) is retried and then held by itself; the rest of the outbox is delivered in
+/// the same pass, and a row waiting for an approve mode the bot no longer runs in is held.
+#[test]
+fn a_row_the_server_refuses_holds_only_itself() {
+    use postmaster_bot::shell::store::{NewOutbox, Store};
+    let case = setup("auto", "");
+    let missing = format!("{}-NoSuchFolder", case.folder);
+    let drafts_line = format!("drafts_folder = \"{}\"", case.drafts);
+    case.edit_config(|t| t.replace(&drafts_line, &format!("drafts_folder = \"{missing}\"")));
+    {
+        let mut store = Store::open(&case.dir.path().join("state.sqlite3")).expect("store");
+        let tx = store.begin().expect("tx");
+        for (n, disposition) in [(1, "draft"), (2, "queue")] {
+            tx.add_outbox(
+                &NewOutbox {
+                    message_id: &format!("leftover-{n}@postmaster.example.net"),
+                    case_id: None,
+                    inbound_message_id: None,
+                    template: "operator_notification",
+                    disposition,
+                    status: "pending",
+                    reason: None,
+                    recipients: &["noc@example.net".to_string()],
+                    subject: "leftover",
+                    bytes: format!("From: postmaster@example.net\r\nTo: noc@example.net\r\nSubject: leftover {n}\r\nMessage-ID: <leftover-{n}@postmaster.example.net>\r\n\r\nleft over\r\n").as_bytes(),
+                    rate_key: None,
+                },
+                0,
+            )
+            .expect("seed");
+        }
+        tx.commit().expect("commit");
+    }
+    case.deliver(&THREAD);
+    case.run_once();
+    assert_eq!(
+        case.wait_for_replies(1).len(),
+        1,
+        "the real reply is not held up"
+    );
+    let store = Store::open(&case.dir.path().join("state.sqlite3")).expect("store");
+    let rows = store.outbox(None).expect("outbox");
+    let draft = rows
+        .iter()
+        .find(|r| r.message_id.starts_with("leftover-1"))
+        .expect("row");
+    assert_eq!(
+        draft.status, "pending",
+        "refused once, retried later: {draft:?}"
+    );
+    assert!(
+        draft
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("refused")),
+        "{draft:?}"
+    );
+    let queued = rows
+        .iter()
+        .find(|r| r.message_id.starts_with("leftover-2"))
+        .expect("row");
+    assert_eq!(queued.status, "held", "{queued:?}");
+    assert!(
+        queued
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("queue release")),
+        "{queued:?}"
     );
 }

@@ -5,6 +5,7 @@ mod corpus;
 mod fake_imap;
 mod faults;
 mod guards;
+mod hostile;
 mod live;
 mod oauth;
 mod snapshots;

@@ -89,11 +89,14 @@ fn followup_after_a_silent_week() {
     let plans = decide::plan(
         &t,
         None,
-        Mode::Approve,
-        NotifyOn::default(),
-        true,
-        false,
-        None,
+        &decide::Situation {
+            mode: Mode::Approve,
+            notify_on: NotifyOn::default(),
+            has_operator: true,
+            stale: false,
+            cap: None,
+            microsoft_domains: &engine.config.classify.microsoft_domains,
+        },
     );
     assert_eq!(plans[0].disposition, decide::Disposition::Queue);
     let ctx = render::context(

@@ -60,6 +60,7 @@ operator = "noc@example.net"
 message_id_domain = "postmaster.example.net"
 [trust]
 authserv_ids = ["mx1.example.net", "mx2.example.net"]
+reporting_mtas = ["example.net"]
 "#;
 
 pub fn engine() -> Engine {

@@ -12,6 +12,9 @@ fn verdict(kind: Kind, ticket: Option<&str>, ips: &[&str]) -> Verdict {
         notify: kind == Kind::NdrOther,
         diagnostic: "550 5.7.1 ... (S3140)".into(),
         status: Some("5.7.1".into()),
+        reporter: None,
+        own_mta: false,
+        quote: None,
     });
     Verdict {
         kind,
@@ -27,6 +30,8 @@ fn verdict(kind: Kind, ticket: Option<&str>, ips: &[&str]) -> Verdict {
         bounce,
         loop_risk: None,
         claimed_kind: None,
+        own_claim: None,
+        ips_omitted: 0,
         evidence: vec![Evidence {
             rule: "test".into(),
             matched: String::new(),

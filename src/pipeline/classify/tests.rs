@@ -11,7 +11,8 @@ pub(crate) fn ctx() -> Context {
         own_addresses: vec!["postmaster@example.net".into()],
         own_message_id_domains: vec!["postmaster.example.net".into()],
         loop_header: "X-Postmaster-Bot".into(),
-        our_networks: vec![],
+        reporting_mtas: vec!["out1.example.net".into()],
+        ..Context::default()
     }
 }
 
@@ -180,11 +181,82 @@ fn jmrp_reports_name_our_ip_not_the_reporter() {
     check(raw, Kind::JmrpReport, None, &["192.0.2.25"]);
 }
 
+const OUR_MX_FOR_US: &str = "Authentication-Results: mx1.example.net; dkim=pass header.d=example.net; dmarc=pass header.from=example.net\n";
+
 #[test]
 fn our_own_mail_is_never_a_result() {
-    let raw = format!("{OURS}X-Postmaster-Bot: postmaster-bot\nFrom: Outlook.com Deliverability Support <support@microsoft.com>\nSubject: RE: SRX1234567890ID\n\n{REFUSAL}");
+    // Our Message-ID, and our MX authenticated it as from our domain.
+    let raw = format!("{OUR_MX_FOR_US}From: Postmaster <postmaster@example.net>\nTo: support@microsoft.com\nMessage-ID: <r1@postmaster.example.net>\nSubject: Re: RE: SRX1234567890ID\n\n{REFUSAL}");
     let v = check(&raw, Kind::Other, Some("SRX1234567890ID"), &["192.0.2.9"]);
     assert_eq!(v.origin, Origin::Own);
+    assert_eq!(v.own_claim, None);
+    // Our Message-ID without authentication: ours only if the outbox sent it.
+    let raw = format!("From: Postmaster <postmaster@example.net>\nMessage-ID: <r2@postmaster.example.net>\nSubject: Re: RE: SRX1234567890ID\n\n{REFUSAL}");
+    let v = classify_text(&raw);
+    assert_ne!(v.origin, Origin::Own);
+    assert_eq!(v.own_claim.as_deref(), Some("r2@postmaster.example.net"));
+    let rules = Rules::builtin().expect("rules");
+    let confirmed = confirm_own(
+        &v,
+        &parse(raw.as_bytes(), Limits::default()),
+        &rules,
+        &ctx(),
+    );
+    assert_eq!(confirmed.origin, Origin::Own);
+    assert_eq!(confirmed.kind, Kind::Other);
+}
+
+#[test]
+fn headers_that_merely_look_like_ours_are_believed_from_nobody() {
+    // A forged "our reply": our loop header, our X-Mailer, our From, a foreign Message-ID.
+    let raw = format!("X-Postmaster-Bot: postmaster-bot\nX-Mailer: postmaster-bot 1.0\nFrom: Postmaster <postmaster@example.net>\nMessage-ID: <f@evil.example>\nSubject: Re: RE: SRX1234567890ID\n\n{REFUSAL}");
+    let v = classify_text(&raw);
+    assert_ne!(v.origin, Origin::Own);
+    assert_eq!(v.own_claim, None);
+    assert!(
+        v.evidence.iter().any(|e| e.rule == "own.not_ours"),
+        "{:?}",
+        v.evidence
+    );
+    // Genuine Microsoft mail that carries our loop header is a loop risk, not our own mail.
+    let raw = format!("{OURS}X-Postmaster-Bot: postmaster-bot\nFrom: Outlook.com Deliverability Support <support@microsoft.com>\nSubject: RE: SRX1234567890ID\n\n{REFUSAL}");
+    let v = check(
+        &raw,
+        Kind::MsNotQualified,
+        Some("SRX1234567890ID"),
+        &["192.0.2.9"],
+    );
+    assert!(v.loop_risk.is_some_and(|r| r.contains("X-Postmaster-Bot")));
+}
+
+#[test]
+fn trust_needs_dmarc_for_the_single_from_domain_above_foreign_hops() {
+    let trusted = |raw: &str| classify_text(raw).trusted;
+    let body = "Subject: RE: SRX1234567890ID\n\nNot qualified for mitigation\n192.0.2.9\n";
+    let from = "From: Outlook.com Deliverability Support <support@microsoft.com>\n";
+    assert!(trusted(&format!("{OURS}{from}{body}")));
+    // DMARC passed for another domain than the From's.
+    let other = "Authentication-Results: mx1.example.net; dkim=pass header.d=microsoft.com; dmarc=pass header.from=attacker.example\n";
+    assert!(!trusted(&format!("{other}{from}{body}")));
+    // DKIM alone, even aligned, is not DMARC.
+    let dkim = "Authentication-Results: mx1.example.net; dkim=pass header.d=microsoft.com\n";
+    assert!(!trusted(&format!("{dkim}{from}{body}")));
+    // Two authors: DMARC cannot speak for both.
+    let two =
+        "From: Outlook.com Deliverability Support <support@microsoft.com>, x@attacker.example\n";
+    assert!(!trusted(&format!("{OURS}{two}{body}")));
+    // The escaped quote smuggle inside our MX's header.
+    let smuggle = "Authentication-Results: mx1.example.net; spf=fail smtp.mailfrom=\"a\\\"; dmarc=pass header.from=microsoft.com; b=\\\"\"\n";
+    assert!(!trusted(&format!("{smuggle}{from}{body}")));
+    // Our header below a Received header our hosts did not add was in the message already.
+    let ours_received = "Received: from mail.microsoft.com by mx1.example.net (Postfix); Tue, 1 Oct 2024 10:00:00 +0000\n";
+    let foreign = "Received: from attacker.example by relay.attacker.example; Tue, 1 Oct 2024 09:59:00 +0000\n";
+    assert!(trusted(&format!(
+        "{ours_received}{OURS}{foreign}{from}{body}"
+    )));
+    assert!(!trusted(&format!(
+        "{ours_received}{foreign}{OURS}{from}{body}"
+    )));
 }
 
 #[test]
