@@ -777,6 +777,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
             internal_hosts,
             reporting_mtas,
             max_ips: max_ips_per_message,
+            require_dkim: raw.trust.verify_dkim == Some(true),
         },
         rules_file: raw.rules.file,
         templates_dir: raw.templates.dir,

@@ -738,6 +738,12 @@ fn check_config(path: &Path, out: &mut dyn Write) -> Result<ExitCode> {
             config.identity.address
         )?;
     }
+    if config.classify.reporting_mtas.is_empty() {
+        writeln!(
+            out,
+            "  note: [trust] reporting_mtas is not set: escalation replies quote no bounce"
+        )?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -3,6 +3,7 @@
 //! No business decisions live here; every branch is about I/O succeeding or failing.
 
 pub mod daemon;
+pub mod dkim;
 pub mod engine;
 pub mod failpoint;
 pub mod imap;

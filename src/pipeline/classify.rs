@@ -208,6 +208,18 @@ pub struct Context {
     pub reporting_mtas: Vec<String>,
     /// IPs taken from one message at most; the rest are counted, not kept.
     pub max_ips: usize,
+    /// Trust also needs a DKIM signature of the From's domain that the bot verified itself
+    /// (`[trust] verify_dkim`); see [`DkimFacts`].
+    pub require_dkim: bool,
+}
+
+/// What the bot's own DKIM check found (the shell asks DNS; the classifier only reads this).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DkimFacts {
+    /// Signing domains (`d=`) whose signatures verified, lowercased.
+    pub passed: Vec<String>,
+    /// Why others did not (lookup failures, bad signatures), for the evidence.
+    pub note: Option<String>,
 }
 
 impl Default for Context {
@@ -222,6 +234,7 @@ impl Default for Context {
             internal_hosts: Vec::new(),
             reporting_mtas: Vec::new(),
             max_ips: 256,
+            require_dkim: false,
         }
     }
 }
@@ -248,8 +261,26 @@ impl Context {
 }
 
 /// Classifies one message. Pure: the same message, rules and context give the same verdict.
+/// With `require_dkim`, use [`classify_checked`]: here no DKIM check was made, so nothing is
+/// trusted.
 pub fn classify(inbound: &Inbound, rules: &Rules, ctx: &Context) -> Verdict {
-    let mut verdict = classify_uncapped(inbound, rules, ctx);
+    classify_checked(inbound, rules, ctx, None)
+}
+
+/// Whether the bot's own DKIM check can change this message's verdict: it is required, and
+/// our MX already vouches for the message as Microsoft's. Other mail needs no DNS lookup.
+pub fn needs_dkim(inbound: &Inbound, ctx: &Context) -> bool {
+    ctx.require_dkim && check_trust(inbound, ctx, None).is_ok_or_dkim()
+}
+
+/// [`classify`] with the result of the bot's own DKIM check.
+pub fn classify_checked(
+    inbound: &Inbound,
+    rules: &Rules,
+    ctx: &Context,
+    dkim: Option<&DkimFacts>,
+) -> Verdict {
+    let mut verdict = classify_uncapped(inbound, rules, ctx, dkim);
     if verdict.ips.len() > ctx.max_ips {
         verdict.ips_omitted += verdict.ips.len() - ctx.max_ips;
         verdict.ips.truncate(ctx.max_ips);
@@ -283,9 +314,14 @@ pub fn confirm_own(verdict: &Verdict, inbound: &Inbound, rules: &Rules, ctx: &Co
     negative(base, Origin::Own, inbound, rules, ctx, evidence)
 }
 
-fn classify_uncapped(inbound: &Inbound, rules: &Rules, ctx: &Context) -> Verdict {
+fn classify_uncapped(
+    inbound: &Inbound,
+    rules: &Rules,
+    ctx: &Context,
+    dkim: Option<&DkimFacts>,
+) -> Verdict {
     let mut evidence = Vec::new();
-    let trust = check_trust(inbound, ctx);
+    let trust = check_trust(inbound, ctx, dkim).map_err(|e| e.to_string());
     let trusted = trust.is_ok();
     if let Ok(why) = &trust {
         evidence.push(why.clone());
@@ -600,14 +636,72 @@ fn dmarc_domain(inbound: &Inbound, ctx: &Context) -> Result<(String, Evidence), 
     }
 }
 
-/// Whether our own MX verified the message as sent by one of Microsoft's domains: the evidence,
-/// or why not.
-fn check_trust(inbound: &Inbound, ctx: &Context) -> Result<Evidence, String> {
-    let (domain, why) = dmarc_domain(inbound, ctx)?;
-    if domain_within(&domain, &ctx.microsoft_domains) {
-        Ok(why)
-    } else {
-        Err(format!("{domain} is not one of trust.microsoft_domains"))
+/// Why a message is not trusted as Microsoft's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Untrusted {
+    /// Our MX does not vouch for it.
+    Mx(String),
+    /// Our MX does, but the bot's own DKIM check (required) did not confirm it.
+    Dkim(String),
+}
+
+impl fmt::Display for Untrusted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Untrusted::Mx(why) | Untrusted::Dkim(why) => f.write_str(why),
+        }
+    }
+}
+
+trait TrustOutcome {
+    fn is_ok_or_dkim(&self) -> bool;
+}
+
+impl TrustOutcome for Result<Evidence, Untrusted> {
+    /// Trusted, or trusted by our MX and waiting for the DKIM check.
+    fn is_ok_or_dkim(&self) -> bool {
+        matches!(self, Ok(_) | Err(Untrusted::Dkim(_)))
+    }
+}
+
+/// Whether our own MX verified the message as sent by one of Microsoft's domains (and, when
+/// required, the bot's own DKIM check agrees): the evidence, or why not.
+fn check_trust(
+    inbound: &Inbound,
+    ctx: &Context,
+    dkim: Option<&DkimFacts>,
+) -> Result<Evidence, Untrusted> {
+    let (domain, why) = dmarc_domain(inbound, ctx).map_err(Untrusted::Mx)?;
+    if !domain_within(&domain, &ctx.microsoft_domains) {
+        return Err(Untrusted::Mx(format!(
+            "{domain} is not one of trust.microsoft_domains"
+        )));
+    }
+    if !ctx.require_dkim {
+        return Ok(why);
+    }
+    let Some(facts) = dkim else {
+        return Err(Untrusted::Dkim(
+            "verify_dkim is on and the bot's own DKIM check was not made".to_string(),
+        ));
+    };
+    // Relaxed alignment: the signing domain is the From's domain or a parent of it, and is
+    // Microsoft's.
+    match facts.passed.iter().find(|d| {
+        domain_within(&domain, std::slice::from_ref(d)) && domain_within(d, &ctx.microsoft_domains)
+    }) {
+        Some(d) => Ok(ev(
+            "trust",
+            format!("{}; the bot verified DKIM d={d}", why.matched),
+        )),
+        None => Err(Untrusted::Dkim(format!(
+            "the bot's own DKIM check found no valid signature of {domain}{}",
+            facts
+                .note
+                .as_deref()
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default()
+        ))),
     }
 }
 

@@ -15,6 +15,7 @@ use crate::pipeline::decide::{self, Disposition, Planned, Template};
 use crate::pipeline::parse::{self, Inbound};
 use crate::pipeline::render::{self, IdentityView, MessageView, RenderError, Templates};
 use crate::pipeline::rules::{Rules, RulesError};
+use crate::shell::dkim::DkimVerifier;
 use crate::shell::store::{NewOutbox, ProcessedMessage, Store, StoreError, StoreTx, TimelineEntry};
 
 /// The engine could not be set up from its config.
@@ -30,6 +31,8 @@ pub enum SetupError {
     Rules(#[from] RulesError),
     #[error(transparent)]
     Templates(#[from] RenderError),
+    #[error(transparent)]
+    Dkim(#[from] crate::shell::dkim::DkimSetupError),
 }
 
 /// Handling one message failed; nothing of it was stored.
@@ -52,6 +55,8 @@ pub struct Engine {
     pub config: Config,
     pub rules: Rules,
     pub templates: Templates,
+    /// The bot's own DKIM check, when `[trust] verify_dkim` is on.
+    dkim: Option<DkimVerifier>,
 }
 
 /// A parsed and classified message, not yet applied to any state.
@@ -126,17 +131,29 @@ impl Engine {
             }
         }
         let templates = Templates::new(&user_templates)?;
+        let dkim = config
+            .verify_dkim
+            .as_ref()
+            .map(DkimVerifier::start)
+            .transpose()?;
         Ok(Engine {
             config,
             rules,
             templates,
+            dkim,
         })
     }
 
-    /// Parses and classifies. Pure.
+    /// Parses and classifies. Pure, but for the bot's own DKIM check (DNS) when it is on and
+    /// our MX vouches for the message as Microsoft's.
     pub fn prepare(&self, raw: &[u8]) -> Prepared {
         let inbound = parse::parse(raw, self.config.limits);
-        let verdict = classify::classify(&inbound, &self.rules, &self.config.classify);
+        let ctx = &self.config.classify;
+        let dkim = match &self.dkim {
+            Some(verifier) if classify::needs_dkim(&inbound, ctx) => Some(verifier.verify(raw)),
+            _ => None,
+        };
+        let verdict = classify::classify_checked(&inbound, &self.rules, ctx, dkim.as_ref());
         Prepared { inbound, verdict }
     }
 
