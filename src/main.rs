@@ -183,6 +183,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                             "origin": v.origin,
                             "outcomes": v.outcomes,
                             "bounce": v.bounce,
+                            "confidence": (v.confidence * 1000.0).round() / 1000.0,
+                            "runner_up": v.runner_up,
+                            "uncertain": v.uncertain,
                             "evidence": v.evidence,
                             "message_id": prepared.inbound.message_id,
                             "subject": prepared.inbound.subject,
@@ -193,8 +196,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     Format::Text => {
                         writeln!(
                             out,
-                            "{shown}: {} ticket={} ips={} trusted={}",
+                            "{shown}: {}{} ticket={} ips={} trusted={}",
                             v.kind,
+                            if v.kind.is_microsoft_support() {
+                                format!(
+                                    " ({:.0}%{})",
+                                    v.confidence * 100.0,
+                                    if v.uncertain.is_some() {
+                                        ", uncertain"
+                                    } else {
+                                        ""
+                                    }
+                                )
+                            } else {
+                                String::new()
+                            },
                             v.ticket_id.as_deref().unwrap_or("-"),
                             if v.ips.is_empty() {
                                 "-".to_string()
@@ -204,7 +220,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                             if v.trusted { "yes" } else { "no" }
                         )?;
                         for e in &v.evidence {
-                            writeln!(out, "    {}: {}", e.rule, e.matched)?;
+                            match e.weight {
+                                Some(w) => {
+                                    writeln!(out, "    {} [{w:+.1}]: {}", e.rule, e.matched)?
+                                }
+                                None => writeln!(out, "    {}: {}", e.rule, e.matched)?,
+                            }
                         }
                     }
                 }
@@ -794,6 +815,9 @@ fn sample_context(config: &Config) -> render::Context {
         claimed_kind: None,
         own_claim: None,
         ips_omitted: 0,
+        confidence: 1.0,
+        runner_up: None,
+        uncertain: None,
         evidence: vec![],
     };
     render::context(

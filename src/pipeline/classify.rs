@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::pipeline::extract::{self, normalize};
 use crate::pipeline::parse::Inbound;
 use crate::pipeline::rules::Rules;
+use crate::pipeline::{features, score};
 
 /// What a message is. Exactly one per message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -114,11 +115,34 @@ pub struct IpOutcome {
     pub outcome: Outcome,
 }
 
-/// Why a finding was made: the rule and the words it matched.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// Why a finding was made: the rule, the words it matched and, for a scoring cue, the weight
+/// it added to its kind.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Evidence {
     pub rule: String,
     pub matched: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight: Option<f64>,
+}
+
+impl Evidence {
+    /// A finding that is not a weighed cue.
+    pub fn new(rule: &str, matched: String) -> Evidence {
+        Evidence {
+            rule: rule.to_string(),
+            matched,
+            weight: None,
+        }
+    }
+
+    /// A scoring cue with its weight.
+    pub fn weighted(rule: &str, matched: String, weight: f64) -> Evidence {
+        Evidence {
+            rule: rule.to_string(),
+            matched,
+            weight: Some(weight),
+        }
+    }
 }
 
 /// What a bounce says.
@@ -144,7 +168,7 @@ pub struct Bounce {
 }
 
 /// The classifier's finding for one message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Verdict {
     pub kind: Kind,
     pub ticket_id: Option<String>,
@@ -165,6 +189,11 @@ pub struct Verdict {
     pub own_claim: Option<String>,
     /// IPs named beyond the per-message limit: counted, not kept.
     pub ips_omitted: usize,
+    /// For a sender-support answer: how sure the kind is (0 to 1), the second-best kind, and
+    /// why no kind was taken when the verdict is an uncertain `ms_other`.
+    pub confidence: f64,
+    pub runner_up: Option<score::RunnerUp>,
+    pub uncertain: Option<String>,
     pub evidence: Vec<Evidence>,
 }
 
@@ -280,7 +309,18 @@ pub fn classify_checked(
     ctx: &Context,
     dkim: Option<&DkimFacts>,
 ) -> Verdict {
-    let mut verdict = classify_uncapped(inbound, rules, ctx, dkim);
+    classify_with(inbound, rules, ctx, dkim, &[])
+}
+
+/// [`classify_checked`] with cues from outside the rules (learned templates).
+pub fn classify_with(
+    inbound: &Inbound,
+    rules: &Rules,
+    ctx: &Context,
+    dkim: Option<&DkimFacts>,
+    extra: &[score::ExtraCue],
+) -> Verdict {
+    let mut verdict = classify_uncapped(inbound, rules, ctx, dkim, extra);
     if verdict.ips.len() > ctx.max_ips {
         verdict.ips_omitted += verdict.ips.len() - ctx.max_ips;
         verdict.ips.truncate(ctx.max_ips);
@@ -319,6 +359,7 @@ fn classify_uncapped(
     rules: &Rules,
     ctx: &Context,
     dkim: Option<&DkimFacts>,
+    extra: &[score::ExtraCue],
 ) -> Verdict {
     let mut evidence = Vec::new();
     let trust = check_trust(inbound, ctx, dkim).map_err(|e| e.to_string());
@@ -338,6 +379,9 @@ fn classify_uncapped(
         claimed_kind: None,
         own_claim: None,
         ips_omitted: 0,
+        confidence: 0.0,
+        runner_up: None,
+        uncertain: None,
         evidence: Vec::new(),
     };
 
@@ -415,13 +459,8 @@ fn classify_uncapped(
                 trust.as_ref().err().map_or("", String::as_str)
             ),
         ));
-        let mut scratch = Vec::new();
-        let claimed = result_table(&own_text, rules, ctx, &mut scratch);
-        verdict.claimed_kind = Some(if claimed.is_empty() {
-            phrase_kind(&own_text, rules, &mut scratch)
-        } else {
-            table_kind(&claimed)
-        });
+        let claimed = score::score(&features::read(inbound, &own_text, rules, ctx), rules, &[]);
+        verdict.claimed_kind = Some(claimed.kind);
         return negative(verdict, Origin::Unverified, inbound, rules, ctx, evidence);
     }
 
@@ -429,7 +468,12 @@ fn classify_uncapped(
     verdict.ips = extract::sender_ips(&own_text, rules, &ctx.our_networks);
     verdict.ticket_id = subject_ticket
         .map(|(id, _)| id)
-        .or_else(|| extract::ticket_id(&own_text, rules).map(|(id, _)| id));
+        .or_else(|| extract::ticket_id(&own_text, rules).map(|(id, _)| id))
+        .or_else(|| {
+            let bare = extract::bare_ticket(&inbound.subject)?;
+            evidence.push(ev("ticket.subject_position", bare.clone()));
+            Some(bare)
+        });
 
     if let (Some(m), None) = (snds_marker, &verdict.ticket_id) {
         evidence.push(ev("markers.snds", m));
@@ -438,12 +482,17 @@ fn classify_uncapped(
         return verdict;
     }
 
-    verdict.outcomes = result_table(&own_text, rules, ctx, &mut evidence);
-    verdict.kind = if verdict.outcomes.is_empty() {
-        phrase_kind(&own_text, rules, &mut evidence)
-    } else {
-        table_kind(&verdict.outcomes)
-    };
+    let features = features::read(inbound, &own_text, rules, ctx);
+    let scored = score::score(&features, rules, extra);
+    verdict.outcomes = features.table;
+    verdict.kind = scored.kind;
+    verdict.confidence = scored.confidence;
+    verdict.runner_up = scored.runner_up;
+    if let Some(why) = &scored.uncertain {
+        evidence.push(ev("uncertain", why.clone()));
+    }
+    verdict.uncertain = scored.uncertain;
+    evidence.extend(scored.evidence);
     let mut listed: HashSet<String> = verdict.ips.iter().cloned().collect();
     for o in &verdict.outcomes {
         if listed.insert(o.ip.clone()) {
@@ -475,7 +524,11 @@ fn negative(
     verdict.ticket_id = extract::ticket_id(&inbound.subject, rules)
         .or_else(|| extract::ticket_id(&text, rules))
         .map(|(id, _)| id);
-    verdict.ips = extract::sender_ips(&text, rules, &ctx.our_networks);
+    // Microsoft's own mail that is not sender support (a sign-in alert, an admin notice) names
+    // end users' and Microsoft's addresses, never ours.
+    if !(verdict.trusted && origin == Origin::Unrelated) {
+        verdict.ips = extract::sender_ips(&text, rules, &ctx.our_networks);
+    }
     verdict.evidence = evidence;
     verdict
 }
@@ -517,10 +570,7 @@ fn only_copied(inbound: &Inbound, ctx: &Context) -> Option<String> {
 }
 
 fn ev(rule: &str, matched: String) -> Evidence {
-    Evidence {
-        rule: rule.to_string(),
-        matched,
-    }
+    Evidence::new(rule, matched)
 }
 
 fn first_match(patterns: &[Regex], text: &str) -> Option<String> {
@@ -861,6 +911,17 @@ fn bounce_signal(inbound: &Inbound, rules: &Rules) -> Option<Evidence> {
         .map(|m| ev("markers.bounce_subject", m))
         .or_else(|| {
             first_match(&rules.markers.bounce_body, &report).map(|m| ev("markers.bounce_body", m))
+        })
+        // In any language: a mail-system sender reporting a remote server's SMTP reply.
+        .or_else(|| {
+            let folded = normalize(&report);
+            // Generated by a mail system, not a person's reply that quotes an error.
+            let generated = inbound.in_reply_to.is_empty()
+                && (null_sender || inbound.header("auto-submitted").is_some());
+            (sender_is_daemon && generated)
+                .then(|| SMTP_REPLY_WITH_STATUS.find(&folded))
+                .flatten()
+                .map(|m| ev("bounce.smtp_reply", m.as_str().to_string()))
         });
     // A null sender alone is also an out-of-office; it needs bounce wording too.
     marker.filter(|_| sender_is_daemon || null_sender)
@@ -1019,6 +1080,9 @@ fn entered_from_outside(inbound: &Inbound, ctx: &Context) -> bool {
     })
 }
 
+static SMTP_REPLY_WITH_STATUS: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"\b[45]\d\d[ -]#?[45]\.\d{1,3}\.\d{1,3}\b").expect("static regex is valid")
+});
 static REPLY_CODE: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"\b([45]\d\d)[ -]").expect("static regex is valid"));
 static ENHANCED_STATUS: LazyLock<Regex> =
@@ -1102,107 +1166,6 @@ fn auto_reply(inbound: &Inbound, rules: &Rules) -> Option<Evidence> {
         }
     }
     None
-}
-
-/// Reads a result table: a heading line, then the IPs it applies to. A line that names IPs
-/// together with a heading applies that heading to them.
-fn result_table(
-    own_text: &str,
-    rules: &Rules,
-    ctx: &Context,
-    evidence: &mut Vec<Evidence>,
-) -> Vec<IpOutcome> {
-    let mut outcomes: Vec<IpOutcome> = Vec::new();
-    let mut position: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-    let mut current: Option<Outcome> = None;
-    let heading_of = |line: &str| {
-        rules
-            .headings
-            .iter()
-            .find(|h| h.regex.is_match(line))
-            .map(|h| (h.outcome, h.id.clone()))
-    };
-    for raw_line in own_text.lines() {
-        let line = normalize(raw_line);
-        if line.is_empty() {
-            continue;
-        }
-        let ips = extract::sender_ips(&line, rules, &ctx.our_networks);
-        if ips.is_empty() {
-            current = heading_of(&line).map(|(outcome, id)| {
-                evidence.push(ev(&id, line.clone()));
-                outcome
-            });
-            continue;
-        }
-        let without_ips = IP_TOKEN.replace_all(&line, " ");
-        let leftover =
-            without_ips.trim_matches(|c: char| c.is_whitespace() || ",;|-\u{2013}()[]".contains(c));
-        let outcome = if leftover.is_empty() {
-            current
-        } else {
-            // A row such as "192.0.2.1 | Not qualified for mitigation".
-            let inline = without_ips
-                .split(['|', '\t', ';'])
-                .map(str::trim)
-                .find_map(heading_of);
-            if let Some((o, id)) = &inline {
-                evidence.push(ev(id, line.clone()));
-                Some(*o)
-            } else {
-                // Prose naming an IP ends the section.
-                current = None;
-                None
-            }
-        };
-        if let Some(outcome) = outcome {
-            for ip in ips {
-                match position.get(&ip) {
-                    // The harshest outcome wins when an IP is listed twice.
-                    Some(&i) if outcome == Outcome::NotQualified => outcomes[i].outcome = outcome,
-                    Some(_) => {}
-                    None => {
-                        position.insert(ip.clone(), outcomes.len());
-                        outcomes.push(IpOutcome { ip, outcome });
-                    }
-                }
-            }
-        }
-    }
-    outcomes
-}
-
-static IP_TOKEN: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"\d{1,3}(?:\.\d{1,3}){3}(?:/\d{1,2})?|[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?:/\d{1,3})?")
-        .expect("static regex is valid")
-});
-
-fn table_kind(outcomes: &[IpOutcome]) -> Kind {
-    if outcomes.iter().any(|o| o.outcome == Outcome::NotQualified) {
-        Kind::MsNotQualified
-    } else if outcomes
-        .iter()
-        .any(|o| o.outcome == Outcome::ConditionallyMitigated)
-    {
-        Kind::MsConditionallyMitigated
-    } else {
-        Kind::MsMitigated
-    }
-}
-
-fn phrase_kind(own_text: &str, rules: &Rules, evidence: &mut Vec<Evidence>) -> Kind {
-    let text = normalize(own_text);
-    for rule in &rules.phrases {
-        if let Some(m) = rule.patterns.iter().find_map(|p| p.find(&text)) {
-            evidence.push(ev(&rule.id, m.as_str().to_string()));
-            return rule.kind;
-        }
-    }
-    evidence.push(ev(
-        "phrase.none",
-        "sender-support answer matching no known template".to_string(),
-    ));
-    Kind::MsOther
 }
 
 #[cfg(test)]

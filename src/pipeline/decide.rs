@@ -331,6 +331,9 @@ mod tests {
             claimed_kind: None,
             own_claim: None,
             ips_omitted: 0,
+            confidence: 1.0,
+            runner_up: None,
+            uncertain: None,
             evidence: vec![],
         }
     }

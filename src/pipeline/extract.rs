@@ -43,6 +43,19 @@ pub fn ticket_id(text: &str, rules: &Rules) -> Option<(String, String)> {
     best.map(|(_, id, rule)| (canonical_ticket(&id), rule))
 }
 
+static BARE_TEN: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?:^|[^\d+()/.:-])(\d{10})(?:$|[^\d/.:-])").expect("static regex is valid")
+});
+
+/// A ten-digit number standing alone in a subject (`RE: 7096815524 - blocked`): the ticket
+/// position of a verified support answer, when no label names it.
+pub fn bare_ticket(subject: &str) -> Option<String> {
+    BARE_TEN
+        .captures(subject)
+        .and_then(|c| c.get(1))
+        .map(|m| m.as_str().to_string())
+}
+
 fn canonical_ticket(id: &str) -> String {
     if id.len() > 5 && id[..3].eq_ignore_ascii_case("srx") {
         id.to_ascii_uppercase()

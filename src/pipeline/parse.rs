@@ -5,6 +5,7 @@
 
 mod authres;
 mod dsn;
+mod html;
 
 use mail_parser::{Addr, Address, HeaderValue, Message, MessageParser, MimeHeaders, PartType};
 use serde::Serialize;
@@ -196,33 +197,12 @@ pub fn parse(raw: &[u8], limits: Limits) -> Inbound {
 
 /// Walks the top-level message's parts: its own text, DSN fields and attached messages.
 fn collect_parts(message: &Message<'_>, inbound: &mut Inbound, budget: &mut usize) {
-    let mut texts = Vec::new();
-    for (pos, &part_id) in message.text_body.iter().enumerate() {
-        let Some(part) = message.parts.get(part_id as usize) else {
-            continue;
-        };
-        if is_attachment(part) || is_special_text(part) {
-            continue;
-        }
-        if part.is_encoding_problem {
-            inbound
-                .damage
-                .push(format!("part {part_id}: content could not be decoded"));
-        }
-        match &part.body {
-            PartType::Html(html) => texts.push(html_to_text(html)),
-            _ => {
-                if let Some(text) = message.body_text(pos) {
-                    texts.push(text.into_owned());
-                }
-            }
-        }
-    }
+    let mut texts = message_texts(message, inbound);
     // An HTML-only message whose HTML did not land in text_body (e.g. attached HTML).
     if texts.is_empty() {
         for pos in 0..message.html_body.len() {
             if let Some(html) = message.body_html(pos) {
-                texts.push(html_to_text(&html));
+                texts.push(html::to_text(&html));
             }
         }
     }
@@ -254,12 +234,7 @@ fn collect_parts(message: &Message<'_>, inbound: &mut Inbound, budget: &mut usiz
                 });
             }
             (_, PartType::Message(nested)) => {
-                let mut nested_texts = Vec::new();
-                for pos in 0..nested.text_body.len() {
-                    if let Some(t) = nested.body_text(pos) {
-                        nested_texts.push(t.into_owned());
-                    }
-                }
+                let nested_texts = message_texts(nested, inbound);
                 let body = take_budget(&nested_texts.join("\n"), budget, inbound);
                 inbound.attached.push(Attached {
                     headers: raw_headers(nested),
@@ -271,16 +246,77 @@ fn collect_parts(message: &Message<'_>, inbound: &mut Inbound, budget: &mut usiz
     }
 }
 
-static BLOCK_TAG: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
-    regex::Regex::new(r"(?i)<(/?(?:tr|td|th|div|li|ul|ol|table|h[1-6]|p|blockquote))\b")
+/// A message's text as a person sees it: of `multipart/alternative`, the plain part unless the
+/// HTML part is what carries the message (see [`prefer_html`]).
+fn message_texts(message: &Message<'_>, inbound: &mut Inbound) -> Vec<String> {
+    let plain = part_texts(message, &message.text_body, inbound);
+    // When the HTML side is the same parts, there is no choice to make.
+    if message.html_body == message.text_body || message.html_body.is_empty() {
+        return plain;
+    }
+    let html = part_texts(message, &message.html_body, inbound);
+    if prefer_html(&plain.join("\n"), &html.join("\n")) {
+        html
+    } else {
+        plain
+    }
+}
+
+/// The text of some body parts, HTML rendered as a person sees it. Attachments and data parts
+/// (DSN fields, returned headers, attached messages) are not text of the message.
+fn part_texts(message: &Message<'_>, ids: &[u32], inbound: &mut Inbound) -> Vec<String> {
+    let mut texts = Vec::new();
+    for &part_id in ids {
+        let Some(part) = message.parts.get(part_id as usize) else {
+            continue;
+        };
+        if is_attachment(part) || is_special_text(part) {
+            continue;
+        }
+        if part.is_encoding_problem {
+            inbound
+                .damage
+                .push(format!("part {part_id}: content could not be decoded"));
+        }
+        match &part.body {
+            PartType::Html(html) => texts.push(html::to_text(html)),
+            PartType::Text(text) => texts.push(text.to_string()),
+            _ => {}
+        }
+    }
+    texts
+}
+
+static STUB: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+    // "View this message in an HTML-capable client / in your browser", in a few languages.
+    regex::Regex::new(
+        r"(?i)\b(?:html|browser|navigateur|navegador|browser-?ansicht|webversion|web\s+version|client\s+de\s+messagerie|e-?mail\s+client|mail\s+client|e-?mail-?programm)\b",
+    )
+    .expect("static regex is valid")
+});
+static FACT: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+    // What matters in a sender-support answer: ticket ids, IP addresses, ranges.
+    regex::Regex::new(r"(?i)\bSRX\d{6,16}ID\b|\b\d{10}\b|\b\d{1,3}(?:\.\d{1,3}){3}\b|\b[0-9a-f]{1,4}(?::[0-9a-f]{0,4}){2,7}\b")
         .expect("static regex is valid")
 });
 
-/// HTML to text with a line break at every block element, so that a result table keeps one
-/// heading or IP per line (mail-parser breaks only at `<br>` and `</p>`).
-fn html_to_text(html: &str) -> String {
-    let broken = BLOCK_TAG.replace_all(html, "<br><$1");
-    mail_parser::decoders::html::html_to_text(&broken)
+/// Whether the HTML alternative, not the plain one, is what the message says: the plain part
+/// is a stub ("view this message in HTML"), much shorter, or lacks the ids and addresses the
+/// HTML carries.
+fn prefer_html(plain: &str, html: &str) -> bool {
+    let words = |t: &str| t.split_whitespace().count();
+    let (p, h) = (words(plain), words(html));
+    if h == 0 {
+        return false;
+    }
+    let stub = p < 60 && STUB.is_match(plain);
+    let facts = |t: &str| {
+        FACT.find_iter(t)
+            .map(|m| m.as_str().to_ascii_lowercase())
+            .collect::<std::collections::HashSet<_>>()
+    };
+    let missing = facts(html).difference(&facts(plain)).count();
+    stub || p * 2 < h || missing > 0
 }
 
 fn is_attachment(part: &mail_parser::MessagePart<'_>) -> bool {

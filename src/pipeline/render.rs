@@ -379,7 +379,10 @@ pub fn context(
             .map(|v| {
                 v.evidence
                     .iter()
-                    .map(|e| format!("{}: {}", e.rule, e.matched))
+                    .map(|e| match e.weight {
+                        Some(w) => format!("{} [{w:+.1}]: {}", e.rule, e.matched),
+                        None => format!("{}: {}", e.rule, e.matched),
+                    })
                     .collect()
             })
             .unwrap_or_default(),

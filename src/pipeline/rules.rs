@@ -53,6 +53,53 @@ pub struct RawRules {
     pub markers: BTreeMap<String, Vec<String>>,
     #[serde(default)]
     pub ips: RawIps,
+    #[serde(default)]
+    pub scoring: RawScoring,
+}
+
+/// Thresholds of the scoring (`[scoring]`); a user file overrides them one by one.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScoring {
+    pub min_score: Option<f64>,
+    pub min_margin: Option<f64>,
+    pub min_ratio: Option<f64>,
+    pub request_min: Option<f64>,
+    pub refusal_min: Option<f64>,
+    pub table_weight: Option<f64>,
+    pub past_factor: Option<f64>,
+    pub subsumed_factor: Option<f64>,
+    pub automated_weight: Option<f64>,
+    pub outcome_over_process: Option<f64>,
+    pub refusal_process_guard: Option<f64>,
+}
+
+/// How cue scores become a verdict.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scoring {
+    /// The winning kind needs at least this score; below it the verdict is uncertain.
+    pub min_score: f64,
+    /// ... and this lead over the runner-up (the best kind that contradicts it) ...
+    pub min_margin: f64,
+    /// ... and at least this multiple of the runner-up's score.
+    pub min_ratio: f64,
+    /// A request for data wins from this score on, whatever else the message says.
+    pub request_min: f64,
+    /// A refusal (which leads to an unattended reply) needs at least this score.
+    pub refusal_min: f64,
+    /// What a result table adds to its outcome's kind.
+    pub table_weight: f64,
+    /// Cues in a sentence about the past count this much.
+    pub past_factor: f64,
+    /// Lifting cues count this much beside a conditional unblocking.
+    pub subsumed_factor: f64,
+    /// An automatic or no-reply sender adds this to an acknowledgement.
+    pub automated_weight: f64,
+    /// An outcome (refusal, lifting, ...) wins over the ticket's status (acknowledged,
+    /// escalated) when it scores at least this share of the status.
+    pub outcome_over_process: f64,
+    /// A refusal is uncertain when a status cue scores this share of it or more.
+    pub refusal_process_guard: f64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -70,12 +117,36 @@ pub struct RawTicket {
 pub struct RawPhrase {
     pub id: String,
     pub kind: Option<Kind>,
+    /// What the phrase does: a cue for its kind (the default), or a marker that changes the
+    /// weight of the cues in its sentence (`past`, `invitation`).
+    #[serde(default)]
+    pub role: Role,
+    /// What one hit adds to its kind's score (default 5).
+    pub weight: Option<f64>,
+    /// The language it is written for (documentation and evidence only).
+    pub lang: Option<String>,
+    /// Kept so that older rules files still load; scoring has replaced the order of rules.
     #[serde(default = "default_priority")]
     pub priority: u32,
     #[serde(default)]
     pub patterns: Vec<String>,
     #[serde(default = "yes")]
     pub enabled: bool,
+}
+
+/// What a phrase rule does in scoring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Its matches add its weight to its kind.
+    #[default]
+    Cue,
+    /// The sentence speaks of the past (an earlier verdict recalled): its cues count little.
+    Past,
+    /// The sentence invites a reply "to investigate further": not a request for data.
+    Invitation,
+    /// The sentence repeats what we wrote ("Your description: ..."): not Microsoft's words.
+    Echo,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -134,12 +205,14 @@ pub struct TicketRule {
     pub regex: Regex,
 }
 
-/// A phrase family for one kind of Microsoft answer.
+/// A phrase family: a weighted cue for one kind of Microsoft answer, or a sentence marker.
 #[derive(Debug, Clone)]
 pub struct PhraseRule {
     pub id: String,
-    pub kind: Kind,
-    pub priority: u32,
+    /// The kind a cue speaks for; `None` for markers.
+    pub kind: Option<Kind>,
+    pub role: Role,
+    pub weight: f64,
     pub patterns: Vec<Regex>,
 }
 
@@ -206,13 +279,13 @@ const MARKER_NAMES: &[&str] = &[
 #[derive(Debug, Clone)]
 pub struct Rules {
     pub tickets: Vec<TicketRule>,
-    /// Sorted by priority, lowest first.
     pub phrases: Vec<PhraseRule>,
     pub headings: Vec<HeadingRule>,
     /// Sorted by priority, lowest first.
     pub bounces: Vec<BounceRule>,
     pub markers: Markers,
     pub ignore_ips: Vec<IpNet>,
+    pub scoring: Scoring,
 }
 
 impl Rules {
@@ -258,6 +331,24 @@ fn merge(base: &mut RawRules, user: RawRules) {
         base.markers.entry(name).or_default().extend(patterns);
     }
     base.ips.ignore.extend(user.ips.ignore);
+    let (b, u) = (&mut base.scoring, user.scoring);
+    for (slot, value) in [
+        (&mut b.min_score, u.min_score),
+        (&mut b.min_margin, u.min_margin),
+        (&mut b.min_ratio, u.min_ratio),
+        (&mut b.request_min, u.request_min),
+        (&mut b.refusal_min, u.refusal_min),
+        (&mut b.table_weight, u.table_weight),
+        (&mut b.past_factor, u.past_factor),
+        (&mut b.subsumed_factor, u.subsumed_factor),
+        (&mut b.automated_weight, u.automated_weight),
+        (&mut b.outcome_over_process, u.outcome_over_process),
+        (&mut b.refusal_process_guard, u.refusal_process_guard),
+    ] {
+        if value.is_some() {
+            *slot = value;
+        }
+    }
 }
 
 fn compile(source_name: &str, raw: RawRules) -> Result<Rules, RulesError> {
@@ -288,9 +379,28 @@ fn compile(source_name: &str, raw: RawRules) -> Result<Rules, RulesError> {
 
     let mut phrases = Vec::new();
     for p in raw.phrase.iter().filter(|p| p.enabled) {
-        let kind = p.kind.ok_or_else(|| missing(&p.id, "kind"))?;
+        let kind = match (p.role, p.kind) {
+            (Role::Cue, None) => return Err(missing(&p.id, "kind")),
+            (Role::Cue, Some(k)) if !k.is_microsoft_support() => {
+                return Err(RulesError::Rule {
+                    source_name: source_name.to_string(),
+                    rule: p.id.clone(),
+                    message: format!("kind {k} is not a sender-support kind (ms_*)"),
+                })
+            }
+            (Role::Cue, k) => k,
+            (_, _) => None,
+        };
         if p.patterns.is_empty() {
             return Err(missing(&p.id, "patterns"));
+        }
+        let weight = p.weight.unwrap_or(5.0);
+        if !(0.0..=100.0).contains(&weight) {
+            return Err(RulesError::Rule {
+                source_name: source_name.to_string(),
+                rule: p.id.clone(),
+                message: "weight must be 0 to 100".to_string(),
+            });
         }
         let patterns = p
             .patterns
@@ -300,11 +410,11 @@ fn compile(source_name: &str, raw: RawRules) -> Result<Rules, RulesError> {
         phrases.push(PhraseRule {
             id: p.id.clone(),
             kind,
-            priority: p.priority,
+            role: p.role,
+            weight,
             patterns,
         });
     }
-    phrases.sort_by_key(|p| p.priority);
 
     let mut headings = Vec::new();
     for h in raw.heading.iter().filter(|h| h.enabled) {
@@ -411,6 +521,21 @@ fn compile(source_name: &str, raw: RawRules) -> Result<Rules, RulesError> {
         })
         .collect::<Result<_, _>>()?;
 
+    let d = Scoring::default();
+    let r = &raw.scoring;
+    let scoring = Scoring {
+        min_score: r.min_score.unwrap_or(d.min_score),
+        min_margin: r.min_margin.unwrap_or(d.min_margin),
+        min_ratio: r.min_ratio.unwrap_or(d.min_ratio),
+        request_min: r.request_min.unwrap_or(d.request_min),
+        refusal_min: r.refusal_min.unwrap_or(d.refusal_min),
+        table_weight: r.table_weight.unwrap_or(d.table_weight),
+        past_factor: r.past_factor.unwrap_or(d.past_factor),
+        subsumed_factor: r.subsumed_factor.unwrap_or(d.subsumed_factor),
+        automated_weight: r.automated_weight.unwrap_or(d.automated_weight),
+        outcome_over_process: r.outcome_over_process.unwrap_or(d.outcome_over_process),
+        refusal_process_guard: r.refusal_process_guard.unwrap_or(d.refusal_process_guard),
+    };
     Ok(Rules {
         tickets,
         phrases,
@@ -418,6 +543,7 @@ fn compile(source_name: &str, raw: RawRules) -> Result<Rules, RulesError> {
         bounces,
         markers,
         ignore_ips,
+        scoring,
     })
 }
 

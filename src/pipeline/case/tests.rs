@@ -32,10 +32,10 @@ fn verdict(kind: Kind, ticket: Option<&str>, ips: &[&str]) -> Verdict {
         claimed_kind: None,
         own_claim: None,
         ips_omitted: 0,
-        evidence: vec![Evidence {
-            rule: "test".into(),
-            matched: String::new(),
-        }],
+        confidence: 1.0,
+        runner_up: None,
+        uncertain: None,
+        evidence: vec![Evidence::new("test", String::new())],
     }
 }
 
