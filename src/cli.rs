@@ -85,6 +85,27 @@ pub enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Teach a template: this message is of KIND, and so is every later message of the same
+    /// template. The taught message is decided again if it came through the mailbox.
+    Teach {
+        #[arg(long)]
+        config: PathBuf,
+        /// A sender-support kind: ms_ack, ms_not_qualified, ms_conditionally_mitigated,
+        /// ms_mitigated, ms_escalated, ms_info_requested, ms_resolved or ms_other.
+        #[arg(long)]
+        kind: String,
+        /// Fetch the message from the watched mailbox folder by its Message-ID.
+        #[arg(long, conflicts_with = "files")]
+        message_id: Option<String>,
+        /// Message files (.eml).
+        #[arg(required_unless_present = "message_id")]
+        files: Vec<PathBuf>,
+    },
+    /// The templates learned from the operator.
+    Templates {
+        #[command(subcommand)]
+        command: TemplatesCommand,
+    },
     /// OAuth2 for Microsoft 365, Outlook.com and Gmail (the `[oauth2]` section).
     Auth {
         #[command(subcommand)]
@@ -152,6 +173,49 @@ pub enum QueueCommand {
     /// Reject a waiting or held message: it is never sent.
     Reject {
         id: i64,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        state: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TemplatesCommand {
+    /// Every learned template: id, kind, source, date.
+    List {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        state: Option<PathBuf>,
+    },
+    /// One template with its masked text.
+    Show {
+        id: i64,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        state: Option<PathBuf>,
+    },
+    /// Forget a template.
+    Remove {
+        id: i64,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        state: Option<PathBuf>,
+    },
+    /// Write every learned template to a JSON file, to share with other installations.
+    Export {
+        file: PathBuf,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        state: Option<PathBuf>,
+    },
+    /// Add the templates of an exported JSON file (the ones already known are skipped).
+    Import {
+        file: PathBuf,
         #[arg(long)]
         config: Option<PathBuf>,
         #[arg(long)]

@@ -76,6 +76,7 @@ pub struct RawMailbox {
     pub sent_folder: Option<String>,
     pub handled_keyword: Option<String>,
     pub handled_folder: Option<String>,
+    pub teach_folder: Option<String>,
     pub idle: Option<bool>,
     pub idle_renew_seconds: Option<u64>,
     pub poll_seconds: Option<u64>,
@@ -147,6 +148,9 @@ pub struct MailboxConfig {
     pub handled_keyword: Option<String>,
     /// Move handled messages here (UID MOVE, or COPY + UID EXPUNGE).
     pub handled_folder: Option<String>,
+    /// Messages moved into `<teach_folder>/<kind>` are learned as templates of that kind and
+    /// moved back; `None` switches it off.
+    pub teach_folder: Option<String>,
     pub idle: bool,
     pub idle_renew: std::time::Duration,
     pub poll_interval: std::time::Duration,
@@ -288,6 +292,10 @@ fn mailbox_config(raw: &RawMailbox, origin: &str) -> Result<MailboxConfig, Confi
         ("approved_folder", &raw.approved_folder),
         ("sent_folder", &raw.sent_folder),
         ("handled_folder", &raw.handled_folder),
+        (
+            "teach_folder",
+            &raw.teach_folder.clone().filter(|f| !f.is_empty()),
+        ),
     ] {
         if let Some(f) = folder {
             check_folder(f).map_err(|why| invalid(key, &why))?;
@@ -317,6 +325,11 @@ fn mailbox_config(raw: &RawMailbox, origin: &str) -> Result<MailboxConfig, Confi
         sent_folder: raw.sent_folder.clone(),
         handled_keyword: raw.handled_keyword.clone(),
         handled_folder: raw.handled_folder.clone(),
+        teach_folder: match raw.teach_folder.as_deref() {
+            None => Some("postmaster-bot/Teach".to_string()),
+            Some("") => None,
+            Some(f) => Some(f.to_string()),
+        },
         idle: raw.idle.unwrap_or(true),
         idle_renew: std::time::Duration::from_secs(idle_renew_seconds),
         poll_interval: std::time::Duration::from_secs(poll_seconds),

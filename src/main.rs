@@ -22,7 +22,9 @@ use postmaster_bot::shell::store::Store;
 
 mod cli;
 
-use cli::{AuthCommand, CasesCommand, Cli, Command, LogFormat, ModeArg, QueueCommand};
+use cli::{
+    AuthCommand, CasesCommand, Cli, Command, LogFormat, ModeArg, QueueCommand, TemplatesCommand,
+};
 
 /// An error the user fixes in the config or the command line (exit code 2).
 #[derive(Debug, thiserror::Error)]
@@ -147,7 +149,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let config = load_config(config.as_deref())?;
             warn_untrusted(&config);
+            let state_path = config.state_path.clone();
             let engine = Engine::new(config)?;
+            // The daemon's learned templates count here too, when its store exists.
+            if state_path.exists() {
+                engine.load_templates(&Store::open(&state_path)?)?;
+            }
             let mut failed = false;
             for file in files {
                 let shown = file.display().to_string();
@@ -250,6 +257,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let temp = tempfile::tempdir().context("failed to create a temporary folder")?;
             let state_path = state.unwrap_or_else(|| temp.path().join("replay.sqlite3"));
             let mut store = Store::open(&state_path)?;
+            // Templates taught into that store count, as they would for the daemon.
+            engine.load_templates(&store)?;
             let summary = replay::run(
                 &engine,
                 &mut store,
@@ -274,6 +283,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Cases { command } => cases(command, &mut out),
         Command::Queue { command } => queue(command, &mut out),
+        Command::Teach {
+            config,
+            kind,
+            message_id,
+            files,
+        } => teach(&config, &kind, message_id.as_deref(), &files, &mut out),
+        Command::Templates { command } => templates(command, &mut out),
         Command::Run { config, once, mode } => run_daemon(&config, once, mode),
         Command::CheckConfig { config } => check_config(&config, &mut out),
         Command::Auth { command } => auth(command, &mut out),
@@ -584,6 +600,178 @@ fn release(store: &mut Store, cfg: Option<&Config>, id: i64, now: i64) -> Result
         store.note(case_id, now, "delivery", how)?;
     }
     Ok(())
+}
+
+fn teach(
+    config: &Path,
+    kind: &str,
+    message_id: Option<&str>,
+    files: &[PathBuf],
+    out: &mut dyn Write,
+) -> Result<ExitCode> {
+    let kind: Kind = serde_json::from_value(serde_json::Value::String(kind.to_string()))
+        .map_err(|_| UsageError(format!("--kind {kind}: not a kind (ms_ack, ms_not_qualified, ms_conditionally_mitigated, ms_mitigated, ms_escalated, ms_info_requested, ms_resolved, ms_other)")))?;
+    let cfg = config::load(config)?;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut store = Store::open(&cfg.state_path)?;
+    let engine = Engine::new(cfg)?;
+    engine.load_templates(&store)?;
+    let mut messages: Vec<(String, Vec<u8>)> = Vec::new();
+    if let Some(id) = message_id {
+        let id = id.trim().trim_start_matches('<').trim_end_matches('>');
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("failed to start the async runtime")?;
+        match runtime.block_on(postmaster_bot::shell::daemon::fetch_message(&engine, id))? {
+            Some(raw) => messages.push((format!("<{id}>"), raw)),
+            None => {
+                return Err(UsageError(format!(
+                    "no message with Message-ID <{id}> in the watched folder"
+                ))
+                .into())
+            }
+        }
+    }
+    for f in files {
+        let raw = std::fs::read(f).with_context(|| format!("failed to read {}", f.display()))?;
+        messages.push((f.display().to_string(), raw));
+    }
+    for (source, raw) in messages {
+        let now = postmaster_bot::clock::now();
+        let taught =
+            postmaster_bot::shell::teach::teach(&engine, &mut store, kind, &raw, &source, now)
+                .map_err(|e| match e {
+                    postmaster_bot::shell::teach::TeachError::Store(e) => anyhow::Error::from(e),
+                    postmaster_bot::shell::teach::TeachError::Handle(e) => anyhow::Error::from(e),
+                    other => UsageError(other.to_string()).into(),
+                })?;
+        write!(
+            out,
+            "{source}: template #{} ({kind}); the message is now {} (was {})",
+            taught.template, taught.after, taught.before
+        )?;
+        match &taught.redecided {
+            Some(h) => writeln!(
+                out,
+                "; decided again: {} ({}){}",
+                h.action,
+                h.reason,
+                if h.produced.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        ", {} message(s) in the outbox for the daemon",
+                        h.produced.len()
+                    )
+                }
+            )?,
+            None => writeln!(out)?,
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn templates(command: TemplatesCommand, out: &mut dyn Write) -> Result<ExitCode> {
+    match command {
+        TemplatesCommand::List { config, state } => {
+            let store = open_existing(&state_path(config.as_deref(), state)?)?;
+            let all = store.templates()?;
+            if all.is_empty() {
+                writeln!(out, "no learned templates")?;
+            }
+            for t in all {
+                writeln!(
+                    out,
+                    "#{:<4} {:<28} {}  {}",
+                    t.id,
+                    t.kind.as_str(),
+                    render::rfc2822(t.created_at),
+                    t.source
+                )?;
+            }
+        }
+        TemplatesCommand::Show { id, config, state } => {
+            let store = open_existing(&state_path(config.as_deref(), state)?)?;
+            let Some(t) = store.templates()?.into_iter().find(|t| t.id == id) else {
+                return Err(UsageError(format!("no template #{id}")).into());
+            };
+            writeln!(
+                out,
+                "template #{} ({}) from {}, {}; {} shingles\n\n{}",
+                t.id,
+                t.kind,
+                t.source,
+                render::rfc2822(t.created_at),
+                t.shingles.len(),
+                t.sample
+            )?;
+        }
+        TemplatesCommand::Remove { id, config, state } => {
+            let store = open_existing(&state_path(config.as_deref(), state)?)?;
+            if !store.remove_template(id)? {
+                return Err(UsageError(format!("no template #{id}")).into());
+            }
+            writeln!(out, "template #{id} removed")?;
+        }
+        TemplatesCommand::Export {
+            file,
+            config,
+            state,
+        } => {
+            let store = open_existing(&state_path(config.as_deref(), state)?)?;
+            let all = store.templates()?;
+            let text = serde_json::to_string_pretty(&all)?;
+            std::fs::write(&file, text + "\n")
+                .with_context(|| format!("failed to write {}", file.display()))?;
+            writeln!(
+                out,
+                "{} template(s) written to {}",
+                all.len(),
+                file.display()
+            )?;
+        }
+        TemplatesCommand::Import {
+            file,
+            config,
+            state,
+        } => {
+            let store = open_existing(&state_path(config.as_deref(), state)?)?;
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("failed to read {}", file.display()))?;
+            let incoming: Vec<postmaster_bot::pipeline::learned::Learned> =
+                serde_json::from_str(&text).map_err(|e| {
+                    UsageError(format!(
+                        "{}: line {}, column {}: {e}",
+                        file.display(),
+                        e.line(),
+                        e.column()
+                    ))
+                })?;
+            let known = store.templates()?;
+            let mut added = 0;
+            for t in incoming {
+                if !t.kind.is_microsoft_support() {
+                    return Err(UsageError(format!(
+                        "{}: a template of kind {} cannot be imported",
+                        file.display(),
+                        t.kind
+                    ))
+                    .into());
+                }
+                if known
+                    .iter()
+                    .any(|k| k.kind == t.kind && k.shingles == t.shingles)
+                {
+                    continue;
+                }
+                store.add_template(&t)?;
+                added += 1;
+            }
+            writeln!(out, "{added} template(s) imported from {}", file.display())?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn state_path(config: Option<&Path>, state: Option<PathBuf>) -> Result<PathBuf> {

@@ -11,6 +11,7 @@ pub mod compose;
 pub mod decide;
 pub mod extract;
 pub mod features;
+pub mod learned;
 pub mod parse;
 pub mod render;
 pub mod rules;

@@ -13,4 +13,5 @@ pub mod replay;
 pub mod secret;
 pub mod smtp;
 pub mod store;
+pub mod teach;
 pub mod tls;

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::pipeline::extract::{self, normalize};
 use crate::pipeline::parse::Inbound;
 use crate::pipeline::rules::Rules;
-use crate::pipeline::{features, score};
+use crate::pipeline::{features, learned, score};
 
 /// What a message is. Exactly one per message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -312,15 +312,15 @@ pub fn classify_checked(
     classify_with(inbound, rules, ctx, dkim, &[])
 }
 
-/// [`classify_checked`] with cues from outside the rules (learned templates).
+/// [`classify_checked`] with the operator's learned templates as one more source of cues.
 pub fn classify_with(
     inbound: &Inbound,
     rules: &Rules,
     ctx: &Context,
     dkim: Option<&DkimFacts>,
-    extra: &[score::ExtraCue],
+    learned: &[learned::Learned],
 ) -> Verdict {
-    let mut verdict = classify_uncapped(inbound, rules, ctx, dkim, extra);
+    let mut verdict = classify_uncapped(inbound, rules, ctx, dkim, learned);
     if verdict.ips.len() > ctx.max_ips {
         verdict.ips_omitted += verdict.ips.len() - ctx.max_ips;
         verdict.ips.truncate(ctx.max_ips);
@@ -359,7 +359,7 @@ fn classify_uncapped(
     rules: &Rules,
     ctx: &Context,
     dkim: Option<&DkimFacts>,
-    extra: &[score::ExtraCue],
+    learned: &[learned::Learned],
 ) -> Verdict {
     let mut evidence = Vec::new();
     let trust = check_trust(inbound, ctx, dkim).map_err(|e| e.to_string());
@@ -459,6 +459,8 @@ fn classify_uncapped(
                 trust.as_ref().err().map_or("", String::as_str)
             ),
         ));
+        // What it claims to be, judged by the rules alone: a learned template never speaks
+        // for mail that our MX did not verify.
         let claimed = score::score(&features::read(inbound, &own_text, rules, ctx), rules, &[]);
         verdict.claimed_kind = Some(claimed.kind);
         return negative(verdict, Origin::Unverified, inbound, rules, ctx, evidence);
@@ -483,7 +485,15 @@ fn classify_uncapped(
     }
 
     let features = features::read(inbound, &own_text, rules, ctx);
-    let scored = score::score(&features, rules, extra);
+    let extra: Vec<score::ExtraCue> = if learned.is_empty() {
+        Vec::new()
+    } else {
+        learned::best_match(&learned::shingles(&own_text), learned)
+            .map(|m| learned::cue(&m))
+            .into_iter()
+            .collect()
+    };
+    let scored = score::score(&features, rules, &extra);
     verdict.outcomes = features.table;
     verdict.kind = scored.kind;
     verdict.confidence = scored.confidence;

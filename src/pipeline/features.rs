@@ -8,7 +8,7 @@ use std::sync::LazyLock;
 use regex::Regex;
 use serde::Serialize;
 
-use crate::pipeline::classify::{Context, Evidence, IpOutcome, Outcome};
+use crate::pipeline::classify::{Context, Evidence, IpOutcome, Kind, Outcome};
 use crate::pipeline::extract::{self, normalize};
 use crate::pipeline::parse::Inbound;
 use crate::pipeline::rules::{Role, Rules};
@@ -27,6 +27,13 @@ pub struct Sentence {
 #[derive(Debug, Clone, Default)]
 pub struct Features {
     pub sentences: Vec<Sentence>,
+    /// The sentences joined by a separator no pattern crosses, so that each rule scans the
+    /// message once; `starts` holds where each sentence begins.
+    pub text: String,
+    starts: Vec<usize>,
+    /// The languages the message is written in, by their common words: only cues of these
+    /// languages (and language-independent ones) are run.
+    pub languages: Vec<&'static str>,
     /// Quoted passages longer than a phrase: the request we typed, echoed back.
     pub echoed: Vec<String>,
     /// The result table, one outcome per IP.
@@ -53,40 +60,82 @@ static NO_REPLY: LazyLock<Regex> = LazyLock::new(|| {
 
 /// Reads the features of a message's own text.
 pub fn read(inbound: &Inbound, own_text: &str, rules: &Rules, ctx: &Context) -> Features {
-    let mut features = Features::default();
-    let mut without_echo = String::with_capacity(own_text.len());
+    let mut features = Features {
+        languages: languages(own_text),
+        ..Features::default()
+    };
+    let mut table_lines = std::collections::HashSet::new();
+    features.table = result_table(
+        own_text,
+        rules,
+        ctx,
+        &features.languages,
+        &mut features.table_evidence,
+        &mut table_lines,
+    );
+    // The table speaks through its outcomes; its lines are not prose cues as well.
+    let prose: String = own_text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| if table_lines.contains(&i) { "" } else { l })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut without_echo = String::with_capacity(prose.len());
     let mut last = 0;
     // Quotes may span wrapped lines: look at the whole text, folded only for the match.
-    for m in QUOTED.find_iter(own_text) {
-        without_echo.push_str(&own_text[last..m.start()]);
+    for m in QUOTED.find_iter(&prose) {
+        without_echo.push_str(&prose[last..m.start()]);
         without_echo.push_str("[...]");
         features.echoed.push(normalize(m.as_str()));
         last = m.end();
     }
-    without_echo.push_str(&own_text[last..]);
+    without_echo.push_str(&prose[last..]);
 
-    for paragraph in paragraphs(&without_echo) {
-        for text in sentences(&normalize(&paragraph)) {
-            let marked = |role: Role| {
-                rules
-                    .phrases
-                    .iter()
-                    .filter(|p| p.role == role)
-                    .any(|p| p.patterns.iter().any(|r| r.is_match(&text)))
-            };
-            if marked(Role::Echo) {
-                features.echoed.push(text);
-                continue;
+    let all: Vec<String> = paragraphs(&without_echo)
+        .iter()
+        .flat_map(|p| sentences(&normalize(p)))
+        .collect();
+    let (text, starts) = joined(&all);
+    let speaks = features.languages.clone();
+    let marked = |role: Role| {
+        let mut hit = vec![false; all.len()];
+        for rule in rules
+            .phrases
+            .iter()
+            .filter(|p| p.role == role && p.speaks(&speaks))
+        {
+            if let Some(re) = rule.pattern.as_ref().and_then(|r| r.get()) {
+                for m in re.find_iter(&text) {
+                    hit[sentence_at(&starts, m.start())] = true;
+                }
             }
-            let sentence = Sentence {
-                past: marked(Role::Past),
-                invitation: marked(Role::Invitation),
-                text,
-            };
-            features.sentences.push(sentence);
+            for (i, s) in all.iter().enumerate() {
+                if !hit[i] && rule.find_words(s).is_some() {
+                    hit[i] = true;
+                }
+            }
         }
+        hit
+    };
+    let (echo, past, present, invitation) = (
+        marked(Role::Echo),
+        marked(Role::Past),
+        marked(Role::Present),
+        marked(Role::Invitation),
+    );
+    for (i, sentence) in all.into_iter().enumerate() {
+        if echo[i] {
+            features.echoed.push(sentence);
+            continue;
+        }
+        features.sentences.push(Sentence {
+            past: past[i] && !present[i],
+            invitation: invitation[i],
+            text: sentence,
+        });
     }
-    features.table = result_table(own_text, rules, ctx, &mut features.table_evidence);
+    let texts: Vec<String> = features.sentences.iter().map(|s| s.text.clone()).collect();
+    (features.text, features.starts) = joined(&texts);
     let ours = |id: &String| {
         id.rsplit_once('@').is_some_and(|(_, d)| {
             ctx.own_message_id_domains
@@ -104,6 +153,147 @@ pub fn read(inbound: &Inbound, own_text: &str, rules: &Rules, ctx: &Context) -> 
             .as_ref()
             .is_some_and(|f| NO_REPLY.is_match(&f.local_part()));
     features
+}
+
+impl Features {
+    /// The sentence a byte offset of [`Features::text`] falls in.
+    pub fn sentence_at(&self, offset: usize) -> usize {
+        sentence_at(&self.starts, offset)
+    }
+}
+
+/// Sentences joined with a separator that neither `\s` nor `.` matches, so no pattern spans two.
+const SEPARATOR: &str = "\n\u{1}\n";
+
+fn joined(sentences: &[String]) -> (String, Vec<usize>) {
+    let mut text = String::new();
+    let mut starts = Vec::with_capacity(sentences.len());
+    for s in sentences {
+        if !text.is_empty() {
+            text.push_str(SEPARATOR);
+        }
+        starts.push(text.len());
+        text.push_str(s);
+    }
+    (text, starts)
+}
+
+fn sentence_at(starts: &[usize], offset: usize) -> usize {
+    starts.partition_point(|&s| s <= offset).saturating_sub(1)
+}
+
+/// Common words of the languages Microsoft's templates come in.
+const COMMON_WORDS: &[(&str, &[&str])] = &[
+    (
+        "en",
+        &[
+            "the", "and", "you", "your", "we", "for", "this", "that", "with", "have", "our",
+            "please", "not", "is", "are", "of", "to",
+        ],
+    ),
+    (
+        "de",
+        &[
+            "der", "die", "das", "und", "wir", "ihre", "sie", "nicht", "ist", "mit", "für",
+            "bitte", "wurde", "eine", "den", "dem", "auf", "ihr",
+        ],
+    ),
+    (
+        "fr",
+        &[
+            "le", "la", "les", "et", "vous", "votre", "nous", "pour", "est", "pas", "des", "une",
+            "avec", "dans", "que", "ne", "du",
+        ],
+    ),
+    (
+        "es",
+        &[
+            "el", "la", "los", "las", "y", "usted", "su", "para", "es", "no", "con", "una", "que",
+            "del", "por", "hemos", "le",
+        ],
+    ),
+    (
+        "pt",
+        &[
+            "o", "os", "as", "e", "você", "sua", "seu", "para", "é", "não", "com", "uma", "que",
+            "do", "da", "dos", "foi", "em",
+        ],
+    ),
+    (
+        "it",
+        &[
+            "il", "lo", "gli", "e", "lei", "sua", "per", "è", "non", "con", "una", "che", "del",
+            "della", "abbiamo", "di", "la",
+        ],
+    ),
+    (
+        "nl",
+        &[
+            "de", "het", "een", "en", "u", "uw", "wij", "voor", "is", "niet", "met", "van", "dat",
+            "zijn", "hebben", "we",
+        ],
+    ),
+    (
+        "pl",
+        &[
+            "i", "w", "na", "z", "że", "nie", "jest", "się", "do", "dla", "oraz", "są", "pan",
+            "pani", "państwa", "prosimy",
+        ],
+    ),
+    (
+        "sv",
+        &[
+            "och", "att", "det", "är", "inte", "för", "med", "vi", "ni", "er", "din", "som", "har",
+            "på", "ett",
+        ],
+    ),
+    (
+        "cs",
+        &[
+            "a", "v", "na", "že", "se", "je", "není", "pro", "s", "jsme", "vás", "vaše", "do", "k",
+            "byla", "bylo",
+        ],
+    ),
+];
+
+/// The languages of a text by its common words (and Japanese by its script). When too few
+/// words decide, every language: a cue is never skipped for want of evidence.
+fn languages(text: &str) -> Vec<&'static str> {
+    let all = || COMMON_WORDS.iter().map(|(l, _)| *l).chain(["ja"]).collect();
+    let mut counts: Vec<(&'static str, usize)> =
+        COMMON_WORDS.iter().map(|(l, _)| (*l, 0)).collect();
+    let mut words = 0usize;
+    for word in text
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+    {
+        words += 1;
+        let lower = word.to_lowercase();
+        for (i, (_, common)) in COMMON_WORDS.iter().enumerate() {
+            if common.contains(&lower.as_str()) {
+                counts[i].1 += 1;
+            }
+        }
+    }
+    let japanese = text
+        .chars()
+        .any(|c| matches!(c as u32, 0x3040..=0x30ff | 0x4e00..=0x9fff));
+    let best = counts.iter().map(|(_, n)| *n).max().unwrap_or(0);
+    if best < 4 && !japanese {
+        return all();
+    }
+    let mut out: Vec<&'static str> = counts
+        .iter()
+        .filter(|(_, n)| *n >= 3 && *n * 4 >= best)
+        .map(|(l, _)| *l)
+        .collect();
+    if japanese {
+        out.push("ja");
+    }
+    if out.is_empty() || words < 12 {
+        return all();
+    }
+    out
 }
 
 /// Paragraphs: runs of non-empty lines. A wrapped sentence is one paragraph line.
@@ -160,27 +350,52 @@ fn result_table(
     own_text: &str,
     rules: &Rules,
     ctx: &Context,
+    languages: &[&str],
     evidence: &mut Vec<Evidence>,
+    used_lines: &mut std::collections::HashSet<usize>,
 ) -> Vec<IpOutcome> {
     let mut outcomes: Vec<IpOutcome> = Vec::new();
     let mut position: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     let mut current: Option<Outcome> = None;
-    let heading_of = |line: &str| {
+    // A heading or a status cell: the rules' headings first, else (`by_cue`) a short line whose
+    // words are an outcome cue (a table in a wording the headings do not list).
+    let heading_of = |line: &str, by_cue: bool| {
         rules
             .headings
             .iter()
             .find(|h| h.regex.is_match(line))
             .map(|h| (h.outcome, h.id.clone()))
+            .or_else(|| {
+                if !by_cue || line.chars().count() > 80 {
+                    return None;
+                }
+                rules
+                    .phrases
+                    .iter()
+                    .filter(|p| p.role == Role::Cue && p.speaks(languages))
+                    .find_map(|p| {
+                        let outcome = match p.kind? {
+                            Kind::MsNotQualified => Outcome::NotQualified,
+                            Kind::MsConditionallyMitigated => Outcome::ConditionallyMitigated,
+                            Kind::MsMitigated | Kind::MsResolved => Outcome::Mitigated,
+                            _ => return None,
+                        };
+                        p.find(line)
+                            .map(|_| (outcome, format!("heading.by_cue.{}", p.id)))
+                    })
+            })
     };
-    for raw_line in own_text.lines() {
+    let mut heading_line: Option<usize> = None;
+    for (n, raw_line) in own_text.lines().enumerate() {
         let line = normalize(raw_line);
         if line.is_empty() {
             continue;
         }
         let ips = extract::sender_ips(&line, rules, &ctx.our_networks);
         if ips.is_empty() {
-            current = heading_of(&line).map(|(outcome, id)| {
+            current = heading_of(&line, true).map(|(outcome, id)| {
                 evidence.push(Evidence::new(&id, line.clone()));
+                heading_line = Some(n);
                 outcome
             });
             continue;
@@ -188,13 +403,15 @@ fn result_table(
         let without_ips = IP_TOKEN.replace_all(&line, " ");
         let leftover =
             without_ips.trim_matches(|c: char| c.is_whitespace() || ",;|-\u{2013}()[]".contains(c));
+        // Only a table row (cells split by `|` or tabs) may carry its status in other words.
+        let tabular = line.contains('|') || raw_line.contains('\t');
         let outcome = if leftover.is_empty() {
             current
         } else {
             let inline = without_ips
                 .split(['|', '\t', ';'])
                 .map(str::trim)
-                .find_map(heading_of);
+                .find_map(|cell| heading_of(cell, tabular));
             if let Some((o, id)) = &inline {
                 evidence.push(Evidence::new(id, line.clone()));
                 Some(*o)
@@ -204,6 +421,10 @@ fn result_table(
                 None
             }
         };
+        if outcome.is_some() {
+            used_lines.insert(n);
+            used_lines.extend(heading_line.take());
+        }
         if let Some(outcome) = outcome {
             for ip in ips {
                 match position.get(&ip) {

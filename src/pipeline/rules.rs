@@ -130,6 +130,13 @@ pub struct RawPhrase {
     pub priority: u32,
     #[serde(default)]
     pub patterns: Vec<String>,
+    /// Words that must all occur in one sentence, in any order: one pattern of every group
+    /// (a meaning carried by its words, whatever the word order of the language).
+    #[serde(default)]
+    pub all: Vec<Vec<String>>,
+    /// ... and none of these in that sentence (negations, conditions).
+    #[serde(default)]
+    pub none: Vec<String>,
     #[serde(default = "yes")]
     pub enabled: bool,
 }
@@ -147,6 +154,8 @@ pub enum Role {
     Invitation,
     /// The sentence repeats what we wrote ("Your description: ..."): not Microsoft's words.
     Echo,
+    /// The sentence speaks of now ("has now been removed"): a past marker does not apply.
+    Present,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -205,6 +214,39 @@ pub struct TicketRule {
     pub regex: Regex,
 }
 
+/// A pattern compiled on first use: a thousand multilingual patterns take seconds to compile,
+/// and a message needs only those of its own languages. The syntax is checked when the rules
+/// are loaded, so a bad pattern is still an error there.
+#[derive(Debug, Clone)]
+pub struct LazyRegex {
+    source: std::sync::Arc<str>,
+    compiled: std::sync::Arc<std::sync::OnceLock<Option<Regex>>>,
+}
+
+impl LazyRegex {
+    fn new(source: String) -> LazyRegex {
+        LazyRegex {
+            source: source.into(),
+            compiled: Default::default(),
+        }
+    }
+
+    /// The compiled pattern (`None` if it exceeds the engine's size limits).
+    pub fn get(&self) -> Option<&Regex> {
+        self.compiled
+            .get_or_init(|| compiled(&dfa_friendly(&self.source)).ok())
+            .as_ref()
+    }
+
+    pub fn find<'h>(&self, haystack: &'h str) -> Option<regex::Match<'h>> {
+        self.get()?.find(haystack)
+    }
+
+    pub fn is_match(&self, haystack: &str) -> bool {
+        self.get().is_some_and(|r| r.is_match(haystack))
+    }
+}
+
 /// A phrase family: a weighted cue for one kind of Microsoft answer, or a sentence marker.
 #[derive(Debug, Clone)]
 pub struct PhraseRule {
@@ -213,7 +255,46 @@ pub struct PhraseRule {
     pub kind: Option<Kind>,
     pub role: Role,
     pub weight: f64,
-    pub patterns: Vec<Regex>,
+    /// The language it is written for; `None` (or `multi`) runs on every message.
+    pub lang: Option<String>,
+    /// The rule's patterns as one alternation: one scan of the text finds them all.
+    pub pattern: Option<LazyRegex>,
+    /// Groups of words that must all occur in the sentence, in any order (one alternation per
+    /// group).
+    pub all: Vec<LazyRegex>,
+    /// Words that must not occur in the sentence.
+    pub none: Option<LazyRegex>,
+}
+
+impl PhraseRule {
+    /// Whether the rule runs on a message in these languages.
+    pub fn speaks(&self, languages: &[&str]) -> bool {
+        self.lang.as_deref().is_none_or(|l| languages.contains(&l))
+    }
+
+    /// The words of `sentence` this rule matches, if it does.
+    pub fn find(&self, sentence: &str) -> Option<String> {
+        if let Some(m) = self.pattern.as_ref().and_then(|p| p.find(sentence)) {
+            return Some(m.as_str().to_string());
+        }
+        self.find_words(sentence)
+    }
+
+    /// The co-occurrence part alone: every group's word, none of the excluded ones.
+    pub fn find_words(&self, sentence: &str) -> Option<String> {
+        if self.all.is_empty() || self.none.as_ref().is_some_and(|n| n.is_match(sentence)) {
+            return None;
+        }
+        let mut words = Vec::new();
+        for group in &self.all {
+            let word = group.find(sentence)?.as_str();
+            words.push(
+                word.trim_matches(|c: char| !c.is_alphanumeric())
+                    .to_string(),
+            );
+        }
+        Some(words.join(" + "))
+    }
 }
 
 /// A result-table heading.
@@ -351,9 +432,77 @@ fn merge(base: &mut RawRules, user: RawRules) {
     }
 }
 
+/// Compiled patterns, shared by every rule set of the process: a thousand multilingual
+/// patterns take a noticeable time to compile, and every engine (a test builds many) would
+/// otherwise compile them again. A `Regex` clone shares its compiled program.
+fn compiled(pattern: &str) -> Result<Regex, regex::Error> {
+    static CACHE: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, Regex>>> =
+        std::sync::LazyLock::new(Default::default);
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(r) = cache.get(pattern) {
+        return Ok(r.clone());
+    }
+    // NOTE: a rule's alternation of Unicode-aware patterns is larger than the default limit.
+    let r = regex::RegexBuilder::new(pattern)
+        .size_limit(64 << 20)
+        .dfa_size_limit(8 << 20)
+        .build()?;
+    cache.insert(pattern.to_string(), r.clone());
+    Ok(r)
+}
+
+/// The same pattern with its word boundaries (`\b`) written as character classes.
+///
+/// NOTE: regex's fast engines (the lazy DFA) handle a Unicode `\b` only on ASCII text; on
+/// German, French or Japanese mail every search fell back to the PikeVM and a thousand
+/// multilingual patterns cost milliseconds per message. A boundary before a word becomes
+/// "start of text or a non-word character", after a word "a non-word character or the end"; one
+/// next to white space that the pattern itself matches is dropped. Matches then may carry one
+/// character of context at either end, which the scorer trims.
+pub fn dfa_friendly(pattern: &str) -> String {
+    let chars: Vec<char> = pattern.chars().collect();
+    let mut out = String::with_capacity(pattern.len() + 16);
+    let mut i = 0;
+    let mut in_class = 0usize;
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '\\' && i + 1 < chars.len() {
+            let next = chars[i + 1];
+            if next == 'b' && in_class == 0 && chars.get(i + 2) != Some(&'{') {
+                let before = out.trim_end_matches(['+', '*', '?']);
+                let after_space = before.ends_with("\\s") || before.ends_with(' ');
+                let following = chars.get(i + 2).copied();
+                let trailing = matches!(following, None | Some(')') | Some('|'))
+                    || (following == Some('\\') && chars.get(i + 3) == Some(&'s'));
+                if after_space || (trailing && following == Some('\\')) {
+                    // Next to white space the pattern matches anyway: nothing to add.
+                } else if trailing {
+                    out.push_str("(?:$|[^\\w])");
+                } else {
+                    out.push_str("(?:^|[^\\w])");
+                }
+                i += 2;
+                continue;
+            }
+            out.push(c);
+            out.push(next);
+            i += 2;
+            continue;
+        }
+        match c {
+            '[' => in_class += 1,
+            ']' if in_class > 0 => in_class -= 1,
+            _ => {}
+        }
+        out.push(c);
+        i += 1;
+    }
+    out
+}
+
 fn compile(source_name: &str, raw: RawRules) -> Result<Rules, RulesError> {
     let re = |rule: &str, pattern: &str| {
-        Regex::new(pattern).map_err(|e| RulesError::Pattern {
+        compiled(pattern).map_err(|e| RulesError::Pattern {
             source_name: source_name.to_string(),
             rule: rule.to_string(),
             pattern: pattern.to_string(),
@@ -391,7 +540,7 @@ fn compile(source_name: &str, raw: RawRules) -> Result<Rules, RulesError> {
             (Role::Cue, k) => k,
             (_, _) => None,
         };
-        if p.patterns.is_empty() {
+        if p.patterns.is_empty() && p.all.is_empty() {
             return Err(missing(&p.id, "patterns"));
         }
         let weight = p.weight.unwrap_or(5.0);
@@ -402,17 +551,40 @@ fn compile(source_name: &str, raw: RawRules) -> Result<Rules, RulesError> {
                 message: "weight must be 0 to 100".to_string(),
             });
         }
-        let patterns = p
-            .patterns
-            .iter()
-            .map(|s| re(&p.id, s))
-            .collect::<Result<_, _>>()?;
+        let union = |patterns: &[String]| -> Result<Option<LazyRegex>, RulesError> {
+            if patterns.is_empty() {
+                return Ok(None);
+            }
+            for single in patterns {
+                regex_syntax::Parser::new()
+                    .parse(single)
+                    .map_err(|e| RulesError::Pattern {
+                        source_name: source_name.to_string(),
+                        rule: p.id.clone(),
+                        pattern: single.to_string(),
+                        cause: e.to_string(),
+                    })?;
+            }
+            let joined = patterns
+                .iter()
+                .map(|p| format!("(?:{p})"))
+                .collect::<Vec<_>>()
+                .join("|");
+            Ok(Some(LazyRegex::new(joined)))
+        };
+        let mut all = Vec::new();
+        for group in &p.all {
+            all.extend(union(group)?);
+        }
         phrases.push(PhraseRule {
             id: p.id.clone(),
             kind,
             role: p.role,
             weight,
-            patterns,
+            lang: p.lang.clone().filter(|l| l != "multi"),
+            pattern: union(&p.patterns)?,
+            all,
+            none: union(&p.none)?,
         });
     }
 

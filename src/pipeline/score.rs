@@ -68,6 +68,9 @@ pub struct Scored {
 pub struct ExtraCue {
     pub kind: Kind,
     pub weight: f64,
+    /// From a learned template: when the rules alone clearly say otherwise, the verdict is
+    /// uncertain rather than either.
+    pub learned: bool,
     pub evidence: Evidence,
 }
 
@@ -78,13 +81,19 @@ pub fn score(features: &Features, rules: &Rules, extra: &[ExtraCue]) -> Scored {
     let slot = |k: Kind| KINDS.iter().position(|x| *x == k).unwrap_or(5);
     let mut evidence = Vec::new();
 
-    for rule in rules.phrases.iter().filter(|r| r.role == Role::Cue) {
+    // Each rule counts once, with its best sentence; two rules of one kind that match the same
+    // sentence count once too (a phrase in two tables is one piece of evidence).
+    let mut hits: Vec<(Kind, usize, f64, Evidence)> = Vec::new();
+    for rule in rules
+        .phrases
+        .iter()
+        .filter(|r| r.role == Role::Cue && r.speaks(&features.languages))
+    {
         let Some(kind) = rule.kind else { continue };
-        // The rule's best sentence counts, once: repeating a phrase is not more evidence.
-        let mut best: Option<(f64, String, &'static str)> = None;
-        for sentence in &features.sentences {
-            let Some(m) = rule.patterns.iter().find_map(|p| p.find(&sentence.text)) else {
-                continue;
+        let mut best: Option<(f64, usize, String, &'static str)> = None;
+        let mut consider = |i: usize, matched: String| {
+            let Some(sentence) = features.sentences.get(i) else {
+                return;
             };
             let (w, note) = if kind == Kind::MsInfoRequested && sentence.invitation {
                 (0.0, " (an invitation to write, not a request)")
@@ -93,16 +102,52 @@ pub fn score(features: &Features, rules: &Rules, extra: &[ExtraCue]) -> Scored {
             } else {
                 (rule.weight, "")
             };
-            if best.as_ref().is_none_or(|(b, _, _)| w > *b) {
-                best = Some((w, m.as_str().to_string(), note));
+            if best.as_ref().is_none_or(|(b, _, _, _)| w > *b) {
+                best = Some((w, i, matched, note));
+            }
+        };
+        if let Some(re) = rule.pattern.as_ref().and_then(|r| r.get()) {
+            for m in re.find_iter(&features.text) {
+                // A word boundary written as a class may have taken one character of context.
+                let words = m.as_str().trim_matches(|c: char| !c.is_alphanumeric());
+                consider(features.sentence_at(m.start()), words.to_string());
             }
         }
-        if let Some((w, matched, note)) = best {
-            if w > 0.0 {
-                scores[slot(kind)] += w;
+        if !rule.all.is_empty() {
+            for (i, sentence) in features.sentences.iter().enumerate() {
+                if let Some(words) = rule.find_words(&sentence.text) {
+                    consider(i, words);
+                }
             }
-            evidence.push(Evidence::weighted(&rule.id, format!("{matched}{note}"), w));
         }
+        if let Some((w, i, matched, note)) = best {
+            hits.push((
+                kind,
+                i,
+                w,
+                Evidence::weighted(&rule.id, format!("{matched}{note}"), w),
+            ));
+        }
+    }
+    let mut counted: std::collections::HashMap<(Kind, usize), usize> =
+        std::collections::HashMap::new();
+    for (n, (kind, sentence, w, _)) in hits.iter().enumerate() {
+        match counted.get(&(*kind, *sentence)) {
+            Some(&other) if hits[other].2 >= *w => {}
+            _ => {
+                counted.insert((*kind, *sentence), n);
+            }
+        }
+    }
+    for (n, (kind, sentence, w, mut e)) in hits.into_iter().enumerate() {
+        if counted.get(&(kind, sentence)) == Some(&n) {
+            scores[slot(kind)] += w;
+        } else {
+            e.weight = Some(0.0);
+            e.matched
+                .push_str(" (same sentence as another cue of this kind)");
+        }
+        evidence.push(e);
     }
     for cue in extra {
         scores[slot(cue.kind)] += cue.weight;
@@ -199,6 +244,8 @@ pub fn score(features: &Features, rules: &Rules, extra: &[ExtraCue]) -> Scored {
                 "too close to call: {top} {top_score:.1} against {rival} {rival_score:.1}"
             )),
         )
+    } else if let Some(conflict) = learned_conflict(features, rules, extra) {
+        (Kind::MsOther, Some(conflict))
     } else if top == Kind::MsNotQualified
         && (top_score < scoring.refusal_min
             || process_score >= top_score * scoring.refusal_process_guard)
@@ -225,6 +272,20 @@ pub fn score(features: &Features, rules: &Rules, extra: &[ExtraCue]) -> Scored {
         uncertain,
         evidence,
     }
+}
+
+/// A learned template and the rules' own clear verdict disagree: say so rather than pick one.
+fn learned_conflict(features: &Features, rules: &Rules, extra: &[ExtraCue]) -> Option<String> {
+    let learned = extra.iter().find(|c| c.learned)?;
+    let by_rules = score(features, rules, &[]);
+    (by_rules.uncertain.is_none() && !compatible(learned.kind).contains(&by_rules.kind)).then(
+        || {
+            format!(
+                "a learned template says {} but the wording says {}",
+                learned.kind, by_rules.kind
+            )
+        },
+    )
 }
 
 /// The kind a result table speaks for: any refused IP makes it a refusal.

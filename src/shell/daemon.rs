@@ -21,6 +21,7 @@ use crate::shell::progress::Progress;
 use crate::shell::secret::{Credential, CredentialError};
 use crate::shell::smtp::{Smtp, SmtpError};
 use crate::shell::store::{OutboxItem, Retry, Store, StoreError};
+use crate::shell::teach;
 
 /// The daemon cannot go on.
 #[derive(Debug, thiserror::Error)]
@@ -180,8 +181,16 @@ async fn session(
         imap.ensure_folder(&mailbox.review_folder).await?;
         imap.ensure_folder(&mailbox.approved_folder).await?;
     }
+    if let Some(base) = &mailbox.teach_folder {
+        imap.ensure_folder(base).await?;
+        for kind in teach::teachable() {
+            imap.ensure_folder(&format!("{base}/{kind}")).await?;
+        }
+    }
+    engine.load_templates(store)?;
     settle_uncertain(store, mailbox, &drafts, &mut imap).await?;
     loop {
+        collect_teachings(engine, store, mailbox, &mut imap).await?;
         catch_up(engine, store, mailbox, &mut imap, shutdown).await?;
         if *shutdown.borrow() {
             info!("shutting down");
@@ -802,6 +811,92 @@ async fn settle_uncertain(
         }
     }
     Ok(())
+}
+
+/// An operator teaches a template by moving a message into `<teach_folder>/<kind>`: it is
+/// learned, decided again, and moved back to where the bot keeps handled mail.
+async fn collect_teachings(
+    engine: &Engine,
+    store: &mut Store,
+    mailbox: &MailboxConfig,
+    imap: &mut Imap,
+) -> Result<(), DaemonError> {
+    let Some(base) = &mailbox.teach_folder else {
+        return Ok(());
+    };
+    let back = mailbox
+        .handled_folder
+        .as_deref()
+        .unwrap_or(mailbox.folder.as_str());
+    for kind in teach::teachable() {
+        let folder = format!("{base}/{kind}");
+        if imap.message_count(&folder).await?.unwrap_or(0) == 0 {
+            continue;
+        }
+        imap.select(&folder).await?;
+        let uids = imap.uids_after(0).await?;
+        for (uid, raw) in imap.fetch(&uids).await? {
+            let source = format!("{folder}/{uid}");
+            match teach::teach(engine, store, kind, &raw, &source, crate::clock::now()) {
+                Ok(t) => info!(
+                    template = t.template,
+                    kind = kind.as_str(),
+                    uid,
+                    before = t.before.as_str(),
+                    after = t.after.as_str(),
+                    "learned from the teach folder"
+                ),
+                Err(teach::TeachError::Store(e)) => return Err(e.into()),
+                Err(e) => warn!(folder = %folder, uid, error = %e, "not learned; moved back"),
+            }
+        }
+        if !uids.is_empty() && !imap.move_uids(&uid_set(&uids), back).await? {
+            warn!(folder = %folder, "the server has neither MOVE nor UIDPLUS: taught mail stays in the teach folder (it is learned once)");
+        }
+    }
+    Ok(())
+}
+
+/// Fetches one message of the watched folder (or the handled folder) by its Message-ID, on a
+/// connection of its own (`teach --message-id`).
+pub async fn fetch_message(
+    engine: &Engine,
+    message_id: &str,
+) -> Result<Option<Vec<u8>>, DaemonError> {
+    let mailbox = engine
+        .config
+        .mailbox
+        .clone()
+        .ok_or(DaemonError::NoMailbox)?;
+    let provider = engine
+        .config
+        .oauth2
+        .clone()
+        .map(TokenProvider::new)
+        .transpose()?
+        .map(Arc::new);
+    let credential = Credential::pick(mailbox.auth, mailbox.password.as_ref(), provider.as_ref())
+        .ok_or(DaemonError::NoCredential)?;
+    let password = credential.get(false).await?;
+    let mut imap = Imap::connect(&mailbox, &password).await?;
+    let mut found = None;
+    for folder in [Some(&mailbox.folder), mailbox.handled_folder.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        imap.select(folder).await?;
+        if let Some(uid) = imap.find_message_id(message_id).await?.first() {
+            found = imap
+                .fetch(&[*uid])
+                .await?
+                .into_iter()
+                .next()
+                .map(|(_, raw)| raw);
+            break;
+        }
+    }
+    imap.logout().await;
+    Ok(found)
 }
 
 /// An operator approves a queued reply by moving its draft into the approved folder; the text

@@ -3,6 +3,7 @@
 //! ([`Engine::apply`]). Replay and the daemon both call these two.
 
 use std::path::Path;
+use std::sync::RwLock;
 
 use serde::Serialize;
 use tracing::{info, warn};
@@ -12,6 +13,7 @@ use crate::pipeline::case::{self, Action, Arrival, CaseId, Parent, State};
 use crate::pipeline::classify::{self, Verdict};
 use crate::pipeline::compose::{self, ComposeError, Outgoing};
 use crate::pipeline::decide::{self, Disposition, Planned, Template};
+use crate::pipeline::learned::Learned;
 use crate::pipeline::parse::{self, Inbound};
 use crate::pipeline::render::{self, IdentityView, MessageView, RenderError, Templates};
 use crate::pipeline::rules::{Rules, RulesError};
@@ -57,6 +59,8 @@ pub struct Engine {
     pub templates: Templates,
     /// The bot's own DKIM check, when `[trust] verify_dkim` is on.
     dkim: Option<DkimVerifier>,
+    /// Built-in exemplars and the operator's learned templates.
+    learned: RwLock<Vec<Learned>>,
 }
 
 /// A parsed and classified message, not yet applied to any state.
@@ -141,6 +145,7 @@ impl Engine {
             rules,
             templates,
             dkim,
+            learned: RwLock::new(exemplars()),
         })
     }
 
@@ -153,8 +158,24 @@ impl Engine {
             Some(verifier) if classify::needs_dkim(&inbound, ctx) => Some(verifier.verify(raw)),
             _ => None,
         };
-        let verdict = classify::classify_checked(&inbound, &self.rules, ctx, dkim.as_ref());
+        let learned = self.learned.read().unwrap_or_else(|e| e.into_inner());
+        let verdict = classify::classify_with(&inbound, &self.rules, ctx, dkim.as_ref(), &learned);
         Prepared { inbound, verdict }
+    }
+
+    /// Uses the built-in exemplars and these learned templates (from the store) from now on.
+    pub fn use_templates(&self, taught: Vec<Learned>) {
+        let mut all = exemplars();
+        all.extend(taught);
+        *self.learned.write().unwrap_or_else(|e| e.into_inner()) = all;
+    }
+
+    /// Loads the operator's learned templates from the store.
+    pub fn load_templates(&self, store: &Store) -> Result<usize, StoreError> {
+        let taught = store.templates()?;
+        let n = taught.len();
+        self.use_templates(taught);
+        Ok(n)
     }
 
     /// Applies a prepared message to the store: one transaction, all or nothing.
@@ -166,9 +187,38 @@ impl Engine {
         now: i64,
         status: OutboxStatus,
     ) -> Result<Handled, HandleError> {
+        self.apply_as(store, source, prepared, now, status, false)
+    }
+
+    /// Decides a message again, as if it had just arrived, after the operator taught its
+    /// template: its earlier record is replaced in the same transaction, and whatever it
+    /// produces now goes through every guard and cap like new mail.
+    pub fn redecide(
+        &self,
+        store: &mut Store,
+        source: &str,
+        prepared: &Prepared,
+        now: i64,
+        status: OutboxStatus,
+    ) -> Result<Handled, HandleError> {
+        self.apply_as(store, source, prepared, now, status, true)
+    }
+
+    fn apply_as(
+        &self,
+        store: &mut Store,
+        source: &str,
+        prepared: &Prepared,
+        now: i64,
+        status: OutboxStatus,
+        again: bool,
+    ) -> Result<Handled, HandleError> {
         let Prepared { inbound, verdict } = prepared;
         let message_id = inbound.message_id.as_deref();
         let tx = store.begin()?;
+        if again {
+            tx.forget_message(message_id, &inbound.content_hash)?;
+        }
         if tx.seen(message_id, &inbound.content_hash)? {
             info!(
                 source,
@@ -274,6 +324,12 @@ impl Engine {
             .message_id
             .clone()
             .unwrap_or_else(|| inbound.content_hash.clone());
+        // A second decision produces mail of its own, never a copy of the first one's ids.
+        let seed = if again {
+            format!("{seed}/taught-{now}")
+        } else {
+            seed
+        };
         let mut produced = Vec::new();
         for planned in &plans {
             let mut p = self.produce(
@@ -619,6 +675,13 @@ fn damage_of(inbound: &Inbound, verdict: &Verdict) -> Vec<String> {
         ));
     }
     damage
+}
+
+/// The built-in exemplars: the corpus's sender-support answers as learned templates, so a
+/// known template in a new wording around it is still recognised (`rules/exemplars.json`).
+pub fn exemplars() -> Vec<Learned> {
+    serde_json::from_str(include_str!("../pipeline/rules/exemplars.json"))
+        .unwrap_or_else(|_| Vec::new())
 }
 
 fn read(path: &Path) -> Result<String, SetupError> {

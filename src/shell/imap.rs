@@ -395,8 +395,14 @@ impl Imap {
 
     /// Whether the selected folder holds a message with this Message-ID.
     pub async fn has_message_id(&mut self, message_id: &str) -> Result<bool, ImapError> {
+        Ok(!self.find_message_id(message_id).await?.is_empty())
+    }
+
+    /// The UIDs of the selected folder's messages with this Message-ID.
+    pub async fn find_message_id(&mut self, message_id: &str) -> Result<Vec<u32>, ImapError> {
         let server = self.server.clone();
-        let quoted = format!("<{}>", message_id.replace(['"', '\\'], ""));
+        // Quotes and backslashes cannot be part of a Message-ID we search for.
+        let quoted = format!("<{}>", message_id.replace(['"', '\\', '\r', '\n'], ""));
         let session = self.session()?;
         let found = session
             .uid_search(format!("HEADER Message-ID \"{quoted}\""))
@@ -406,7 +412,9 @@ impl Imap {
                 command: "UID SEARCH HEADER Message-ID".into(),
                 source,
             })?;
-        Ok(!found.is_empty())
+        let mut uids: Vec<u32> = found.into_iter().collect();
+        uids.sort_unstable();
+        Ok(uids)
     }
 
     /// UIDs above `after` in the selected folder, ascending.
@@ -527,16 +535,50 @@ impl Imap {
             .iter()
             .any(|n| n.name() == folder);
         if !exists {
-            session
-                .create(folder)
-                .await
-                .map_err(|source| ImapError::Command {
-                    server,
-                    command: format!("CREATE {folder}"),
-                    source,
-                })?;
+            if let Err(source) = session.create(folder).await {
+                // Another client may have created it in the meantime: that is not a failure.
+                let now_exists = session
+                    .list(Some(""), Some(folder))
+                    .await
+                    .ok()
+                    .map(|names| names.try_collect::<Vec<_>>());
+                let now_exists = match now_exists {
+                    Some(fut) => fut
+                        .await
+                        .map(|names| names.iter().any(|n| n.name() == folder))
+                        .unwrap_or(false),
+                    None => false,
+                };
+                if !now_exists {
+                    return Err(ImapError::Command {
+                        server,
+                        command: format!("CREATE {folder}"),
+                        source,
+                    });
+                }
+            }
         }
         Ok(())
+    }
+
+    /// How many messages a folder holds (STATUS, without selecting it); `None` when the server
+    /// does not know the folder.
+    pub async fn message_count(&mut self, folder: &str) -> Result<Option<u32>, ImapError> {
+        let server = self.server.clone();
+        let timeout = self.timeout;
+        let session = self.session()?;
+        match guarded(
+            &server,
+            timeout,
+            &format!("STATUS {folder}"),
+            session.status(folder, "(MESSAGES)"),
+        )
+        .await
+        {
+            Ok(mailbox) => Ok(Some(mailbox.exists)),
+            Err(e) if e.is_refusal() => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Deletes a folder (tests use it to force a new UIDVALIDITY).

@@ -9,6 +9,7 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBe
 use serde::Serialize;
 
 use crate::pipeline::case::{Action, Case, CaseId, Lookup, Topic};
+use crate::pipeline::learned::Learned;
 
 /// A store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -148,6 +149,16 @@ ALTER TABLE messages ADD COLUMN damage TEXT NOT NULL DEFAULT '[]';
     r#"
 ALTER TABLE outbox ADD COLUMN rate_key TEXT;
 CREATE INDEX outbox_rate_key ON outbox(rate_key, created_at) WHERE rate_key IS NOT NULL;
+"#,
+    r#"
+CREATE TABLE templates (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    shingles BLOB NOT NULL,
+    sample TEXT NOT NULL,
+    source TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
 "#,
 ];
 
@@ -708,6 +719,94 @@ impl Store {
         Ok(changed == 1)
     }
 
+    /// Whether a message was handled (by Message-ID or bytes).
+    pub fn has_message(
+        &self,
+        message_id: Option<&str>,
+        content_hash: &str,
+    ) -> Result<bool, StoreError> {
+        let found: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT id FROM messages WHERE content_hash = ?2
+                 OR (?1 IS NOT NULL AND message_id = ?1) LIMIT 1",
+                params![message_id, content_hash],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(sql(&self.path))?;
+        Ok(found.is_some())
+    }
+
+    /// Learned templates, oldest first.
+    pub fn templates(&self) -> Result<Vec<Learned>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id, kind, shingles, sample, source, created_at FROM templates ORDER BY id",
+            )
+            .map_err(sql(&self.path))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, i64>(5)?,
+                ))
+            })
+            .map_err(sql(&self.path))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, kind, blob, sample, source, created_at) = row.map_err(sql(&self.path))?;
+            let kind =
+                serde_json::from_value(serde_json::Value::String(kind.clone())).map_err(|_| {
+                    StoreError::Damaged {
+                        path: self.path.clone(),
+                        case: 0,
+                        message: format!("template #{id} has an unknown kind {kind}"),
+                    }
+                })?;
+            let shingles = blob
+                .chunks_exact(8)
+                .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+                .collect();
+            out.push(Learned {
+                id,
+                kind,
+                shingles,
+                sample,
+                source,
+                created_at,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Stores a learned template; returns its id.
+    pub fn add_template(&self, t: &Learned) -> Result<i64, StoreError> {
+        let blob: Vec<u8> = t.shingles.iter().flat_map(|h| h.to_le_bytes()).collect();
+        self.conn
+            .execute(
+                "INSERT INTO templates (kind, shingles, sample, source, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![t.kind.as_str(), blob, t.sample, t.source, t.created_at],
+            )
+            .map_err(sql(&self.path))?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// Removes a learned template; false when there is none with that id.
+    pub fn remove_template(&self, id: i64) -> Result<bool, StoreError> {
+        let n = self
+            .conn
+            .execute("DELETE FROM templates WHERE id = ?1", [id])
+            .map_err(sql(&self.path))?;
+        Ok(n == 1)
+    }
+
     /// Saves a case changed outside a message transaction (a released reply).
     pub fn update_case(&mut self, case: &mut Case) -> Result<(), StoreError> {
         let tx = self.begin()?;
@@ -790,6 +889,21 @@ impl StoreTx<'_> {
             .optional()
             .map_err(sql(&self.path))?;
         Ok(found.is_some())
+    }
+
+    /// Forgets that a message was handled (to decide it again); its case history stays.
+    pub fn forget_message(
+        &self,
+        message_id: Option<&str>,
+        content_hash: &str,
+    ) -> Result<(), StoreError> {
+        self.tx
+            .execute(
+                "DELETE FROM messages WHERE content_hash = ?2 OR (?1 IS NOT NULL AND message_id = ?1)",
+                params![message_id, content_hash],
+            )
+            .map_err(sql(&self.path))?;
+        Ok(())
     }
 
     /// The case the first matching lookup finds.

@@ -109,7 +109,7 @@ fn a_second_reply_on_one_case_within_the_interval_is_held() {
 
 #[test]
 fn an_unverified_refusal_is_held_and_the_operator_told_in_auto_mode_only() {
-    let spoof = std::fs::read(fixtures().join("corpus/d024.eml")).expect("fixture");
+    let spoof = std::fs::read(fixtures().join("hostile/h01-spoofed-refusal.eml")).expect("fixture");
     let dir = tempfile::tempdir().expect("temp dir");
     let auto = engine("");
     let mut store = Store::open(&dir.path().join("auto.sqlite3")).expect("store");

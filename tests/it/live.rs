@@ -101,6 +101,7 @@ folder = "{folder}"
 drafts_folder = "{folder}-Drafts"
 review_folder = "{folder}-Review"
 approved_folder = "{folder}-Approved"
+teach_folder = "{folder}-Teach"
 {extra}
 [smtp]
 host = "127.0.0.1"
@@ -998,5 +999,113 @@ fn a_row_the_server_refuses_holds_only_itself() {
             .as_deref()
             .is_some_and(|r| r.contains("queue release")),
         "{queued:?}"
+    );
+}
+
+/// Teaching on the real Dovecot: an answer in a wording no rule knows goes to the operator;
+/// taught once by CLI (by its Message-ID) it is decided again and drafted, and the next
+/// ticket's answer of the same template is drafted too; an unverified copy is not. Then the
+/// same by moving the message into the teach folder from a mail client.
+#[test]
+fn a_template_taught_by_cli_or_by_folder_move_answers_the_next_ticket() {
+    let drafts_with = |case: &Case, needle: &str| {
+        case.messages("postmaster@example.net", &case.drafts)
+            .iter()
+            .filter(|b| {
+                let t = String::from_utf8_lossy(b);
+                t.contains(needle) && t.contains("please escalate")
+                    || (t.contains(needle) && t.contains("escalate this ticket"))
+            })
+            .count()
+    };
+    let case = setup("draft", "");
+    case.deliver(&["d006.eml", "d007.eml", "learned/t1-new-wording-refusal.eml"]);
+    case.run_once();
+    assert_eq!(
+        drafts_with(&case, &case.ticket),
+        0,
+        "an unknown wording is not answered"
+    );
+    let config = case.config.display().to_string();
+    let o = case.bot(&[
+        "teach",
+        "--config",
+        &config,
+        "--kind",
+        "ms_not_qualified",
+        "--message-id",
+        "LRN0000000000000000000000000000000000001@CH3PR21MB9986.namprd21.prod.outlook.com",
+    ]);
+    let said = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        said.contains("decided again: draft_escalation_reply"),
+        "{said}"
+    );
+    case.run_once();
+    assert_eq!(
+        drafts_with(&case, &case.ticket),
+        1,
+        "the taught refusal is answered"
+    );
+    case.deliver(&[
+        "learned/t2-same-template-other-ticket.eml",
+        "learned/t3-same-template-unverified.eml",
+    ]);
+    case.run_once();
+    assert_eq!(
+        drafts_with(&case, "SRX1800000002ID"),
+        1,
+        "the next ticket's answer"
+    );
+    assert_eq!(
+        drafts_with(&case, "SRX1800000003ID"),
+        0,
+        "never an unverified copy"
+    );
+
+    // By folder move: another mailbox folder, another state file.
+    let moved = setup("draft", "");
+    moved.deliver(&["d007.eml", "learned/t1-new-wording-refusal.eml"]);
+    moved.run_once();
+    assert_eq!(drafts_with(&moved, &moved.ticket), 0);
+    let teach = format!("{}-Teach/ms_not_qualified", moved.folder);
+    block_on(async {
+        let mut imap = moved.connect("postmaster@example.net").await;
+        imap.select(&moved.folder).await.expect("select");
+        let uids = imap
+            .find_message_id(
+                "LRN0000000000000000000000000000000000001@CH3PR21MB9986.namprd21.prod.outlook.com",
+            )
+            .await
+            .expect("search");
+        assert_eq!(uids.len(), 1);
+        assert!(imap
+            .move_uids(&uids[0].to_string(), &teach)
+            .await
+            .expect("move"));
+        imap.logout().await;
+    });
+    let log = moved.run_once_logged();
+    assert!(log.contains("learned from the teach folder"), "{log}");
+    assert_eq!(
+        drafts_with(&moved, &moved.ticket),
+        1,
+        "decided again after the move"
+    );
+    assert!(
+        moved.messages("postmaster@example.net", &teach).is_empty(),
+        "moved back"
+    );
+    assert_eq!(
+        moved
+            .messages("postmaster@example.net", &moved.folder)
+            .iter()
+            .filter(
+                |b| String::from_utf8_lossy(b).contains("LRN0000000000000000000000000000000000001")
+            )
+            .count(),
+        1,
+        "back where it was"
     );
 }

@@ -7,6 +7,7 @@ mod fake_imap;
 mod faults;
 mod guards;
 mod hostile;
+mod learned;
 mod live;
 mod oauth;
 mod snapshots;
