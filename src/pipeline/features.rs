@@ -386,14 +386,47 @@ fn result_table(
             })
     };
     let mut heading_line: Option<usize> = None;
+    // A key/value table: an "IP address | 192.0.2.1" row waits for its "Result | ..." row.
+    let mut pending: Option<(usize, Vec<String>)> = None;
+    let mut record = |outcomes: &mut Vec<IpOutcome>, ips: Vec<String>, outcome: Outcome| {
+        for ip in ips {
+            match position.get(&ip) {
+                // The harshest outcome wins when an IP is listed twice.
+                Some(&i) if outcome == Outcome::NotQualified => outcomes[i].outcome = outcome,
+                Some(_) => {}
+                None => {
+                    position.insert(ip.clone(), outcomes.len());
+                    outcomes.push(IpOutcome { ip, outcome });
+                }
+            }
+        }
+    };
     for (n, raw_line) in own_text.lines().enumerate() {
         let line = normalize(raw_line);
         if line.is_empty() {
             continue;
         }
+        let tabular = line.contains('|') || raw_line.contains('\t');
         let ips = extract::sender_ips(&line, rules, &ctx.our_networks);
         if ips.is_empty() {
-            current = heading_of(&line, true).map(|(outcome, id)| {
+            let found = heading_of(&line, true).or_else(|| {
+                tabular
+                    .then(|| {
+                        line.split('|')
+                            .map(str::trim)
+                            .find_map(|c| heading_of(c, true))
+                    })
+                    .flatten()
+            });
+            if let (Some((outcome, id)), Some((row, waiting))) = (&found, pending.take()) {
+                evidence.push(Evidence::new(id, line.clone()));
+                record(&mut outcomes, waiting, *outcome);
+                used_lines.insert(row);
+                used_lines.insert(n);
+                current = None;
+                continue;
+            }
+            current = found.map(|(outcome, id)| {
                 evidence.push(Evidence::new(&id, line.clone()));
                 heading_line = Some(n);
                 outcome
@@ -403,8 +436,6 @@ fn result_table(
         let without_ips = IP_TOKEN.replace_all(&line, " ");
         let leftover =
             without_ips.trim_matches(|c: char| c.is_whitespace() || ",;|-\u{2013}()[]".contains(c));
-        // Only a table row (cells split by `|` or tabs) may carry its status in other words.
-        let tabular = line.contains('|') || raw_line.contains('\t');
         let outcome = if leftover.is_empty() {
             current
         } else {
@@ -416,8 +447,9 @@ fn result_table(
                 evidence.push(Evidence::new(id, line.clone()));
                 Some(*o)
             } else {
-                // Prose naming an IP ends the section.
+                // Prose naming an IP ends the section; a table row may get its status next.
                 current = None;
+                pending = tabular.then(|| (n, ips.clone()));
                 None
             }
         };
@@ -426,17 +458,7 @@ fn result_table(
             used_lines.extend(heading_line.take());
         }
         if let Some(outcome) = outcome {
-            for ip in ips {
-                match position.get(&ip) {
-                    // The harshest outcome wins when an IP is listed twice.
-                    Some(&i) if outcome == Outcome::NotQualified => outcomes[i].outcome = outcome,
-                    Some(_) => {}
-                    None => {
-                        position.insert(ip.clone(), outcomes.len());
-                        outcomes.push(IpOutcome { ip, outcome });
-                    }
-                }
-            }
+            record(&mut outcomes, ips, outcome);
         }
     }
     outcomes

@@ -91,6 +91,43 @@ pub async fn run(
         ),
         None => None,
     };
+    // The multilingual rules compile lazily; a long-running daemon compiles them all now,
+    // beside its first connect, so that no new message waits for them later.
+    let rules = engine.rules.clone();
+    let warm_up = (!once)
+        .then(|| {
+            std::thread::Builder::new()
+                .name("rules".to_string())
+                .spawn(move || rules.warm_up())
+                .ok()
+        })
+        .flatten();
+    let result = session_loop(
+        engine,
+        store,
+        once,
+        &mut shutdown,
+        &mailbox,
+        &credential,
+        mailer.as_ref(),
+    )
+    .await;
+    if let Some(handle) = warm_up {
+        let _ = handle.join();
+    }
+    result
+}
+
+/// Connects, works, and reconnects with backoff until shutdown (or one pass with `once`).
+async fn session_loop(
+    engine: &Engine,
+    store: &mut Store,
+    once: bool,
+    shutdown: &mut watch::Receiver<bool>,
+    mailbox: &MailboxConfig,
+    credential: &Credential,
+    mailer: Option<&Mailer>,
+) -> Result<(), DaemonError> {
     let mut delay = Duration::from_secs(1);
     // A new token on every reconnect, and once more straight away when a login is refused:
     // the cached one may have been revoked or have expired early.
@@ -114,17 +151,7 @@ pub async fn run(
             Err(e) => return Err(e.into()),
         };
         let started = std::time::Instant::now();
-        match session(
-            engine,
-            store,
-            &mailbox,
-            &password,
-            mailer.as_ref(),
-            once,
-            &mut shutdown,
-        )
-        .await
-        {
+        match session(engine, store, mailbox, &password, mailer, once, shutdown).await {
             Ok(()) => return Ok(()),
             Err(DaemonError::Imap(ImapError::Login { message, .. }))
                 if credential.renewable() && !retried_login =>
@@ -189,6 +216,7 @@ async fn session(
     }
     engine.load_templates(store)?;
     settle_uncertain(store, mailbox, &drafts, &mut imap).await?;
+    let mut again = 0;
     loop {
         collect_teachings(engine, store, mailbox, &mut imap).await?;
         catch_up(engine, store, mailbox, &mut imap, shutdown).await?;
@@ -216,7 +244,14 @@ async fn session(
         if imap.selected_validity(&mailbox.folder).is_none() {
             imap.select(&mailbox.folder).await?;
         }
-        imap.drain_unsolicited();
+        // At most a few passes in a row without waiting: a server that keeps announcing mail
+        // that is not there must not keep the bot from waiting.
+        if imap.drain_unsolicited() && again < 3 {
+            again += 1;
+            debug!("new mail arrived during the pass: catching up again");
+            continue;
+        }
+        again = 0;
         // Wake up in time for a reply waiting to be retried.
         let until_retry = store
             .next_retry_at()?

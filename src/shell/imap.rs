@@ -765,10 +765,21 @@ impl Imap {
     }
 
     /// Drains notifications the library queued for us (we always re-read by UID range).
-    pub fn drain_unsolicited(&mut self) {
+    /// Empties the queue of unsolicited responses; true when one of them announced new mail
+    /// (`EXISTS`, `RECENT`) that arrived while the bot was busy, so that it catches up again
+    /// rather than wait for a notification the server already sent.
+    pub fn drain_unsolicited(&mut self) -> bool {
+        use async_imap::types::UnsolicitedResponse;
+        let mut new_mail = false;
         if let Some(s) = self.session.as_mut() {
-            while s.unsolicited_responses.try_recv().is_ok() {}
+            while let Ok(r) = s.unsolicited_responses.try_recv() {
+                new_mail |= matches!(
+                    r,
+                    UnsolicitedResponse::Exists(_) | UnsolicitedResponse::Recent(_)
+                );
+            }
         }
+        new_mail
     }
 
     /// Logs out politely; errors are of no interest at that point.
