@@ -91,9 +91,10 @@ pub fn read(inbound: &Inbound, own_text: &str, rules: &Rules, ctx: &Context) -> 
     }
     without_echo.push_str(&prose[last..]);
 
+    // Cues run on lowercased text (see `rules::matcher`).
     let all: Vec<String> = paragraphs(&without_echo)
         .iter()
-        .flat_map(|p| sentences(&normalize(p)))
+        .flat_map(|p| sentences(&normalize(p).to_lowercase()))
         .collect();
     let (text, starts) = joined(&all);
     let speaks = features.languages.clone();
@@ -105,8 +106,8 @@ pub fn read(inbound: &Inbound, own_text: &str, rules: &Rules, ctx: &Context) -> 
             .filter(|p| p.role == role && p.speaks(&speaks))
         {
             if let Some(re) = rule.pattern.as_ref().and_then(|r| r.get()) {
-                for m in re.find_iter(&text) {
-                    hit[sentence_at(&starts, m.start())] = true;
+                for m in re.find_iter(text.as_bytes()) {
+                    hit[sentence_at(&starts, word_start(&m))] = true;
                 }
             }
             for (i, s) in all.iter().enumerate() {
@@ -176,6 +177,16 @@ fn joined(sentences: &[String]) -> (String, Vec<usize>) {
         text.push_str(s);
     }
     (text, starts)
+}
+
+/// Where a match's words begin: a boundary written as a class may have taken the character
+/// before them (the separator, when the words open a sentence).
+pub fn word_start(m: &regex::bytes::Match<'_>) -> usize {
+    m.start()
+        + m.as_bytes()
+            .iter()
+            .take_while(|b| b.is_ascii() && !b.is_ascii_alphanumeric())
+            .count()
 }
 
 fn sentence_at(starts: &[usize], offset: usize) -> usize {
@@ -369,6 +380,7 @@ fn result_table(
                 if !by_cue || line.chars().count() > 80 {
                     return None;
                 }
+                let lower = line.to_lowercase();
                 rules
                     .phrases
                     .iter()
@@ -380,7 +392,7 @@ fn result_table(
                             Kind::MsMitigated | Kind::MsResolved => Outcome::Mitigated,
                             _ => return None,
                         };
-                        p.find(line)
+                        p.find(&lower)
                             .map(|_| (outcome, format!("heading.by_cue.{}", p.id)))
                     })
             })

@@ -214,13 +214,17 @@ pub struct TicketRule {
     pub regex: Regex,
 }
 
-/// A pattern compiled on first use: a thousand multilingual patterns take seconds to compile,
+/// A pattern compiled on first use: a thousand multilingual patterns take time to compile,
 /// and a message needs only those of its own languages. The syntax is checked when the rules
 /// are loaded, so a bad pattern is still an error there.
+///
+/// It runs on lowercased text as a byte regex ([`matcher`]): no case folding, word classes and
+/// boundaries as small byte classes, so that compiling is quick, the programs are small and the
+/// lazy DFA runs on any text.
 #[derive(Debug, Clone)]
 pub struct LazyRegex {
     source: std::sync::Arc<str>,
-    compiled: std::sync::Arc<std::sync::OnceLock<Option<Regex>>>,
+    compiled: std::sync::Arc<std::sync::OnceLock<Option<regex::bytes::Regex>>>,
 }
 
 impl LazyRegex {
@@ -231,20 +235,31 @@ impl LazyRegex {
         }
     }
 
-    /// The compiled pattern (`None` if it exceeds the engine's size limits).
-    pub fn get(&self) -> Option<&Regex> {
+    /// The compiled pattern, to run on lowercased text (`None` if it exceeds the engine's size
+    /// limits).
+    pub fn get(&self) -> Option<&regex::bytes::Regex> {
         self.compiled
-            .get_or_init(|| compiled(&dfa_friendly(&self.source)).ok())
+            .get_or_init(|| compiled_bytes(&matcher(&self.source)).ok())
             .as_ref()
     }
 
-    pub fn find<'h>(&self, haystack: &'h str) -> Option<regex::Match<'h>> {
-        self.get()?.find(haystack)
+    /// The words of `lowercased` text it matches, boundary characters trimmed.
+    pub fn find(&self, lowercased: &str) -> Option<String> {
+        let m = self.get()?.find(lowercased.as_bytes())?;
+        Some(trim_boundary(&String::from_utf8_lossy(m.as_bytes())))
     }
 
-    pub fn is_match(&self, haystack: &str) -> bool {
-        self.get().is_some_and(|r| r.is_match(haystack))
+    pub fn is_match(&self, lowercased: &str) -> bool {
+        self.get()
+            .is_some_and(|r| r.is_match(lowercased.as_bytes()))
     }
+}
+
+/// A match without the boundary character a [`matcher`] pattern may have taken at either end.
+pub fn trim_boundary(matched: &str) -> String {
+    matched
+        .trim_matches(|c: char| c.is_ascii() && !c.is_ascii_alphanumeric())
+        .to_string()
 }
 
 /// A phrase family: a weighted cue for one kind of Microsoft answer, or a sentence marker.
@@ -272,10 +287,10 @@ impl PhraseRule {
         self.lang.as_deref().is_none_or(|l| languages.contains(&l))
     }
 
-    /// The words of `sentence` this rule matches, if it does.
+    /// The words of a (lowercased) `sentence` this rule matches, if it does.
     pub fn find(&self, sentence: &str) -> Option<String> {
         if let Some(m) = self.pattern.as_ref().and_then(|p| p.find(sentence)) {
-            return Some(m.as_str().to_string());
+            return Some(m);
         }
         self.find_words(sentence)
     }
@@ -287,11 +302,7 @@ impl PhraseRule {
         }
         let mut words = Vec::new();
         for group in &self.all {
-            let word = group.find(sentence)?.as_str();
-            words.push(
-                word.trim_matches(|c: char| !c.is_alphanumeric())
-                    .to_string(),
-            );
+            words.push(group.find(sentence)?);
         }
         Some(words.join(" + "))
     }
@@ -461,43 +472,76 @@ fn compiled(pattern: &str) -> Result<Regex, regex::Error> {
     Ok(r)
 }
 
-/// An ASCII character that is not part of a word. Non-ASCII characters count as letters: the
-/// text is normalised first (typographic quotes, dashes, `¿¡«»…` and non-breaking spaces made
-/// ASCII), and a small class keeps a thousand patterns quick to compile.
-const NOT_A_WORD: &str = "[\\x00-/:-@\\[-\\^`{-\\x7F]";
+/// Byte-regex cache for [`matcher`] patterns, as [`compiled`] is for the others.
+fn compiled_bytes(pattern: &str) -> Result<regex::bytes::Regex, regex::Error> {
+    static CACHE: std::sync::LazyLock<
+        std::sync::Mutex<std::collections::HashMap<String, regex::bytes::Regex>>,
+    > = std::sync::LazyLock::new(Default::default);
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(r) = cache.get(pattern) {
+        return Ok(r.clone());
+    }
+    // NOTE: a small lazy-DFA cache per pattern: two hundred of them are alive at once, and a
+    // sentence needs few states.
+    let r = regex::bytes::RegexBuilder::new(pattern)
+        .size_limit(64 << 20)
+        .dfa_size_limit(256 << 10)
+        .build()?;
+    cache.insert(pattern.to_string(), r.clone());
+    Ok(r)
+}
 
-/// The same pattern with its word boundaries (`\b`) written as character classes.
+/// An ASCII byte that is not part of a word. Non-ASCII characters count as letters: the text is
+/// normalised first (typographic quotes, dashes, `¿¡«»…` and non-breaking spaces made ASCII).
+const NOT_A_WORD: &str = "(?-u:[\\x00-/:-@\\[-\\^`{-\\x7F])";
+/// A byte of a word: an ASCII letter, digit or `_`, or any byte of a non-ASCII character.
+const WORD: &str = "(?-u:[0-9a-z_\\x80-\\xFF])";
+
+/// A rule's pattern as it runs: on lowercased text, as a byte regex.
 ///
-/// NOTE: regex's fast engines (the lazy DFA) handle a Unicode `\b` only on ASCII text; on
-/// German, French or Japanese mail every search fell back to the PikeVM and a thousand
-/// multilingual patterns cost milliseconds per message. A boundary before a word becomes
-/// "start of text or a non-word character" ([`NOT_A_WORD`]), after a word "a non-word character
-/// or the end"; one
-/// next to white space that the pattern itself matches is dropped. Matches then may carry one
-/// character of context at either end, which the scorer trims.
-pub fn dfa_friendly(pattern: &str) -> String {
+/// NOTE: written as they are, a thousand case-insensitive, Unicode-aware multilingual patterns
+/// took seconds to compile, a hundred megabytes of memory, and fell back from the lazy DFA to
+/// the PikeVM on any non-ASCII text (the DFA handles a Unicode `\b` only on ASCII). So: `(?i)`
+/// goes (the text is lowercased, and so are the pattern's letters), `\w`, `\s`, `\d`, `.` become
+/// byte classes, and `\b` becomes "start of text or a non-word byte" before a word and "a
+/// non-word byte or the end" after one (dropped next to white space the pattern matches
+/// anyway). A match may then carry one boundary character at either end
+/// ([`trim_boundary`]).
+pub fn matcher(pattern: &str) -> String {
+    let pattern = pattern.replace("(?i)", "").replace("(?i:", "(?:");
     let chars: Vec<char> = pattern.chars().collect();
-    let mut out = String::with_capacity(pattern.len() + 16);
+    let mut out = String::with_capacity(pattern.len() + 32);
     let mut i = 0;
     let mut in_class = 0usize;
     while i < chars.len() {
         let c = chars[i];
         if c == '\\' && i + 1 < chars.len() {
             let next = chars[i + 1];
+            if in_class == 0 {
+                let replacement = match next {
+                    'w' => Some(WORD),
+                    's' => Some("(?-u:\\s)"),
+                    'S' => Some("(?-u:\\S)"),
+                    'd' => Some("(?-u:\\d)"),
+                    'D' => Some("(?-u:\\D)"),
+                    'W' => Some(NOT_A_WORD),
+                    _ => None,
+                };
+                if let Some(r) = replacement {
+                    out.push_str(r);
+                    i += 2;
+                    continue;
+                }
+            }
             if next == 'b' && in_class == 0 && chars.get(i + 2) != Some(&'{') {
                 let before = out.trim_end_matches(['+', '*', '?']);
-                let after_space = before.ends_with("\\s") || before.ends_with(' ');
+                let after_space = before.ends_with("\\s)") || before.ends_with(' ');
                 let following = chars.get(i + 2).copied();
-                let trailing = matches!(following, None | Some(')') | Some('|'))
-                    || (following == Some('\\') && chars.get(i + 3) == Some(&'s'));
-                if after_space || (trailing && following == Some('\\')) {
-                    // Next to white space the pattern matches anyway: nothing to add.
-                } else if trailing {
-                    out.push_str("(?:$|");
-                    out.push_str(NOT_A_WORD);
-                    out.push(')');
-                } else {
-                    out.push_str("(?:^|");
+                let before_space = (following == Some('\\') && chars.get(i + 3) == Some(&'s'))
+                    || following == Some(' ');
+                let trailing = matches!(following, None | Some(')') | Some('|'));
+                if !(after_space || before_space) {
+                    out.push_str(if trailing { "(?:$|" } else { "(?:^|" });
                     out.push_str(NOT_A_WORD);
                     out.push(')');
                 }
@@ -512,9 +556,14 @@ pub fn dfa_friendly(pattern: &str) -> String {
         match c {
             '[' => in_class += 1,
             ']' if in_class > 0 => in_class -= 1,
+            '.' if in_class == 0 => {
+                out.push_str("(?-u:[^\\n])");
+                i += 1;
+                continue;
+            }
             _ => {}
         }
-        out.push(c);
+        out.extend(c.to_lowercase());
         i += 1;
     }
     out

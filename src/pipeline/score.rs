@@ -7,8 +7,8 @@
 use serde::Serialize;
 
 use crate::pipeline::classify::{Evidence, Kind, Outcome};
-use crate::pipeline::features::Features;
-use crate::pipeline::rules::{Role, Rules, Scoring};
+use crate::pipeline::features::{self, Features};
+use crate::pipeline::rules::{trim_boundary, Role, Rules, Scoring};
 
 /// The kinds a sender-support answer can be, in the order ties are reported.
 const KINDS: [Kind; 8] = [
@@ -107,10 +107,10 @@ pub fn score(features: &Features, rules: &Rules, extra: &[ExtraCue]) -> Scored {
             }
         };
         if let Some(re) = rule.pattern.as_ref().and_then(|r| r.get()) {
-            for m in re.find_iter(&features.text) {
+            for m in re.find_iter(features.text.as_bytes()) {
                 // A word boundary written as a class may have taken one character of context.
-                let words = m.as_str().trim_matches(|c: char| !c.is_alphanumeric());
-                consider(features.sentence_at(m.start()), words.to_string());
+                let words = trim_boundary(&String::from_utf8_lossy(m.as_bytes()));
+                consider(features.sentence_at(features::word_start(&m)), words);
             }
         }
         if !rule.all.is_empty() {

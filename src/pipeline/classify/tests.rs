@@ -281,3 +281,71 @@ fn loop_risks_are_reported_on_verified_mail() {
     let plain = ms(OURS, "RE: SRX1234567890ID", REFUSAL);
     assert_eq!(classify_text(&plain).loop_risk, None);
 }
+
+#[test]
+fn a_request_for_data_outranks_the_team_it_names() {
+    let body = "Hello,\n\nyour ticket is now with our Escalations Team. Before they can continue, please send us proof of IP ownership and the full headers of a rejected message.\n";
+    let v = check(
+        &ms(OURS, "RE: SRX1234567890ID", body),
+        Kind::MsInfoRequested,
+        Some("SRX1234567890ID"),
+        &[],
+    );
+    assert!(v
+        .evidence
+        .iter()
+        .any(|e| e.rule.starts_with("info_requested")));
+}
+
+#[test]
+fn a_lifted_block_that_recalls_the_refusal_is_resolved() {
+    let body = "Hello,\n\nLast year we told you that 192.0.2.9 was not qualified for mitigation. After the review with our Escalations Team the block on 192.0.2.9 has now been lifted.\n";
+    check(
+        &ms(OURS, "RE: SRX1234567890ID", body),
+        Kind::MsResolved,
+        Some("SRX1234567890ID"),
+        &["192.0.2.9"],
+    );
+}
+
+#[test]
+fn unblocking_under_a_daily_limit_is_conditional_without_the_keywords() {
+    let body = "Hello,\n\n192.0.2.9 has been unblocked. For now it can deliver only a limited number of messages per day; the allowance grows with a good sending history.\n";
+    check(
+        &ms(OURS, "RE: SRX1234567890ID", body),
+        Kind::MsConditionallyMitigated,
+        Some("SRX1234567890ID"),
+        &["192.0.2.9"],
+    );
+}
+
+#[test]
+fn an_answer_in_a_language_nobody_wrote_rules_for_goes_to_a_person() {
+    // Finnish: "we checked the address; result: not eligible for mitigation".
+    let body = "Hei,\n\ntarkistimme osoitteen huolellisesti.\n\nTulos\n192.0.2.9 | ei oikeutettu lieventämiseen\n\nYstävällisin terveisin\nTuki\n";
+    let v = check(
+        &ms(OURS, "RE: SRX1234567890ID", body),
+        Kind::MsOther,
+        Some("SRX1234567890ID"),
+        &["192.0.2.9"],
+    );
+    assert!(v.uncertain.is_some(), "{:?}", v.evidence);
+    assert!(v.confidence <= 0.5);
+}
+
+#[test]
+fn a_learned_template_that_contradicts_clear_wording_is_uncertain() {
+    let rules = Rules::builtin().expect("rules");
+    let body = "Dear Dana,\n\nWe have implemented mitigation for 192.0.2.9. This process may take 24 - 48 hours to replicate completely throughout our system.\n";
+    let raw = ms(OURS, "RE: SRX1234567890ID", body);
+    let inbound = parse(raw.as_bytes(), Limits::default());
+    let (own, _) = extract::split_own_text(&inbound.body, &rules);
+    // Taught by mistake as a refusal: the wording clearly says the block was lifted.
+    let wrong = learned::learn(Kind::MsNotQualified, &own, "mistake", 0);
+    let v = classify_with(&inbound, &rules, &ctx(), None, &[wrong]);
+    assert_eq!(v.kind, Kind::MsOther, "{:?}", v.evidence);
+    assert!(v
+        .uncertain
+        .as_deref()
+        .is_some_and(|u| u.contains("learned template")));
+}
