@@ -10,7 +10,7 @@
 use mail_parser::{HeaderValue, MessageParser};
 
 use crate::pipeline::classify::{domain_within, Context};
-use crate::pipeline::rules::Rules;
+use crate::pipeline::rules::{PatternList, Rules};
 
 /// The header fields the filter reads (the loop header is added from the context).
 pub const FIELDS: &[&str] = &[
@@ -42,7 +42,7 @@ pub fn needs_body(header: &[u8], rules: &Rules, ctx: &Context) -> Option<&'stati
     };
     let m = &rules.markers;
     let subject = message.subject().unwrap_or("");
-    let any = |patterns: &[regex::Regex], text: &str| patterns.iter().any(|r| r.is_match(text));
+    let any = |patterns: &PatternList, text: &str| patterns.is_match(text);
 
     // Every address that could say who sent it: From, Sender, Reply-To, Return-Path.
     let mut senders: Vec<(String, String)> = Vec::new();
@@ -104,7 +104,7 @@ pub fn needs_body(header: &[u8], rules: &Rules, ctx: &Context) -> Option<&'stati
             return Some("our Message-ID");
         }
     }
-    if rules.tickets.iter().any(|t| t.regex.is_match(subject)) {
+    if rules.ticket_gate.is_match(subject) {
         return Some("ticket id in the subject");
     }
     for (patterns, reason) in [

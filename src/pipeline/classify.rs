@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::pipeline::extract::{self, normalize};
 use crate::pipeline::parse::Inbound;
-use crate::pipeline::rules::Rules;
+use crate::pipeline::rules::{PatternList, Rules};
 use crate::pipeline::{features, learned, score};
 
 /// What a message is. Exactly one per message.
@@ -432,13 +432,32 @@ fn classify_uncapped(
         .as_ref()
         .and_then(|f| f.name.clone())
         .unwrap_or_default();
-    let identity_text = format!("{sender_name}\n{}\n{own_text}", inbound.subject);
-    let support_marker = first_match(&rules.markers.microsoft_support, &identity_text);
-    let snds_marker = first_match(
-        &rules.markers.snds,
-        &format!("{sender_name}\n{}", inbound.subject),
-    )
-    .or_else(|| first_match(&rules.markers.snds, &own_text));
+    // Each text normalised once: the markers run on the sender's name, the subject and the
+    // message's own text, together and apart.
+    let (name_plain, subject_plain, own_plain) = (
+        normalize(&sender_name),
+        normalize(&inbound.subject),
+        normalize(&own_text),
+    );
+    let joined = |parts: &[&str]| {
+        parts
+            .iter()
+            .filter(|p| !p.is_empty())
+            .copied()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let support_marker = rules
+        .markers
+        .microsoft_support
+        .first_match(&joined(&[&name_plain, &subject_plain, &own_plain]))
+        .map(|m| m.as_str().to_string());
+    let snds_marker = rules
+        .markers
+        .snds
+        .first_match(&joined(&[&name_plain, &subject_plain]))
+        .or_else(|| rules.markers.snds.first_match(&own_plain))
+        .map(|m| m.as_str().to_string());
 
     let looks_microsoft =
         subject_ticket.is_some() || support_marker.is_some() || snds_marker.is_some();
@@ -583,11 +602,9 @@ fn ev(rule: &str, matched: String) -> Evidence {
     Evidence::new(rule, matched)
 }
 
-fn first_match(patterns: &[Regex], text: &str) -> Option<String> {
+fn first_match(patterns: &PatternList, text: &str) -> Option<String> {
     let text = normalize(text);
-    patterns
-        .iter()
-        .find_map(|r| r.find(&text).map(|m| m.as_str().to_string()))
+    patterns.first_match(&text).map(|m| m.as_str().to_string())
 }
 
 pub(crate) fn domain_within(domain: &str, parents: &[String]) -> bool {

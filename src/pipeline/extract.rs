@@ -12,26 +12,54 @@ use crate::pipeline::rules::Rules;
 /// Text with whitespace runs collapsed to one space and typographic characters made plain, so
 /// phrase patterns match across line breaks and Word-style punctuation.
 pub fn normalize(text: &str) -> String {
-    let mapped: String = text
-        .chars()
-        .map(|c| match c {
-            '\u{2018}' | '\u{2019}' | '\u{201B}' | '\u{2032}' => '\'',
-            '\u{201C}' | '\u{201D}' | '\u{201E}' => '"',
-            '\u{2010}'..='\u{2015}' => '-',
-            '\u{00A0}' | '\u{2007}' | '\u{202F}' | '\u{200B}' => ' ',
-            '\u{00AB}' | '\u{00BB}' | '\u{2039}' | '\u{203A}' => '"',
-            '\u{00BF}' => '?',
-            '\u{00A1}' => '!',
-            '\u{2026}' => '.',
-            c => c,
-        })
-        .collect();
-    mapped.split_whitespace().collect::<Vec<_>>().join(" ")
+    let mut out = String::with_capacity(text.len());
+    // One pass, no intermediate strings, ASCII without decoding: every message's text goes
+    // through here, more than once.
+    let mut pending_space = false;
+    let mut rest = text;
+    while let Some(&b) = rest.as_bytes().first() {
+        let c = if b.is_ascii() {
+            rest = &rest[1..];
+            b as char
+        } else {
+            let Some(c) = rest.chars().next() else { break };
+            rest = &rest[c.len_utf8()..];
+            plain(c)
+        };
+        if c.is_whitespace() {
+            pending_space = !out.is_empty();
+            continue;
+        }
+        if pending_space {
+            out.push(' ');
+            pending_space = false;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A typographic character as the plain one phrase patterns are written with.
+fn plain(c: char) -> char {
+    match c {
+        '\u{2018}' | '\u{2019}' | '\u{201B}' | '\u{2032}' => '\'',
+        '\u{201C}' | '\u{201D}' | '\u{201E}' => '"',
+        '\u{2010}'..='\u{2015}' => '-',
+        '\u{00A0}' | '\u{2007}' | '\u{202F}' | '\u{200B}' => ' ',
+        '\u{00AB}' | '\u{00BB}' | '\u{2039}' | '\u{203A}' => '"',
+        '\u{00BF}' => '?',
+        '\u{00A1}' => '!',
+        '\u{2026}' => '.',
+        c => c,
+    }
 }
 
 /// The first ticket id in `text` by rule order, with the id of the rule that found it.
 pub fn ticket_id(text: &str, rules: &Rules) -> Option<(String, String)> {
     let text = normalize(text);
+    if !rules.ticket_gate.is_match(&text) {
+        return None;
+    }
     let mut best: Option<(usize, String, String)> = None;
     for rule in &rules.tickets {
         if let Some(caps) = rule.regex.captures(&text) {
@@ -324,6 +352,22 @@ fn is_public(ip: &IpAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// Whitespace runs become one space, the ends are trimmed, typographic characters
+        /// become plain: the same as mapping each character, then joining the words.
+        #[test]
+        fn normalize_maps_then_joins_words(text in "(?s)[ \t\r\na-z\u{A0}\u{2019}\u{2026}\u{200B}\u{3000}é]{0,40}") {
+            let by_words = text
+                .chars()
+                .map(|c| normalize(&c.to_string()).chars().next().unwrap_or(' '))
+                .collect::<String>()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            proptest::prop_assert_eq!(normalize(&text), by_words);
+        }
+    }
 
     fn rules() -> Rules {
         Rules::builtin().expect("built-in rules compile")

@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::pipeline::classify::{Context, Evidence, IpOutcome, Kind, Outcome};
 use crate::pipeline::extract::{self, normalize};
 use crate::pipeline::parse::Inbound;
-use crate::pipeline::rules::{Role, Rules};
+use crate::pipeline::rules::{starts_a_word, Role, Rules};
 
 /// One sentence of the message's own text, whitespace folded.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -106,7 +106,8 @@ pub fn read(inbound: &Inbound, own_text: &str, rules: &Rules, ctx: &Context) -> 
             .filter(|p| p.role == role && p.speaks(&speaks))
         {
             if let Some(re) = rule.pattern.as_ref().and_then(|r| r.get()) {
-                for m in re.find_iter(text.as_bytes()) {
+                let bytes = text.as_bytes();
+                for m in re.find_iter(bytes).filter(|m| starts_a_word(bytes, m)) {
                     hit[sentence_at(&starts, word_start(&m))] = true;
                 }
             }
@@ -413,15 +414,33 @@ fn result_table(
             }
         }
     };
-    for (n, raw_line) in own_text.lines().enumerate() {
-        let line = normalize(raw_line);
+    let lines: Vec<(String, bool, Vec<String>)> = own_text
+        .lines()
+        .map(|raw| {
+            let line = normalize(raw);
+            let tabular = line.contains('|') || raw.contains('\t');
+            let ips = if line.is_empty() {
+                Vec::new()
+            } else {
+                extract::sender_ips(&line, rules, &ctx.our_networks)
+            };
+            (line, tabular, ips)
+        })
+        .collect();
+    for (n, (line, tabular, ips)) in lines.iter().enumerate() {
+        let (line, tabular, ips) = (line.clone(), *tabular, ips.clone());
         if line.is_empty() {
             continue;
         }
-        let tabular = line.contains('|') || raw_line.contains('\t');
-        let ips = extract::sender_ips(&line, rules, &ctx.our_networks);
         if ips.is_empty() {
-            let found = heading_of(&line, true).or_else(|| {
+            // A heading in other words than the rules' headings: a short line right above
+            // the IPs it applies to, or a table row.
+            let heads_ips = line.split_whitespace().count() <= 8
+                && lines[n + 1..]
+                    .iter()
+                    .find(|(l, _, _)| !l.is_empty())
+                    .is_some_and(|(_, _, next)| !next.is_empty());
+            let found = heading_of(&line, heads_ips || tabular).or_else(|| {
                 tabular
                     .then(|| {
                         line.split('|')

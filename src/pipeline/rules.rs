@@ -211,7 +211,7 @@ fn default_priority() -> u32 {
 #[derive(Debug, Clone)]
 pub struct TicketRule {
     pub id: String,
-    pub regex: Regex,
+    pub regex: LazyRe,
 }
 
 /// A pattern compiled on first use: a thousand multilingual patterns take time to compile,
@@ -245,14 +245,27 @@ impl LazyRegex {
 
     /// The words of `lowercased` text it matches, boundary characters trimmed.
     pub fn find(&self, lowercased: &str) -> Option<String> {
-        let m = self.get()?.find(lowercased.as_bytes())?;
+        let text = lowercased.as_bytes();
+        let m = self
+            .get()?
+            .find_iter(text)
+            .find(|m| starts_a_word(text, m))?;
         Some(trim_boundary(&String::from_utf8_lossy(m.as_bytes())))
     }
 
     pub fn is_match(&self, lowercased: &str) -> bool {
-        self.get()
-            .is_some_and(|r| r.is_match(lowercased.as_bytes()))
+        self.find(lowercased).is_some()
     }
+}
+
+/// Whether a match begins at the start of a word, as a pattern's leading `\b` asks: not an
+/// ASCII letter or digit right after another. (Before a non-ASCII character, or in scripts
+/// written without spaces, any position counts.)
+pub fn starts_a_word(text: &[u8], m: &regex::bytes::Match<'_>) -> bool {
+    let first = m.as_bytes().first().copied().unwrap_or(b' ');
+    let before = m.start().checked_sub(1).map(|i| text[i]);
+    !(first.is_ascii_alphanumeric()
+        && before.is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_'))
 }
 
 /// A match without the boundary character a [`matcher`] pattern may have taken at either end.
@@ -313,7 +326,7 @@ impl PhraseRule {
 pub struct HeadingRule {
     pub id: String,
     pub outcome: Outcome,
-    pub regex: Regex,
+    pub regex: LazyRe,
 }
 
 /// A bounce cause.
@@ -325,31 +338,126 @@ pub struct BounceRule {
     pub channel: Option<Channel>,
     pub notify: bool,
     pub priority: u32,
-    pub patterns: Vec<Regex>,
-    pub require: Vec<Regex>,
+    pub patterns: Vec<LazyRe>,
+    pub require: Vec<LazyRe>,
     /// Microsoft's own words for the listing, with `{ip}` for our IP: the only bounce text a
     /// reply to Microsoft ever quotes.
     pub quote: Option<String>,
     /// Finds the listing code (`S3140`) in the bounce.
-    pub listing: Option<Regex>,
+    pub listing: Option<LazyRe>,
 }
 
 /// Named pattern lists (`markers` table).
 #[derive(Debug, Clone, Default)]
 pub struct Markers {
-    pub microsoft_support: Vec<Regex>,
-    pub jmrp_from: Vec<Regex>,
-    pub jmrp_subject: Vec<Regex>,
-    pub snds: Vec<Regex>,
-    pub forward_subject: Vec<Regex>,
-    pub reply_separator: Vec<Regex>,
-    pub auto_reply_subject: Vec<Regex>,
-    pub bounce_sender: Vec<Regex>,
-    pub bounce_subject: Vec<Regex>,
-    pub bounce_body: Vec<Regex>,
-    pub returned_message: Vec<Regex>,
+    pub microsoft_support: PatternList,
+    pub jmrp_from: PatternList,
+    pub jmrp_subject: PatternList,
+    pub snds: PatternList,
+    pub forward_subject: PatternList,
+    pub reply_separator: PatternList,
+    pub auto_reply_subject: PatternList,
+    pub bounce_sender: PatternList,
+    pub bounce_subject: PatternList,
+    pub bounce_body: PatternList,
+    pub returned_message: PatternList,
     /// Subjects that make the header-first sync fetch a message whole (`candidate.rs`).
-    pub candidate_subject: Vec<Regex>,
+    pub candidate_subject: PatternList,
+}
+
+/// A rule's pattern, compiled on first use: a process that reads one message should not pay
+/// for the hundreds it does not need, and a daemon compiles them all on a thread of its own
+/// ([`Rules::warm_up`]). The built-in patterns are checked by this module's tests, a user's
+/// are compiled when the file is loaded, so a bad pattern is still an error at start.
+#[derive(Debug, Clone)]
+pub struct LazyRe {
+    source: std::sync::Arc<str>,
+    compiled: std::sync::Arc<std::sync::OnceLock<Regex>>,
+}
+
+impl LazyRe {
+    fn new(source: &str) -> LazyRe {
+        LazyRe {
+            source: source.into(),
+            compiled: Default::default(),
+        }
+    }
+}
+
+impl std::ops::Deref for LazyRe {
+    type Target = Regex;
+
+    fn deref(&self) -> &Regex {
+        self.compiled.get_or_init(|| {
+            compiled(&self.source).unwrap_or_else(|_| {
+                // Unreachable for checked patterns; a pattern over the size limits matches
+                // nothing rather than everything.
+                static NOTHING: std::sync::LazyLock<Regex> = std::sync::LazyLock::new(|| {
+                    Regex::new(r"[^\s\S]").expect("static regex is valid")
+                });
+                NOTHING.clone()
+            })
+        })
+    }
+}
+
+/// Patterns tried in order, with one alternation of them all that answers "does any match"
+/// in a single scan: the header pass asks that of ten thousand subjects, and almost all of
+/// them say no.
+#[derive(Debug, Clone, Default)]
+pub struct PatternList {
+    patterns: Vec<LazyRe>,
+    any: std::sync::Arc<std::sync::OnceLock<Option<Regex>>>,
+}
+
+impl PatternList {
+    pub fn new(patterns: Vec<LazyRe>) -> PatternList {
+        PatternList {
+            patterns,
+            any: Default::default(),
+        }
+    }
+
+    /// The alternation, compiled on first use (`None` if it exceeds the engine's limits,
+    /// and then each pattern is tried in turn).
+    fn any(&self) -> Option<&Regex> {
+        self.any
+            .get_or_init(|| {
+                if self.patterns.len() < 2 {
+                    return None;
+                }
+                let alternation: Vec<String> = self
+                    .patterns
+                    .iter()
+                    .map(|r| format!("(?:{})", r.source))
+                    .collect();
+                compiled(&alternation.join("|")).ok()
+            })
+            .as_ref()
+    }
+
+    pub fn is_match(&self, text: &str) -> bool {
+        match self.any() {
+            Some(any) => any.is_match(text),
+            None => self.patterns.iter().any(|r| r.is_match(text)),
+        }
+    }
+
+    /// The match of the first pattern, in list order, that matches.
+    pub fn first_match<'t>(&self, text: &'t str) -> Option<regex::Match<'t>> {
+        if self.any().is_some_and(|any| !any.is_match(text)) {
+            return None;
+        }
+        self.patterns.iter().find_map(|r| r.find(text))
+    }
+}
+
+impl std::ops::Deref for PatternList {
+    type Target = [LazyRe];
+
+    fn deref(&self) -> &[LazyRe] {
+        &self.patterns
+    }
 }
 
 const MARKER_NAMES: &[&str] = &[
@@ -371,6 +479,8 @@ const MARKER_NAMES: &[&str] = &[
 #[derive(Debug, Clone)]
 pub struct Rules {
     pub tickets: Vec<TicketRule>,
+    /// The ticket patterns as one list: whether a text can hold a ticket id at all.
+    pub ticket_gate: PatternList,
     pub phrases: Vec<PhraseRule>,
     pub headings: Vec<HeadingRule>,
     /// Sorted by priority, lowest first.
@@ -389,11 +499,50 @@ impl Rules {
     /// Compiles every lazily compiled pattern now (the daemon does it on a thread of its own at
     /// start, so that the first message of a language does not wait for its rules).
     pub fn warm_up(&self) {
+        // What the header pass asks first, then what every message asks, then the languages.
+        for list in self.marker_lists().into_iter().chain([&self.ticket_gate]) {
+            let _ = list.is_match("");
+        }
+        for re in self.string_patterns() {
+            let _ = re.is_match("");
+        }
         for rule in &self.phrases {
             for re in rule.pattern.iter().chain(&rule.all).chain(rule.none.iter()) {
                 let _ = re.get();
             }
         }
+    }
+
+    fn marker_lists(&self) -> [&PatternList; 12] {
+        let m = &self.markers;
+        [
+            &m.microsoft_support,
+            &m.jmrp_from,
+            &m.jmrp_subject,
+            &m.snds,
+            &m.forward_subject,
+            &m.reply_separator,
+            &m.auto_reply_subject,
+            &m.bounce_sender,
+            &m.bounce_subject,
+            &m.bounce_body,
+            &m.returned_message,
+            &m.candidate_subject,
+        ]
+    }
+
+    /// Every pattern that runs as a string regex (all but the phrases').
+    fn string_patterns(&self) -> impl Iterator<Item = &LazyRe> {
+        self.marker_lists()
+            .into_iter()
+            .flat_map(|list| list.iter())
+            .chain(self.tickets.iter().map(|t| &t.regex))
+            .chain(self.headings.iter().map(|h| &h.regex))
+            .chain(
+                self.bounces
+                    .iter()
+                    .flat_map(|b| b.patterns.iter().chain(&b.require).chain(b.listing.iter())),
+            )
     }
 
     /// The built-in rules merged with a user rules file given as (source name, text).
@@ -402,11 +551,66 @@ impl Rules {
         let mut source_name = "built-in rules".to_string();
         if let Some((name, text)) = user {
             let raw = parse_raw(name, text)?;
+            // The built-in phrases are checked by this module's tests; a user's are checked
+            // here, so that a bad one is an error at start and not a cue that never matches.
+            check_user_patterns(name, &raw)?;
             merge(&mut merged, raw);
             source_name = name.to_string();
         }
         compile(&source_name, merged)
     }
+}
+
+/// Every pattern of a user's rules file as it will run: the phrase patterns ([`matcher`])
+/// parsed and translated (compiling waits for the first message in their language), the
+/// others compiled.
+fn check_user_patterns(source_name: &str, raw: &RawRules) -> Result<(), RulesError> {
+    let check = |rule: &str, pattern: &str| {
+        compiled(pattern)
+            .map(|_| ())
+            .map_err(|e| RulesError::Pattern {
+                source_name: source_name.to_string(),
+                rule: rule.to_string(),
+                pattern: pattern.to_string(),
+                cause: e.to_string(),
+            })
+    };
+    for t in &raw.ticket {
+        check(&t.id, &t.pattern)?;
+    }
+    for h in &raw.heading {
+        check(&h.id, &h.pattern)?;
+    }
+    for b in &raw.bounce {
+        for p in b.patterns.iter().chain(&b.require).chain(&b.listing) {
+            check(&b.id, p)?;
+        }
+    }
+    for (name, patterns) in &raw.markers {
+        for p in patterns {
+            check(&format!("markers.{name}"), p)?;
+        }
+    }
+    for p in &raw.phrase {
+        for single in p
+            .patterns
+            .iter()
+            .chain(p.all.iter().flatten())
+            .chain(&p.none)
+        {
+            regex_syntax::ParserBuilder::new()
+                .utf8(false)
+                .build()
+                .parse(&matcher(single))
+                .map_err(|e| RulesError::Pattern {
+                    source_name: source_name.to_string(),
+                    rule: p.id.clone(),
+                    pattern: single.to_string(),
+                    cause: e.to_string(),
+                })?;
+        }
+    }
+    Ok(())
 }
 
 fn parse_raw(source_name: &str, text: &str) -> Result<RawRules, RulesError> {
@@ -459,17 +663,21 @@ fn merge(base: &mut RawRules, user: RawRules) {
 fn compiled(pattern: &str) -> Result<Regex, regex::Error> {
     static CACHE: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, Regex>>> =
         std::sync::LazyLock::new(Default::default);
-    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(r) = cache.get(pattern) {
-        return Ok(r.clone());
+    let cached = |pattern: &str| {
+        let cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+        cache.get(pattern).cloned()
+    };
+    if let Some(r) = cached(pattern) {
+        return Ok(r);
     }
+    // Built outside the lock, as in `compiled_bytes`.
     // NOTE: a rule's alternation of Unicode-aware patterns is larger than the default limit.
     let r = regex::RegexBuilder::new(pattern)
         .size_limit(64 << 20)
         .dfa_size_limit(8 << 20)
         .build()?;
-    cache.insert(pattern.to_string(), r.clone());
-    Ok(r)
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    Ok(cache.entry(pattern.to_string()).or_insert(r).clone())
 }
 
 /// Byte-regex cache for [`matcher`] patterns, as [`compiled`] is for the others.
@@ -477,18 +685,23 @@ fn compiled_bytes(pattern: &str) -> Result<regex::bytes::Regex, regex::Error> {
     static CACHE: std::sync::LazyLock<
         std::sync::Mutex<std::collections::HashMap<String, regex::bytes::Regex>>,
     > = std::sync::LazyLock::new(Default::default);
-    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(r) = cache.get(pattern) {
-        return Ok(r.clone());
+    let cached = |pattern: &str| {
+        let cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+        cache.get(pattern).cloned()
+    };
+    if let Some(r) = cached(pattern) {
+        return Ok(r);
     }
+    // Built outside the lock: the warm-up thread and a message's first use compile side by
+    // side (at worst one pattern twice, never one waiting on the other's whole list).
     // NOTE: a small lazy-DFA cache per pattern: two hundred of them are alive at once, and a
     // sentence needs few states.
     let r = regex::bytes::RegexBuilder::new(pattern)
         .size_limit(64 << 20)
         .dfa_size_limit(256 << 10)
         .build()?;
-    cache.insert(pattern.to_string(), r.clone());
-    Ok(r)
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    Ok(cache.entry(pattern.to_string()).or_insert(r).clone())
 }
 
 /// An ASCII byte that is not part of a word. Non-ASCII characters count as letters: the text is
@@ -540,8 +753,11 @@ pub fn matcher(pattern: &str) -> String {
                 let before_space = (following == Some('\\') && chars.get(i + 3) == Some(&'s'))
                     || following == Some(' ');
                 let trailing = matches!(following, None | Some(')') | Some('|'));
-                if !(after_space || before_space) {
-                    out.push_str(if trailing { "(?:$|" } else { "(?:^|" });
+                // A boundary before a word is checked on the match instead ([`starts_a_word`]):
+                // written into the pattern it would hide the literals the search looks for
+                // first, and every pattern would run its automaton over the whole text.
+                if trailing && !(after_space || before_space) {
+                    out.push_str("(?:$|");
                     out.push_str(NOT_A_WORD);
                     out.push(')');
                 }
@@ -552,6 +768,16 @@ pub fn matcher(pattern: &str) -> String {
             out.push(next);
             i += 2;
             continue;
+        }
+        // A class of ASCII characters (and word bytes) as a byte class: as a Unicode class,
+        // `[\w-]` or `[^,]` stands for thousands of code points and compiles to a large
+        // automaton, a hundred times the cost of the rest of the pattern.
+        if c == '[' && in_class == 0 {
+            if let Some((class, end)) = byte_class(&chars, i) {
+                out.push_str(&class);
+                i = end + 1;
+                continue;
+            }
         }
         match c {
             '[' => in_class += 1,
@@ -569,15 +795,86 @@ pub fn matcher(pattern: &str) -> String {
     out
 }
 
+/// The class opened at `start` as a byte class on lowercased text, with the index of its `]`;
+/// `None` when it names a non-ASCII character or a Unicode class, which only a Unicode class
+/// can say.
+fn byte_class(chars: &[char], start: usize) -> Option<(String, usize)> {
+    let end = class_end(chars, start)?;
+    let mut class = String::from("(?-u:[");
+    let mut i = start + 1;
+    if chars.get(i) == Some(&'^') {
+        class.push('^');
+        i += 1;
+    }
+    while i < end {
+        let c = chars[i];
+        match c {
+            '\\' => {
+                let next = *chars.get(i + 1)?;
+                match next {
+                    'w' => class.push_str("0-9a-z_\\x80-\\xFF"),
+                    'd' => class.push_str("0-9"),
+                    's' => class.push_str("\\t\\n\\x0B\\x0C\\r "),
+                    // Negated and named classes are Unicode's; escaped characters stay as
+                    // written (`\x27` is ASCII, `\x{e9}` is not).
+                    'W' | 'D' | 'S' | 'p' | 'P' => return None,
+                    'x' if chars.get(i + 2) == Some(&'{') => return None,
+                    'x' => {
+                        let hex: String = chars.get(i + 2..i + 4)?.iter().collect();
+                        if u8::from_str_radix(&hex, 16).ok()? > 0x7F {
+                            return None;
+                        }
+                        class.push_str("\\x");
+                        class.push_str(&hex);
+                        i += 4;
+                        continue;
+                    }
+                    _ if next.is_ascii() => {
+                        class.push(c);
+                        class.push(next);
+                    }
+                    _ => return None,
+                }
+                i += 2;
+                continue;
+            }
+            '[' => return None,
+            _ if !c.is_ascii() => return None,
+            _ => class.push(c.to_ascii_lowercase()),
+        }
+        i += 1;
+    }
+    class.push_str("])");
+    Some((class, end))
+}
+
+/// The index of the `]` that closes the class opened at `start`, escapes and nested classes
+/// (`[[:alpha:]]`) allowed for.
+fn class_end(chars: &[char], start: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut i = start;
+    while i < chars.len() {
+        match chars[i] {
+            '\\' => i += 1,
+            '[' => depth += 1,
+            // A `]` right after `[` or `[^` is a literal.
+            ']' if i > start + 1 && !(i == start + 2 && chars[start + 1] == '^') => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
 fn compile(source_name: &str, raw: RawRules) -> Result<Rules, RulesError> {
-    let re = |rule: &str, pattern: &str| {
-        compiled(pattern).map_err(|e| RulesError::Pattern {
-            source_name: source_name.to_string(),
-            rule: rule.to_string(),
-            pattern: pattern.to_string(),
-            cause: e.to_string(),
-        })
-    };
+    // Checked where they come from (tests for the built-in rules, `check_user_patterns` for
+    // a user's); compiled on first use.
+    let re = |_rule: &str, pattern: &str| Ok::<_, RulesError>(LazyRe::new(pattern));
     let missing = |rule: &str, what: &str| RulesError::Rule {
         source_name: source_name.to_string(),
         rule: rule.to_string(),
@@ -623,16 +920,6 @@ fn compile(source_name: &str, raw: RawRules) -> Result<Rules, RulesError> {
         let union = |patterns: &[String]| -> Result<Option<LazyRegex>, RulesError> {
             if patterns.is_empty() {
                 return Ok(None);
-            }
-            for single in patterns {
-                regex_syntax::Parser::new()
-                    .parse(single)
-                    .map_err(|e| RulesError::Pattern {
-                        source_name: source_name.to_string(),
-                        rule: p.id.clone(),
-                        pattern: single.to_string(),
-                        cause: e.to_string(),
-                    })?;
             }
             let joined = patterns
                 .iter()
@@ -720,7 +1007,7 @@ fn compile(source_name: &str, raw: RawRules) -> Result<Rules, RulesError> {
 
     let mut markers = Markers::default();
     for (name, patterns) in &raw.markers {
-        let compiled: Vec<Regex> = patterns
+        let compiled: Vec<LazyRe> = patterns
             .iter()
             .map(|s| re(&format!("markers.{name}"), s))
             .collect::<Result<_, _>>()?;
@@ -745,7 +1032,7 @@ fn compile(source_name: &str, raw: RawRules) -> Result<Rules, RulesError> {
                 })
             }
         };
-        *slot = compiled;
+        *slot = PatternList::new(compiled);
     }
 
     let ignore_ips = raw
@@ -777,8 +1064,10 @@ fn compile(source_name: &str, raw: RawRules) -> Result<Rules, RulesError> {
         outcome_over_process: r.outcome_over_process.unwrap_or(d.outcome_over_process),
         refusal_process_guard: r.refusal_process_guard.unwrap_or(d.refusal_process_guard),
     };
+    let ticket_gate = PatternList::new(tickets.iter().map(|t| t.regex.clone()).collect());
     Ok(Rules {
         tickets,
+        ticket_gate,
         phrases,
         headings,
         bounces,
@@ -798,6 +1087,41 @@ mod tests {
         assert!(!rules.tickets.is_empty());
         assert!(!rules.phrases.is_empty());
         assert!(!rules.markers.microsoft_support.is_empty());
+        // Patterns compile on first use: every one of them must.
+        for re in rules.string_patterns() {
+            if let Err(e) = compiled(&re.source) {
+                panic!("{} does not compile: {e}", re.source);
+            }
+        }
+        // Phrase patterns compile on first use: every one of them must.
+        let broken: Vec<&str> = rules
+            .phrases
+            .iter()
+            .filter(|p| {
+                p.pattern
+                    .iter()
+                    .chain(&p.all)
+                    .chain(p.none.iter())
+                    .any(|re| re.get().is_none())
+            })
+            .map(|p| p.id.as_str())
+            .collect();
+        assert!(
+            broken.is_empty(),
+            "phrase rules that do not compile: {broken:?}"
+        );
+    }
+
+    #[test]
+    fn bad_phrase_pattern_is_an_error_at_load() {
+        let user =
+            "[[phrase]]\nid = \"ack.mine\"\nkind = \"ms_ack\"\npatterns = ['(?i)we\\s+got(']\n";
+        let err = Rules::with_overrides(Some(("mine.toml", user))).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("mine.toml") && text.contains("ack.mine"),
+            "{text}"
+        );
     }
 
     #[test]

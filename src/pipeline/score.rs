@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::pipeline::classify::{Evidence, Kind, Outcome};
 use crate::pipeline::features::{self, Features};
-use crate::pipeline::rules::{trim_boundary, Role, Rules, Scoring};
+use crate::pipeline::rules::{starts_a_word, trim_boundary, Role, Rules, Scoring};
 
 /// The kinds a sender-support answer can be, in the order ties are reported.
 const KINDS: [Kind; 8] = [
@@ -107,7 +107,8 @@ pub fn score(features: &Features, rules: &Rules, extra: &[ExtraCue]) -> Scored {
             }
         };
         if let Some(re) = rule.pattern.as_ref().and_then(|r| r.get()) {
-            for m in re.find_iter(features.text.as_bytes()) {
+            let text = features.text.as_bytes();
+            for m in re.find_iter(text).filter(|m| starts_a_word(text, m)) {
                 // A word boundary written as a class may have taken one character of context.
                 let words = trim_boundary(&String::from_utf8_lossy(m.as_bytes()));
                 consider(features.sentence_at(features::word_start(&m)), words);

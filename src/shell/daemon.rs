@@ -91,17 +91,15 @@ pub async fn run(
         ),
         None => None,
     };
-    // The multilingual rules compile lazily; a long-running daemon compiles them all now,
-    // beside its first connect, so that no new message waits for them later.
+    // The multilingual rules compile lazily; they compile now on a thread of their own,
+    // beside the connect and the header pass, so that no message waits for them later. One
+    // pass (`--once`) does not wait for the thread at exit: what it did not need, it drops.
     let rules = engine.rules.clone();
-    let warm_up = (!once)
-        .then(|| {
-            std::thread::Builder::new()
-                .name("rules".to_string())
-                .spawn(move || rules.warm_up())
-                .ok()
-        })
-        .flatten();
+    let warm_up = std::thread::Builder::new()
+        .name("rules".to_string())
+        .spawn(move || rules.warm_up())
+        .ok()
+        .filter(|_| !once);
     let result = session_loop(
         engine,
         store,

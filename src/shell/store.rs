@@ -6,6 +6,30 @@
 use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+
+/// `execute` and `query_row` through the connection's statement cache: a message costs a dozen
+/// statements, and compiling each one's SQL again every time was most of the store's time.
+trait Cached {
+    fn run<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize>;
+    fn row<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<T>
+    where
+        P: rusqlite::Params,
+        F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>;
+}
+
+impl Cached for Connection {
+    fn run<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize> {
+        self.prepare_cached(sql)?.execute(params)
+    }
+
+    fn row<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<T>
+    where
+        P: rusqlite::Params,
+        F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    {
+        self.prepare_cached(sql)?.query_row(params, f)
+    }
+}
 use serde::Serialize;
 
 use crate::pipeline::case::{Action, Case, CaseId, Lookup, Topic};
@@ -341,6 +365,8 @@ impl Store {
             path: shown.clone(),
             source,
         })?;
+        // Every statement a message runs stays compiled (the default keeps 16).
+        conn.set_prepared_statement_cache_capacity(64);
         let mut store = Store {
             conn,
             path: shown,
@@ -372,7 +398,7 @@ impl Store {
         let path = self.path.clone();
         let version: i64 = self
             .conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(sql(&path))?;
         let supported = MIGRATIONS.len() as i64;
         if version > supported {
@@ -509,7 +535,7 @@ impl Store {
         at: i64,
     ) -> Result<(), StoreError> {
         self.conn
-            .execute(
+            .run(
                 "INSERT INTO quarantine (source, message_id, content_hash, error, at)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![source, message_id, content_hash, error, at],
@@ -544,7 +570,7 @@ impl Store {
         mailbox: &str,
     ) -> Result<Option<crate::pipeline::sync::Cursor>, StoreError> {
         self.conn
-            .query_row(
+            .row(
                 "SELECT uidvalidity, last_uid FROM mailbox_sync WHERE mailbox = ?1",
                 [mailbox],
                 |r| {
@@ -566,7 +592,7 @@ impl Store {
         last_uid: u32,
     ) -> Result<(), StoreError> {
         self.conn
-            .execute(
+            .run(
                 "INSERT INTO mailbox_sync (mailbox, uidvalidity, last_uid) VALUES (?1, ?2, ?3)
                  ON CONFLICT(mailbox) DO UPDATE SET
                    last_uid = CASE WHEN uidvalidity = excluded.uidvalidity
@@ -634,7 +660,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let changed = self
             .conn
-            .execute(
+            .run(
                 "UPDATE outbox SET status = ?3, reason = COALESCE(?4, reason), updated_at = ?5
                  WHERE id = ?1 AND status = ?2",
                 params![id, from, to, reason, now],
@@ -676,7 +702,7 @@ impl Store {
     ) -> Result<Attempt, StoreError> {
         let attempts: i64 = self
             .conn
-            .query_row("SELECT attempts FROM outbox WHERE id = ?1", [id], |r| {
+            .row("SELECT attempts FROM outbox WHERE id = ?1", [id], |r| {
                 r.get(0)
             })
             .map_err(sql(&self.path))?;
@@ -695,7 +721,7 @@ impl Store {
             (to, reason.to_string())
         };
         self.conn
-            .execute(
+            .run(
                 "UPDATE outbox SET status = ?3, reason = ?4, attempts = attempts + 1,
                         next_attempt_at = ?5, updated_at = ?6 WHERE id = ?1 AND status = ?2",
                 params![id, from, status, reason, due, now],
@@ -709,7 +735,7 @@ impl Store {
     pub fn release_outbox(&self, id: i64, reason: &str, now: i64) -> Result<bool, StoreError> {
         let changed = self
             .conn
-            .execute(
+            .run(
                 "UPDATE outbox SET status = 'approved', reason = ?2, attempts = 0,
                         next_attempt_at = 0, updated_at = ?3
                  WHERE id = ?1 AND status IN ('held', 'awaiting_approval') AND length(bytes) > 0",
@@ -727,7 +753,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let found: Option<i64> = self
             .conn
-            .query_row(
+            .row(
                 "SELECT id FROM messages WHERE content_hash = ?2
                  OR (?1 IS NOT NULL AND message_id = ?1) LIMIT 1",
                 params![message_id, content_hash],
@@ -789,7 +815,7 @@ impl Store {
     pub fn add_template(&self, t: &Learned) -> Result<i64, StoreError> {
         let blob: Vec<u8> = t.shingles.iter().flat_map(|h| h.to_le_bytes()).collect();
         self.conn
-            .execute(
+            .run(
                 "INSERT INTO templates (kind, shingles, sample, source, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![t.kind.as_str(), blob, t.sample, t.source, t.created_at],
@@ -802,7 +828,7 @@ impl Store {
     pub fn remove_template(&self, id: i64) -> Result<bool, StoreError> {
         let n = self
             .conn
-            .execute("DELETE FROM templates WHERE id = ?1", [id])
+            .run("DELETE FROM templates WHERE id = ?1", [id])
             .map_err(sql(&self.path))?;
         Ok(n == 1)
     }
@@ -817,7 +843,7 @@ impl Store {
     /// The earliest time a row waiting for a retry is due, if any.
     pub fn next_retry_at(&self) -> Result<Option<i64>, StoreError> {
         self.conn
-            .query_row(
+            .row(
                 "SELECT min(next_attempt_at) FROM outbox
                  WHERE status IN ('pending', 'approved') AND next_attempt_at > 0",
                 [],
@@ -834,7 +860,7 @@ impl Store {
         bytes: &[u8],
     ) -> Result<(), StoreError> {
         self.conn
-            .execute(
+            .run(
                 "UPDATE outbox SET bytes = ?2, message_id = ?3 WHERE id = ?1",
                 params![id, bytes, message_id],
             )
@@ -852,14 +878,14 @@ impl Store {
     ) -> Result<(), StoreError> {
         let state: String = self
             .conn
-            .query_row("SELECT state FROM cases WHERE id = ?1", [case_id], |r| {
+            .row("SELECT state FROM cases WHERE id = ?1", [case_id], |r| {
                 r.get(0)
             })
             .optional()
             .map_err(sql(&self.path))?
             .unwrap_or_default();
         self.conn
-            .execute(
+            .run(
                 "INSERT INTO timeline (case_id, at, kind, action, state, message_id, summary)
                  VALUES (?1, ?2, NULL, ?3, ?4, NULL, ?5)",
                 params![case_id, at, action, state, summary],
@@ -880,7 +906,7 @@ impl StoreTx<'_> {
     pub fn seen(&self, message_id: Option<&str>, content_hash: &str) -> Result<bool, StoreError> {
         let found: Option<i64> = self
             .tx
-            .query_row(
+            .row(
                 "SELECT id FROM messages WHERE content_hash = ?2
                  OR (?1 IS NOT NULL AND message_id = ?1) LIMIT 1",
                 params![message_id, content_hash],
@@ -898,7 +924,7 @@ impl StoreTx<'_> {
         content_hash: &str,
     ) -> Result<(), StoreError> {
         self.tx
-            .execute(
+            .run(
                 "DELETE FROM messages WHERE content_hash = ?2 OR (?1 IS NOT NULL AND message_id = ?1)",
                 params![message_id, content_hash],
             )
@@ -912,7 +938,7 @@ impl StoreTx<'_> {
             let id: Option<i64> = match lookup {
                 Lookup::Ticket(t) => self
                     .tx
-                    .query_row(
+                    .row(
                         "SELECT id FROM cases WHERE ticket_id = ?1 ORDER BY id DESC LIMIT 1",
                         [t],
                         |r| r.get(0),
@@ -920,7 +946,7 @@ impl StoreTx<'_> {
                     .optional(),
                 Lookup::MessageId(m) => self
                     .tx
-                    .query_row(
+                    .row(
                         "SELECT case_id FROM case_messages WHERE message_id = ?1
                          ORDER BY case_id DESC LIMIT 1",
                         [m],
@@ -929,7 +955,7 @@ impl StoreTx<'_> {
                     .optional(),
                 Lookup::Notice(key) => self
                     .tx
-                    .query_row(
+                    .row(
                         "SELECT id FROM cases WHERE notice_key = ?1 AND state != 'closed'
                          ORDER BY id DESC LIMIT 1",
                         [key],
@@ -957,7 +983,7 @@ impl StoreTx<'_> {
         without_ticket: bool,
     ) -> Result<Option<i64>, rusqlite::Error> {
         let topic = topic_str(topic);
-        let mut stmt = self.tx.prepare(
+        let mut stmt = self.tx.prepare_cached(
             "SELECT c.id FROM cases c JOIN case_ips i ON i.case_id = c.id
              WHERE i.ip = ?1 AND c.topic = ?2 AND c.state != 'closed'
                AND (?3 = 0 OR c.ticket_id IS NULL)
@@ -979,7 +1005,7 @@ impl StoreTx<'_> {
     /// persistent count behind the global rate limit. A spoof moves no counter.
     pub fn replies_since(&self, since: i64) -> Result<i64, StoreError> {
         self.tx
-            .query_row(
+            .row(
                 "SELECT count(*) FROM outbox WHERE template != 'operator_notification'
                  AND case_id IS NOT NULL AND created_at >= ?1
                  AND status NOT IN ('held', 'rejected', 'superseded', 'replayed')",
@@ -992,7 +1018,7 @@ impl StoreTx<'_> {
     /// When the latest reply on a case was planned, if any.
     pub fn last_reply_at(&self, case_id: CaseId) -> Result<Option<i64>, StoreError> {
         self.tx
-            .query_row(
+            .row(
                 "SELECT max(created_at) FROM outbox WHERE case_id = ?1
                  AND template != 'operator_notification'
                  AND status NOT IN ('held', 'rejected', 'superseded', 'replayed')",
@@ -1005,7 +1031,7 @@ impl StoreTx<'_> {
     /// When the latest notification under a rate key was planned (not held), if any.
     pub fn last_rate_key_at(&self, rate_key: &str) -> Result<Option<i64>, StoreError> {
         self.tx
-            .query_row(
+            .row(
                 "SELECT max(created_at) FROM outbox WHERE rate_key = ?1
                  AND status NOT IN ('held', 'rejected', 'superseded')",
                 [rate_key],
@@ -1017,7 +1043,7 @@ impl StoreTx<'_> {
     /// Whether our outbox produced a message with this Message-ID.
     pub fn outbox_knows(&self, message_id: &str) -> Result<bool, StoreError> {
         self.tx
-            .query_row(
+            .row(
                 "SELECT 1 FROM outbox WHERE message_id = ?1 LIMIT 1",
                 [message_id],
                 |_| Ok(()),
@@ -1030,7 +1056,7 @@ impl StoreTx<'_> {
     /// A new reply on a case makes its older held replies moot: they can no longer be released.
     pub fn supersede_held_replies(&self, case_id: CaseId, now: i64) -> Result<usize, StoreError> {
         self.tx
-            .execute(
+            .run(
                 "UPDATE outbox SET status = 'superseded', updated_at = ?2,
                         reason = COALESCE(reason, '') || ' (superseded by a newer reply)'
                  WHERE case_id = ?1 AND status = 'held' AND template != 'operator_notification'",
@@ -1044,7 +1070,7 @@ impl StoreTx<'_> {
         let path = &self.path;
         if case.id == 0 {
             self.tx
-                .execute(
+                .run(
                     "INSERT INTO cases (topic, state, ticket_id, notice_key, opened_at, updated_at, closed_at, data)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, '{}')",
                     params![
@@ -1066,7 +1092,7 @@ impl StoreTx<'_> {
             message: e.to_string(),
         })?;
         self.tx
-            .execute(
+            .run(
                 "UPDATE cases SET topic = ?2, state = ?3, ticket_id = ?4, notice_key = ?5,
                         updated_at = ?6, closed_at = ?7, data = ?8 WHERE id = ?1",
                 params![
@@ -1083,7 +1109,7 @@ impl StoreTx<'_> {
             .map_err(sql(path))?;
         for ip in &case.ips {
             self.tx
-                .execute(
+                .run(
                     "INSERT OR IGNORE INTO case_ips (case_id, ip) VALUES (?1, ?2)",
                     params![case.id, ip],
                 )
@@ -1091,7 +1117,7 @@ impl StoreTx<'_> {
         }
         for id in &case.thread_ids {
             self.tx
-                .execute(
+                .run(
                     "INSERT OR IGNORE INTO case_messages (message_id, case_id) VALUES (?1, ?2)",
                     params![id, case.id],
                 )
@@ -1103,7 +1129,7 @@ impl StoreTx<'_> {
     /// Adds a line to a case's timeline.
     pub fn add_timeline(&self, case_id: CaseId, entry: &TimelineEntry) -> Result<(), StoreError> {
         self.tx
-            .execute(
+            .run(
                 "INSERT INTO timeline (case_id, at, kind, action, state, message_id, summary)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![
@@ -1124,7 +1150,7 @@ impl StoreTx<'_> {
     pub fn add_outbox(&self, row: &NewOutbox<'_>, now: i64) -> Result<i64, StoreError> {
         let recipients = serde_json::to_string(row.recipients).unwrap_or_else(|_| "[]".into());
         self.tx
-            .execute(
+            .run(
                 "INSERT INTO outbox (message_id, case_id, inbound_message_id, template, disposition,
                                      status, reason, recipients, subject, bytes, created_at, updated_at,
                                      rate_key)
@@ -1152,7 +1178,7 @@ impl StoreTx<'_> {
     pub fn add_message(&self, m: &ProcessedMessage<'_>, now: i64) -> Result<(), StoreError> {
         let ips = serde_json::to_string(m.ips).unwrap_or_else(|_| "[]".into());
         self.tx
-            .execute(
+            .run(
                 "INSERT INTO messages (message_id, content_hash, source, processed_at, kind, ticket_id,
                                        ips, trusted, case_id, action, reason, evidence, damage)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
@@ -1188,7 +1214,7 @@ impl StoreTx<'_> {
 
 fn case_by_id(conn: &Connection, path: &str, id: CaseId) -> Result<Option<Case>, StoreError> {
     let data: Option<String> = conn
-        .query_row("SELECT data FROM cases WHERE id = ?1", [id], |r| r.get(0))
+        .row("SELECT data FROM cases WHERE id = ?1", [id], |r| r.get(0))
         .optional()
         .map_err(sql(path))?;
     data.map(|d| decode_case(path, id, &d)).transpose()

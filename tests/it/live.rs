@@ -656,7 +656,8 @@ fn idle_wakes_the_daemon_within_two_seconds() {
 fn without_idle_the_daemon_polls() {
     let case = setup("draft", "idle = false\npoll_seconds = 1");
     let took = time_until_draft(&case, Duration::from_millis(1500));
-    assert!(took < Duration::from_secs(3), "took {took:?}");
+    // A one-second poll on a loaded two-core CI machine; the default poll is a minute.
+    assert!(took < Duration::from_secs(6), "took {took:?}");
 }
 
 /// Puts every sent row back into `sending`, as a crash between DATA and the 250 would leave it.

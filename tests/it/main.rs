@@ -10,6 +10,7 @@ mod hostile;
 mod learned;
 mod live;
 mod oauth;
+mod rule_cost;
 mod snapshots;
 mod support;
 mod tidy;
