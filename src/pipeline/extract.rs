@@ -13,19 +13,27 @@ use crate::pipeline::rules::Rules;
 /// phrase patterns match across line breaks and Word-style punctuation.
 pub fn normalize(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
-    // One pass, no intermediate strings, ASCII without decoding: every message's text goes
-    // through here, more than once.
+    // One pass, no intermediate strings, runs of plain ASCII copied whole: every message's text
+    // goes through here, more than once.
     let mut pending_space = false;
     let mut rest = text;
-    while let Some(&b) = rest.as_bytes().first() {
-        let c = if b.is_ascii() {
-            rest = &rest[1..];
-            b as char
-        } else {
-            let Some(c) = rest.chars().next() else { break };
-            rest = &rest[c.len_utf8()..];
-            plain(c)
-        };
+    while !rest.is_empty() {
+        let run = rest
+            .bytes()
+            .position(|b| !b.is_ascii() || b.is_ascii_whitespace() || b == b'\x0b')
+            .unwrap_or(rest.len());
+        if run > 0 {
+            if pending_space {
+                out.push(' ');
+                pending_space = false;
+            }
+            out.push_str(&rest[..run]);
+            rest = &rest[run..];
+            continue;
+        }
+        let Some(c) = rest.chars().next() else { break };
+        rest = &rest[c.len_utf8()..];
+        let c = plain(c);
         if c.is_whitespace() {
             pending_space = !out.is_empty();
             continue;
@@ -104,13 +112,7 @@ pub fn split_own_text(text: &str, rules: &Rules) -> (String, String) {
     let mut in_rest = false;
     for line in text.lines() {
         let trimmed = line.trim();
-        if !in_rest
-            && rules
-                .markers
-                .reply_separator
-                .iter()
-                .any(|r| r.is_match(trimmed))
-        {
+        if !in_rest && rules.markers.reply_separator.is_match(trimmed) {
             in_rest = true;
         }
         if in_rest || trimmed.starts_with('>') {
@@ -128,12 +130,7 @@ pub fn split_own_text(text: &str, rules: &Rules) -> (String, String) {
 pub fn bounce_report_text(text: &str, rules: &Rules) -> String {
     let mut out = String::new();
     for line in text.lines() {
-        if rules
-            .markers
-            .returned_message
-            .iter()
-            .any(|r| r.is_match(line.trim()))
-        {
+        if rules.markers.returned_message.is_match(line.trim()) {
             break;
         }
         out.push_str(line);

@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::pipeline::classify::{Context, Evidence, IpOutcome, Kind, Outcome};
 use crate::pipeline::extract::{self, normalize};
 use crate::pipeline::parse::Inbound;
-use crate::pipeline::rules::{starts_a_word, Role, Rules};
+use crate::pipeline::rules::{starts_a_word, PhraseRule, Role, Rules};
 
 /// One sentence of the message's own text, whitespace folded.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -111,10 +111,8 @@ pub fn read(inbound: &Inbound, own_text: &str, rules: &Rules, ctx: &Context) -> 
                     hit[sentence_at(&starts, word_start(&m))] = true;
                 }
             }
-            for (i, s) in all.iter().enumerate() {
-                if !hit[i] && rule.find_words(s).is_some() {
-                    hit[i] = true;
-                }
+            for (i, _) in co_occurring(rule, &text, &starts, |i| all.get(i)) {
+                hit[i] = true;
             }
         }
         hit
@@ -162,6 +160,47 @@ impl Features {
     pub fn sentence_at(&self, offset: usize) -> usize {
         sentence_at(&self.starts, offset)
     }
+
+    /// The sentences in which `rule`'s co-occurring words all occur, with those words.
+    pub fn co_occurring(&self, rule: &PhraseRule) -> Vec<(usize, String)> {
+        co_occurring(rule, &self.text, &self.starts, |i| {
+            self.sentences.get(i).map(|s| &s.text)
+        })
+    }
+}
+
+/// The sentences of the joined `text` in which every word group of `rule` occurs and none of
+/// its excluded words, with the words found. Each group scans the whole text once and only the
+/// sentences every group reached are checked one by one: a search per sentence and group costs
+/// thousands of calls on a long message.
+fn co_occurring<'s>(
+    rule: &PhraseRule,
+    text: &str,
+    starts: &[usize],
+    sentence: impl Fn(usize) -> Option<&'s String>,
+) -> Vec<(usize, String)> {
+    let bytes = text.as_bytes();
+    let mut reached: Option<std::collections::BTreeSet<usize>> = None;
+    for group in &rule.all {
+        let Some(re) = group.get() else {
+            return Vec::new();
+        };
+        let found: std::collections::BTreeSet<usize> = re
+            .find_iter(bytes)
+            .filter(|m| starts_a_word(bytes, m))
+            .map(|m| sentence_at(starts, word_start(&m)))
+            .filter(|i| reached.as_ref().is_none_or(|r| r.contains(i)))
+            .collect();
+        if found.is_empty() {
+            return Vec::new();
+        }
+        reached = Some(found);
+    }
+    reached
+        .into_iter()
+        .flatten()
+        .filter_map(|i| Some((i, rule.find_words(sentence(i)?)?)))
+        .collect()
 }
 
 /// Sentences joined with a separator that neither `\s` nor `.` matches, so no pattern spans two.

@@ -114,12 +114,8 @@ pub fn score(features: &Features, rules: &Rules, extra: &[ExtraCue]) -> Scored {
                 consider(features.sentence_at(features::word_start(&m)), words);
             }
         }
-        if !rule.all.is_empty() {
-            for (i, sentence) in features.sentences.iter().enumerate() {
-                if let Some(words) = rule.find_words(&sentence.text) {
-                    consider(i, words);
-                }
-            }
+        for (i, words) in features.co_occurring(rule) {
+            consider(i, words);
         }
         if let Some((w, i, matched, note)) = best {
             hits.push((
