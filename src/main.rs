@@ -404,7 +404,7 @@ fn run_daemon(path: &Path, once: bool, mode: Option<ModeArg>) -> Result<ExitCode
     // One crypto provider for the whole process (rustls 0.23 needs it chosen).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut store = Store::open(&config.state_path)?;
-    let engine = Engine::new(config)?;
+    let engine = std::sync::Arc::new(Engine::new(config)?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

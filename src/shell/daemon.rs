@@ -14,7 +14,8 @@ use crate::config::{Auth, MailboxConfig, SmtpConfig};
 use crate::pipeline::candidate;
 use crate::pipeline::decide::Mode;
 use crate::pipeline::sync::{self, Resume};
-use crate::shell::engine::{Engine, HandleError, OutboxStatus};
+use crate::shell::classifier::{Classifier, ClassifierError, Done};
+use crate::shell::engine::{Engine, HandleError, OutboxStatus, Prepared};
 use crate::shell::imap::{Imap, ImapError, Wake};
 use crate::shell::oauth::{OAuthError, TokenProvider};
 use crate::shell::progress::Progress;
@@ -40,6 +41,8 @@ pub enum DaemonError {
     Smtp(#[from] SmtpError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Classifier(#[from] ClassifierError),
 }
 
 impl DaemonError {
@@ -59,7 +62,7 @@ const REVIEW_FLAGS: &str = "(\\Draft)";
 
 /// Runs until shutdown (or after one pass with `once`).
 pub async fn run(
-    engine: &Engine,
+    engine: &Arc<Engine>,
     store: &mut Store,
     once: bool,
     mut shutdown: watch::Receiver<bool>,
@@ -118,7 +121,7 @@ pub async fn run(
 
 /// Connects, works, and reconnects with backoff until shutdown (or one pass with `once`).
 async fn session_loop(
-    engine: &Engine,
+    engine: &Arc<Engine>,
     store: &mut Store,
     once: bool,
     shutdown: &mut watch::Receiver<bool>,
@@ -184,7 +187,7 @@ fn jitter(d: Duration) -> Duration {
 }
 
 async fn session(
-    engine: &Engine,
+    engine: &Arc<Engine>,
     store: &mut Store,
     mailbox: &MailboxConfig,
     password: &SecretString,
@@ -276,7 +279,7 @@ const CHUNK: u32 = 5000;
 /// whole, and the chunk's messages and the cursor after it are written in one transaction. A
 /// crash re-reads the chunk; dedup keeps a message from being handled twice.
 async fn catch_up(
-    engine: &Engine,
+    engine: &Arc<Engine>,
     store: &mut Store,
     mailbox: &MailboxConfig,
     imap: &mut Imap,
@@ -311,12 +314,13 @@ async fn catch_up(
         store.set_cursor(&key, uid_validity, after)?;
         return Ok(());
     }
-    let ctx = &engine.config.classify;
-    let header_items = candidate::fetch_items(ctx);
+    let header_items = candidate::fetch_items(&engine.config.classify);
     let limit = engine.config.max_message_bytes;
     let body_items = format!("(UID RFC822.SIZE BODY.PEEK[]<0.{limit}>)");
     let span = last.map_or(0, |l| l - after);
     let mut progress = Progress::new(u64::from(span.min(estimate)));
+    // A worker per pass: whatever an interrupted pass left queued dies with it.
+    let mut classifier = Classifier::start(Arc::clone(engine))?;
     let mut from = after.saturating_add(1);
     loop {
         // A signal stops the catch-up between two chunks; the cursor covers the ones done.
@@ -328,7 +332,6 @@ async fn catch_up(
         let range = upper.map_or(format!("{from}:*"), |to| format!("{from}:{to}"));
         let mut read = 0u64;
         let mut highest = 0u32;
-        let mut wanted = Vec::new();
         imap.for_each_fetched(&range, &header_items, |f| {
             // Unsolicited FETCH responses (another client's flag change) carry no header.
             let (Some(uid), Some(header)) = (f.uid, f.header()) else {
@@ -339,13 +342,20 @@ async fn catch_up(
             }
             read += 1;
             highest = highest.max(uid);
-            if let Some(reason) = candidate::needs_body(header, &engine.rules, ctx) {
+            Ok(classifier.judge(uid, header)?)
+        })
+        .await?;
+        let mut wanted = Vec::new();
+        while let Some(done) = classifier.next().await? {
+            if let Done::Header {
+                uid,
+                needs_body: Some(reason),
+            } = done
+            {
                 debug!(uid, reason, "reading whole");
                 wanted.push(uid);
             }
-            Ok(())
-        })
-        .await?;
+        }
         let to = match upper {
             Some(to) => to,
             // Open-ended and nothing new: done.
@@ -370,9 +380,17 @@ async fn catch_up(
                 // was cut.
                 let cut = raw.len() >= limit as usize;
                 let size = f.size.map_or(raw.len(), |s| s as usize);
-                handle_fetched(engine, &mut batch, mailbox, uid, raw, cut.then_some(size))
+                classifier.prepare(uid, raw, cut.then_some(size))?;
+                // Apply what is ready while the stream goes on.
+                while let Some(done) = classifier.ready()? {
+                    handle_done(engine, &mut batch, mailbox, done)?;
+                }
+                Ok(())
             })
             .await?;
+            while let Some(done) = classifier.next().await? {
+                handle_done(engine, &mut batch, mailbox, done)?;
+            }
         }
         if let Some(keyword) = &mailbox.handled_keyword {
             imap.add_keyword(&range, keyword).await?;
@@ -395,18 +413,36 @@ async fn catch_up(
     Ok(())
 }
 
-/// Classifies one fetched message and applies it inside the chunk's batch; a message that
-/// cannot be handled is quarantined, never lost and never retried forever.
+fn handle_done(
+    engine: &Engine,
+    store: &mut Store,
+    mailbox: &MailboxConfig,
+    done: Done,
+) -> Result<(), DaemonError> {
+    match done {
+        Done::Body {
+            uid,
+            raw,
+            cut_from,
+            prepared,
+        } => handle_fetched(engine, store, mailbox, uid, &raw, *prepared, cut_from),
+        // Every header was taken back before the bodies were asked for.
+        Done::Header { .. } => Ok(()),
+    }
+}
+
+/// Applies one fetched and classified message inside the chunk's batch; a message that cannot
+/// be handled is quarantined, never lost and never retried forever.
 fn handle_fetched(
     engine: &Engine,
     store: &mut Store,
     mailbox: &MailboxConfig,
     uid: u32,
     raw: &[u8],
+    mut prepared: Prepared,
     cut_from: Option<usize>,
 ) -> Result<(), DaemonError> {
     let now = crate::clock::now();
-    let mut prepared = engine.prepare(raw);
     if let Some(size) = cut_from {
         let note = format!(
             "fetched only the first {} of {size} bytes for classification",

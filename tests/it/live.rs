@@ -448,7 +448,7 @@ fn time_until_draft(case: &Case, extra_wait: Duration) -> Duration {
     std::thread::sleep(extra_wait);
     let start = Instant::now();
     case.deliver(&THREAD);
-    let deadline = start + Duration::from_secs(10);
+    let deadline = start + Duration::from_secs(40);
     let took = loop {
         if !case
             .messages("postmaster@example.net", &case.drafts)
@@ -645,19 +645,23 @@ fn notifications_follow_the_mode_and_sent_copies_only_where_configured() {
     assert_eq!(with_ticket(&draft, "noc@example.net", "INBOX"), 0);
 }
 
+// Behaviour, not speed: the bench measures the latency (scripts/bench, "IDLE: notification to
+// draft"). A loaded two-core CI machine running the whole suite can take seconds for what takes
+// a second alone, so the bounds only tell a wake-up from the interval that would come next.
+
 #[test]
-fn idle_wakes_the_daemon_within_two_seconds() {
-    let case = setup("draft", "");
+fn idle_wakes_the_daemon() {
+    // Polling alone would not look again for an hour.
+    let case = setup("draft", "poll_seconds = 3600");
     let took = time_until_draft(&case, Duration::from_millis(1500));
-    assert!(took < Duration::from_secs(2), "took {took:?}");
+    assert!(took < Duration::from_secs(30), "took {took:?}");
 }
 
 #[test]
 fn without_idle_the_daemon_polls() {
     let case = setup("draft", "idle = false\npoll_seconds = 1");
     let took = time_until_draft(&case, Duration::from_millis(1500));
-    // A one-second poll on a loaded two-core CI machine; the default poll is a minute.
-    assert!(took < Duration::from_secs(6), "took {took:?}");
+    assert!(took < Duration::from_secs(30), "took {took:?}");
 }
 
 /// Puts every sent row back into `sending`, as a crash between DATA and the 250 would leave it.
