@@ -10,18 +10,17 @@
 //! UID order. A worker that dies (a panic) closes its channel: the waiting side gets
 //! [`ClassifierError::Stopped`], never a hang.
 
-use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use crate::pipeline::candidate;
 use crate::shell::engine::{Engine, Prepared};
 
-/// Work queued ahead of the worker: enough to keep it busy, little enough to bound the memory
-/// held in whole messages.
-const QUEUE: usize = 32;
+/// Bytes of whole messages sent to the worker and not yet taken back beyond which the sender
+/// should wait for results ([`Classifier::over_budget`]): a flood of large messages cannot
+/// pile up in memory.
+const BODY_BUDGET: usize = 16 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClassifierError {
@@ -61,17 +60,18 @@ pub enum Done {
 }
 
 pub struct Classifier {
-    jobs: Option<SyncSender<Job>>,
-    done: UnboundedReceiver<Done>,
+    jobs: Option<Sender<Job>>,
+    done: Receiver<Done>,
     worker: Option<JoinHandle<()>>,
     pending: usize,
+    body_bytes: usize,
 }
 
 impl Classifier {
     /// Starts the worker.
     pub fn start(engine: Arc<Engine>) -> Result<Classifier, ClassifierError> {
-        let (jobs, queue) = sync_channel::<Job>(QUEUE);
-        let (results, done) = unbounded_channel();
+        let (jobs, queue) = channel::<Job>();
+        let (results, done) = channel();
         let worker = std::thread::Builder::new()
             .name("classify".to_string())
             .spawn(move || {
@@ -102,10 +102,11 @@ impl Classifier {
             done,
             worker: Some(worker),
             pending: 0,
+            body_bytes: 0,
         })
     }
 
-    /// Queues one message's header fields; waits while the queue is full.
+    /// Queues one message's header fields.
     pub fn judge(&mut self, uid: u32, header: &[u8]) -> Result<(), ClassifierError> {
         self.send(Job::Header {
             uid,
@@ -113,13 +114,14 @@ impl Classifier {
         })
     }
 
-    /// Queues one whole message; waits while the queue is full.
+    /// Queues one whole message. Take results back while [`Classifier::over_budget`].
     pub fn prepare(
         &mut self,
         uid: u32,
         raw: &[u8],
         cut_from: Option<usize>,
     ) -> Result<(), ClassifierError> {
+        self.body_bytes += raw.len();
         self.send(Job::Body {
             uid,
             raw: raw.to_vec(),
@@ -134,31 +136,44 @@ impl Classifier {
         Ok(())
     }
 
+    /// Too many bytes of whole messages are out: wait for results before sending more.
+    pub fn over_budget(&self) -> bool {
+        self.body_bytes > BODY_BUDGET && self.pending > 0
+    }
+
+    fn took(&mut self, done: Done) -> Done {
+        self.pending -= 1;
+        if let Done::Body { raw, .. } = &done {
+            self.body_bytes = self.body_bytes.saturating_sub(raw.len());
+        }
+        done
+    }
+
     /// The next result if it is ready.
     pub fn ready(&mut self) -> Result<Option<Done>, ClassifierError> {
         if self.pending == 0 {
             return Ok(None);
         }
         match self.done.try_recv() {
-            Ok(done) => {
-                self.pending -= 1;
-                Ok(Some(done))
-            }
-            Err(tokio::sync::mpsc::error::TryRecvError::Empty) => Ok(None),
-            Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => {
-                Err(ClassifierError::Stopped)
-            }
+            Ok(done) => Ok(Some(self.took(done))),
+            Err(TryRecvError::Empty) => Ok(None),
+            Err(TryRecvError::Disconnected) => Err(ClassifierError::Stopped),
         }
     }
 
-    /// The next result, waiting for it; `None` when nothing is pending.
-    pub async fn next(&mut self) -> Result<Option<Done>, ClassifierError> {
+    /// The next result, waiting for it; `None` when nothing is pending. On the async runtime it
+    /// must run on the multi-threaded scheduler: the wait gives the thread's other tasks away
+    /// (`block_in_place`).
+    pub fn wait(&mut self) -> Result<Option<Done>, ClassifierError> {
         if self.pending == 0 {
             return Ok(None);
         }
-        let done = self.done.recv().await.ok_or(ClassifierError::Stopped)?;
-        self.pending -= 1;
-        Ok(Some(done))
+        let waited = match tokio::runtime::Handle::try_current() {
+            Ok(_) => tokio::task::block_in_place(|| self.done.recv()),
+            Err(_) => self.done.recv(),
+        };
+        let done = waited.map_err(|_| ClassifierError::Stopped)?;
+        Ok(Some(self.took(done)))
     }
 }
 
@@ -166,7 +181,6 @@ impl Drop for Classifier {
     fn drop(&mut self) {
         // Closing the queue ends the worker's loop once it has finished what it holds.
         self.jobs.take();
-        self.done.close();
         if let Some(worker) = self.worker.take() {
             let _ = worker.join();
         }
@@ -193,8 +207,8 @@ mod tests {
         .into_bytes()
     }
 
-    #[tokio::test]
-    async fn results_come_back_in_the_order_sent() {
+    #[test]
+    fn results_come_back_in_the_order_sent() {
         let mut classifier = Classifier::start(engine()).expect("starts");
         for uid in 1..=100 {
             let raw = message(uid);
@@ -205,7 +219,7 @@ mod tests {
             }
         }
         let mut order = Vec::new();
-        while let Some(done) = classifier.next().await.expect("worker runs") {
+        while let Some(done) = classifier.wait().expect("worker runs") {
             match done {
                 Done::Header { uid, needs_body } => {
                     assert_eq!(needs_body, Some("bounce sender"), "uid {uid}");
@@ -224,22 +238,45 @@ mod tests {
         assert!(classifier.ready().expect("nothing pending").is_none());
     }
 
-    #[tokio::test]
-    async fn a_stopped_worker_is_an_error_not_a_hang() {
+    #[test]
+    fn a_stopped_worker_is_an_error_not_a_hang() {
         let mut classifier = Classifier::start(engine()).expect("starts");
         classifier.judge(1, &message(1)).expect("queued");
-        // As a panic in the worker would leave it: the results channel closed.
-        classifier.done.close();
+        // As a panic in the worker would leave it: the thread gone, its channels closed.
+        let (_, orphan) = channel();
+        drop(std::mem::replace(&mut classifier.done, orphan));
         let queued = classifier.judge(2, &message(2));
         assert!(matches!(queued, Ok(()) | Err(ClassifierError::Stopped)));
-        // Results sent before the close may still come; then an error, never a wait.
-        loop {
-            match classifier.next().await {
-                Ok(Some(_)) => continue,
-                Ok(None) => panic!("pending work vanished without an error"),
-                Err(ClassifierError::Stopped) => break,
-                Err(e) => panic!("unexpected error {e}"),
-            }
+        assert!(matches!(classifier.wait(), Err(ClassifierError::Stopped)));
+        assert!(matches!(classifier.ready(), Err(ClassifierError::Stopped)));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn waiting_on_the_runtime_does_not_block_it() {
+        let mut classifier = Classifier::start(engine()).expect("starts");
+        let beside = tokio::spawn(async { 42 });
+        for uid in 1..=20 {
+            classifier
+                .prepare(uid, &message(uid), None)
+                .expect("queued");
         }
+        let mut n = 0;
+        while classifier.wait().expect("worker runs").is_some() {
+            n += 1;
+        }
+        assert_eq!(n, 20);
+        assert_eq!(beside.await.expect("ran"), 42);
+    }
+
+    #[test]
+    fn large_messages_out_ask_the_sender_to_wait() {
+        let mut classifier = Classifier::start(engine()).expect("starts");
+        let mut large = message(1);
+        large.resize(BODY_BUDGET + 1, b'x');
+        assert!(!classifier.over_budget());
+        classifier.prepare(1, &large, None).expect("queued");
+        assert!(classifier.over_budget());
+        assert!(classifier.wait().expect("worker runs").is_some());
+        assert!(!classifier.over_budget());
     }
 }

@@ -346,7 +346,7 @@ async fn catch_up(
         })
         .await?;
         let mut wanted = Vec::new();
-        while let Some(done) = classifier.next().await? {
+        while let Some(done) = classifier.wait()? {
             if let Done::Header {
                 uid,
                 needs_body: Some(reason),
@@ -381,14 +381,19 @@ async fn catch_up(
                 let cut = raw.len() >= limit as usize;
                 let size = f.size.map_or(raw.len(), |s| s as usize);
                 classifier.prepare(uid, raw, cut.then_some(size))?;
-                // Apply what is ready while the stream goes on.
+                // Apply what is ready while the stream goes on; wait when too much is out.
                 while let Some(done) = classifier.ready()? {
                     handle_done(engine, &mut batch, mailbox, done)?;
+                }
+                while classifier.over_budget() {
+                    if let Some(done) = classifier.wait()? {
+                        handle_done(engine, &mut batch, mailbox, done)?;
+                    }
                 }
                 Ok(())
             })
             .await?;
-            while let Some(done) = classifier.next().await? {
+            while let Some(done) = classifier.wait()? {
                 handle_done(engine, &mut batch, mailbox, done)?;
             }
         }
