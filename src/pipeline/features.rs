@@ -457,7 +457,7 @@ fn result_table(
         .lines()
         .map(|raw| {
             let line = normalize(raw);
-            let tabular = line.contains('|') || raw.contains('\t');
+            let tabular = line.contains('|') || raw.contains('\t') || key_value(&line);
             let ips = if line.is_empty() {
                 Vec::new()
             } else {
@@ -482,7 +482,7 @@ fn result_table(
             let found = heading_of(&line, heads_ips || tabular).or_else(|| {
                 tabular
                     .then(|| {
-                        line.split('|')
+                        line.split(CELL)
                             .map(str::trim)
                             .find_map(|c| heading_of(c, true))
                     })
@@ -510,7 +510,7 @@ fn result_table(
             current
         } else {
             let inline = without_ips
-                .split(['|', '\t', ';'])
+                .split(|c| c == ';' || CELL.contains(&c))
                 .map(str::trim)
                 .find_map(|cell| heading_of(cell, tabular));
             if let Some((o, id)) = &inline {
@@ -532,6 +532,23 @@ fn result_table(
         }
     }
     outcomes
+}
+
+/// What separates the cells of a table row as text: a rendered table's bars, tabs, and the
+/// colon of a "Status: Mitigated" key/value row.
+const CELL: [char; 4] = ['|', '\t', ':', '\u{FF1A}'];
+
+/// A "label: value" row, as a vertical table reads in plain text ("IP address: 192.0.2.1",
+/// "Status: not qualified"): a short label with letters, then a value.
+fn key_value(line: &str) -> bool {
+    line.split_once([':', '\u{FF1A}'])
+        .is_some_and(|(label, value)| {
+            let label = label.trim();
+            !value.trim().is_empty()
+                && label.chars().any(char::is_alphabetic)
+                && label.chars().count() <= 30
+                && label.split_whitespace().count() <= 3
+        })
 }
 
 static IP_TOKEN: LazyLock<Regex> = LazyLock::new(|| {
@@ -574,5 +591,29 @@ mod tests {
             "{:?}",
             f.sentences
         );
+    }
+
+    #[test]
+    fn key_value_rows_are_a_table() {
+        let rules = Rules::builtin().expect("rules");
+        let ctx = Context::default();
+        let inbound = Inbound::default();
+        let text = "The result of our review:\n\nIP address: 192.0.2.10\nStatus: Not qualified\n\nIP address: 192.0.2.11\nStatus: Mitigated\n\nNote: replies are read at 10:30 UTC.\n";
+        let f = read(&inbound, text, &rules, &ctx);
+        let got: Vec<(&str, Outcome)> =
+            f.table.iter().map(|o| (o.ip.as_str(), o.outcome)).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("192.0.2.10", Outcome::NotQualified),
+                ("192.0.2.11", Outcome::Mitigated)
+            ]
+        );
+        assert!(key_value("Status: Mitigated"));
+        assert!(key_value("IP-Adresse\u{FF1A} 192.0.2.1"));
+        assert!(!key_value("2001:db8::1 was blocked"));
+        assert!(!key_value(
+            "We have reviewed your request and found the following: nothing"
+        ));
     }
 }
