@@ -21,6 +21,8 @@ pub struct Sentence {
     pub past: bool,
     /// It invites a reply "to investigate further": not a request for data.
     pub invitation: bool,
+    /// It says a review is over: the escalation it names is finished, not under way.
+    pub concluded: bool,
 }
 
 /// What scoring reads.
@@ -117,11 +119,12 @@ pub fn read(inbound: &Inbound, own_text: &str, rules: &Rules, ctx: &Context) -> 
         }
         hit
     };
-    let (echo, past, present, invitation) = (
+    let (echo, past, present, invitation, concluded) = (
         marked(Role::Echo),
         marked(Role::Past),
         marked(Role::Present),
         marked(Role::Invitation),
+        marked(Role::Concluded),
     );
     for (i, sentence) in all.into_iter().enumerate() {
         if echo[i] {
@@ -131,6 +134,7 @@ pub fn read(inbound: &Inbound, own_text: &str, rules: &Rules, ctx: &Context) -> 
         features.sentences.push(Sentence {
             past: past[i] && !present[i],
             invitation: invitation[i],
+            concluded: concluded[i],
             text: sentence,
         });
     }

@@ -156,6 +156,9 @@ pub enum Role {
     Echo,
     /// The sentence speaks of now ("has now been removed"): a past marker does not apply.
     Present,
+    /// The sentence says a review is over ("the escalation team has completed its review"): an
+    /// escalation named in it is history, not where the ticket stands.
+    Concluded,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -97,6 +97,11 @@ pub fn score(features: &Features, rules: &Rules, extra: &[ExtraCue]) -> Scored {
             };
             let (w, note) = if kind == Kind::MsInfoRequested && sentence.invitation {
                 (0.0, " (an invitation to write, not a request)")
+            } else if kind == Kind::MsEscalated && sentence.concluded {
+                (
+                    rule.weight * scoring.past_factor,
+                    " (a finished review, not an escalation under way)",
+                )
             } else if sentence.past {
                 (rule.weight * scoring.past_factor, " (recalls the past)")
             } else {

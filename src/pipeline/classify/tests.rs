@@ -349,3 +349,26 @@ fn a_learned_template_that_contradicts_clear_wording_is_uncertain() {
         .as_deref()
         .is_some_and(|u| u.contains("learned template")));
 }
+
+#[test]
+fn a_refusal_after_a_finished_review_is_not_an_escalation_under_way() {
+    let body = "Hello,\n\nOur escalation team has completed its review of 192.0.2.40. We are unable to provide mitigation for this IP at this time.\n";
+    let v = check(
+        &ms(OURS, "RE: SRX1234567891ID", body),
+        Kind::MsNotQualified,
+        Some("SRX1234567891ID"),
+        &["192.0.2.40"],
+    );
+    assert!(v
+        .evidence
+        .iter()
+        .any(|e| e.matched.contains("a finished review")));
+    // An escalation under way is still one.
+    let body = "Hello,\n\nWe have escalated your request to our Escalations Team, who will review it and get back to you.\n";
+    check(
+        &ms(OURS, "RE: SRX1234567891ID", body),
+        Kind::MsEscalated,
+        Some("SRX1234567891ID"),
+        &[],
+    );
+}
