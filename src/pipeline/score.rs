@@ -263,6 +263,13 @@ pub fn score(features: &Features, rules: &Rules, extra: &[ExtraCue]) -> Scored {
     } else {
         (top, None)
     };
+    // A request wins by its own threshold: its confidence is its share against the best other
+    // reading of the message.
+    let confidence = if kind == Kind::MsInfoRequested {
+        request / (request + top_score.max(0.0))
+    } else {
+        confidence
+    };
     Scored {
         kind,
         confidence: if uncertain.is_some() {

@@ -136,6 +136,11 @@ impl Classifier {
         Ok(())
     }
 
+    /// Nothing sent is waiting to be taken back.
+    pub fn idle(&self) -> bool {
+        self.pending == 0
+    }
+
     /// Too many bytes of whole messages are out: wait for results before sending more.
     pub fn over_budget(&self) -> bool {
         self.body_bytes > BODY_BUDGET && self.pending > 0

@@ -196,6 +196,8 @@ async fn session(
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), DaemonError> {
     let mut imap = Imap::connect(mailbox, password).await?;
+    // One worker for the session's passes: its patterns' search caches stay warm between them.
+    let mut classifier = Classifier::start(Arc::clone(engine))?;
     let drafts = match &mailbox.drafts_folder {
         Some(f) => f.clone(),
         None => imap.special_use("\\Drafts").await?.unwrap_or_else(|| {
@@ -220,7 +222,7 @@ async fn session(
     let mut again = 0;
     loop {
         collect_teachings(engine, store, mailbox, &mut imap).await?;
-        catch_up(engine, store, mailbox, &mut imap, shutdown).await?;
+        catch_up(engine, store, mailbox, &mut imap, &mut classifier, shutdown).await?;
         if *shutdown.borrow() {
             info!("shutting down");
             imap.logout().await;
@@ -279,10 +281,11 @@ const CHUNK: u32 = 5000;
 /// whole, and the chunk's messages and the cursor after it are written in one transaction. A
 /// crash re-reads the chunk; dedup keeps a message from being handled twice.
 async fn catch_up(
-    engine: &Arc<Engine>,
+    engine: &Engine,
     store: &mut Store,
     mailbox: &MailboxConfig,
     imap: &mut Imap,
+    classifier: &mut Classifier,
     shutdown: &watch::Receiver<bool>,
 ) -> Result<(), DaemonError> {
     if let Some(folder) = &mailbox.handled_folder {
@@ -319,8 +322,8 @@ async fn catch_up(
     let body_items = format!("(UID RFC822.SIZE BODY.PEEK[]<0.{limit}>)");
     let span = last.map_or(0, |l| l - after);
     let mut progress = Progress::new(u64::from(span.min(estimate)));
-    // A worker per pass: whatever an interrupted pass left queued dies with it.
-    let mut classifier = Classifier::start(Arc::clone(engine))?;
+    // A pass that failed ended its session and its worker: nothing is left pending here.
+    debug_assert!(classifier.idle());
     let mut from = after.saturating_add(1);
     loop {
         // A signal stops the catch-up between two chunks; the cursor covers the ones done.

@@ -469,12 +469,12 @@ fn time_until_draft(case: &Case, extra_wait: Duration) -> Duration {
 
 #[test]
 fn idle_is_reissued_and_still_wakes_the_daemon() {
-    // The renewal (DONE, catch-up, IDLE again) happens once, about 8.5 s after the start,
-    // before the mail arrives at 9.5 s; the next renewal would come about 8 s later. Waking
+    // The renewal (DONE, catch-up, IDLE again) happens once, about 15.5 s after the start,
+    // before the mail arrives at 16.5 s; the next renewal would come about 15 s later. Waking
     // well before it is the re-issued IDLE's doing, even on a loaded CI machine.
-    let case = setup("draft", "idle_renew_seconds = 8\npoll_seconds = 3600");
-    let took = time_until_draft(&case, Duration::from_millis(9_500));
-    assert!(took < Duration::from_secs(5), "took {took:?}");
+    let case = setup("draft", "idle_renew_seconds = 15\npoll_seconds = 3600");
+    let took = time_until_draft(&case, Duration::from_millis(16_500));
+    assert!(took < Duration::from_secs(12), "took {took:?}");
 }
 
 #[test]
