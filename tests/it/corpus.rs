@@ -1,11 +1,10 @@
 //! Every fixture set is classified and replayed, and each result is compared with its manifest.
 
 use postmaster_bot::pipeline::candidate;
-use postmaster_bot::shell::engine::OutboxStatus;
 use postmaster_bot::shell::replay;
 use postmaster_bot::shell::store::Store;
 
-use crate::support::{engine, fixtures, manifest};
+use crate::support::{apply_at_its_date, engine, fixtures, manifest};
 
 pub(crate) fn check_classify(set: &str) {
     let engine = engine();
@@ -60,15 +59,7 @@ pub(crate) fn check_replay(set: &str, header_first: bool) {
             }
         }
         let prepared = engine.prepare(&raw);
-        let now = prepared.inbound.date.unwrap_or(0);
-        let handled = engine
-            .apply(
-                &mut store,
-                &row.file,
-                &prepared,
-                now,
-                OutboxStatus::Replayed,
-            )
+        let handled = apply_at_its_date(&engine, &mut store, &row.file, &prepared)
             .unwrap_or_else(|e| panic!("{}: {e}", row.file));
         if handled.action.as_str() != row.expect_action {
             failures.push(format!(
@@ -197,16 +188,8 @@ fn score_set(set: &str) -> Scores {
         } else {
             miss(&format!("ips {ips:?}"), &mut s);
         }
-        let now = prepared.inbound.date.unwrap_or(0);
-        let handled = engine
-            .apply(
-                &mut store,
-                &row.file,
-                &prepared,
-                now,
-                OutboxStatus::Replayed,
-            )
-            .expect("applies");
+        let handled =
+            apply_at_its_date(&engine, &mut store, &row.file, &prepared).expect("applies");
         let action = handled.action.as_str();
         if action == row.expect_action {
             s.action += 1;

@@ -3,10 +3,9 @@
 use postmaster_bot::pipeline::case;
 use postmaster_bot::pipeline::decide::{self, Mode, NotifyOn};
 use postmaster_bot::pipeline::render::{self, IdentityView};
-use postmaster_bot::shell::engine::OutboxStatus;
 use postmaster_bot::shell::store::Store;
 
-use crate::support::{engine, fixtures, manifest};
+use crate::support::{apply_at_its_date, engine, fixtures, manifest};
 
 fn produced_mail(set: &str) -> Vec<(String, String)> {
     let engine = engine();
@@ -16,16 +15,8 @@ fn produced_mail(set: &str) -> Vec<(String, String)> {
     for row in manifest(set) {
         let raw = std::fs::read(fixtures().join(set).join(&row.file)).expect("fixture readable");
         let prepared = engine.prepare(&raw);
-        let now = prepared.inbound.date.unwrap_or(0);
-        let handled = engine
-            .apply(
-                &mut store,
-                &row.file,
-                &prepared,
-                now,
-                OutboxStatus::Replayed,
-            )
-            .expect("applies");
+        let handled =
+            apply_at_its_date(&engine, &mut store, &row.file, &prepared).expect("applies");
         for p in handled.produced {
             if let Some(o) = p.outgoing {
                 let name = format!(
@@ -70,10 +61,7 @@ fn followup_after_a_silent_week() {
     for file in ["d029.eml", "d030.eml", "d031.eml"] {
         let raw = std::fs::read(fixtures().join("corpus").join(file)).expect("fixture");
         let prepared = engine.prepare(&raw);
-        let now = prepared.inbound.date.unwrap_or(0);
-        let handled = engine
-            .apply(&mut store, file, &prepared, now, OutboxStatus::Replayed)
-            .expect("applies");
+        let handled = apply_at_its_date(&engine, &mut store, file, &prepared).expect("applies");
         last_case = handled.case_id;
     }
     let case = store

@@ -3,7 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use postmaster_bot::config;
-use postmaster_bot::shell::engine::Engine;
+use postmaster_bot::shell::engine::{Engine, HandleError, Handled, OutboxStatus, Prepared};
+use postmaster_bot::shell::store::Store;
 
 /// One manifest row.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -66,4 +67,15 @@ reporting_mtas = ["example.net"]
 pub fn engine() -> Engine {
     let config = config::parse(TEST_CONFIG, "test config").expect("test config is valid");
     Engine::new(config).expect("engine builds")
+}
+
+/// Applies a prepared fixture as if it had arrived at its own `Date:`, as `replay` does.
+pub fn apply_at_its_date(
+    engine: &Engine,
+    store: &mut Store,
+    source: &str,
+    prepared: &Prepared,
+) -> Result<Handled, HandleError> {
+    let now = prepared.inbound.date.unwrap_or(0);
+    engine.apply(store, source, prepared, now, OutboxStatus::Replayed)
 }
