@@ -2,6 +2,7 @@
 //!
 //! No business decisions live here; every branch is about I/O succeeding or failing.
 
+pub mod background;
 pub mod classifier;
 pub mod daemon;
 pub mod dkim;

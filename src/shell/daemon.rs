@@ -94,13 +94,12 @@ pub async fn run(
         ),
         None => None,
     };
-    // The multilingual rules compile lazily; they compile now on a thread of their own,
-    // beside the connect and the header pass, so that no message waits for them later. One
-    // pass (`--once`) does not wait for the thread at exit: what it did not need, it drops.
+    // The multilingual rules compile lazily; they compile now on a background thread, with
+    // what the connect and the header pass leave of the CPU, so that no message waits for them
+    // later. One pass (`--once`) does not wait for the thread at exit: what it did not need,
+    // it drops.
     let rules = engine.rules.clone();
-    let warm_up = std::thread::Builder::new()
-        .name("rules".to_string())
-        .spawn(move || rules.warm_up())
+    let warm_up = crate::shell::background::spawn("rules", move || rules.warm_up())
         .ok()
         .filter(|_| !once);
     let result = session_loop(
