@@ -1,7 +1,7 @@
 //! The binary's edge: parse the command line, set up logging, load config, run a command, map
 //! errors to exit codes (0 ok, 1 runtime failure, 2 config or usage error).
 
-use std::io::Write;
+use std::io::{IsTerminal as _, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -15,6 +15,7 @@ use postmaster_bot::pipeline::classify::{Kind, Origin, Verdict};
 use postmaster_bot::pipeline::decide::Mode;
 use postmaster_bot::pipeline::render::{self, IdentityView, MessageView};
 use postmaster_bot::shell::engine::Engine;
+use postmaster_bot::shell::logging;
 use postmaster_bot::shell::oauth::{OAuthError, TokenProvider};
 use postmaster_bot::shell::replay::{self, Format};
 use postmaster_bot::shell::secret::Credential;
@@ -72,12 +73,20 @@ fn init_logging(format: LogFormat, verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let style = logging::style(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+        logging::stderr_is_journal(std::env::var_os("JOURNAL_STREAM").as_deref()),
+    );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        .with_writer(std::io::stderr)
+        .with_ansi(style.ansi);
+    // JSON keeps its timestamp field even in the journal: tools that read the objects want it.
+    match (format, style.timestamps) {
+        (LogFormat::Text, true) => builder.init(),
+        (LogFormat::Text, false) => builder.without_time().init(),
+        (LogFormat::Json, _) => builder.json().init(),
     }
 }
 

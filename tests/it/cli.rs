@@ -370,3 +370,62 @@ fn auth_commands_need_an_oauth2_section_and_check_config_tells_what_to_run() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("mailbox.auth"), "{}", stderr(&o));
 }
+
+/// The quick-start replay with `-v`, its log written to a file as a service manager would, with
+/// `extra` in the environment; the log's bytes.
+fn replay_log_to_file(extra: &[(&str, &str)], journal: bool) -> Vec<u8> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log_path = dir.path().join("log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_postmaster-bot"));
+    command
+        .args(["-v", "replay", "--config", "examples/config.toml", "--out"])
+        .arg(dir.path().join("out"))
+        .arg("examples/thread")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("NO_COLOR")
+        .env_remove("JOURNAL_STREAM")
+        .env_remove("RUST_LOG")
+        .envs(extra.iter().copied())
+        .stdout(std::process::Stdio::null());
+    if journal {
+        use std::os::unix::fs::MetadataExt;
+        let meta = log.metadata().expect("log file metadata");
+        command.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()));
+    }
+    let status = command.stderr(log).status().expect("binary runs");
+    assert!(status.success());
+    std::fs::read(&log_path).expect("log written")
+}
+
+#[test]
+fn a_log_written_to_a_file_has_no_escape_bytes() {
+    let log = replay_log_to_file(&[], false);
+    let text = String::from_utf8_lossy(&log);
+    assert!(text.contains("decision"), "{text}");
+    assert!(
+        !log.contains(&0x1b),
+        "colour codes in a redirected log: {text}"
+    );
+    assert!(
+        text.lines().all(|l| l.starts_with("20")),
+        "each line starts with its timestamp: {text}"
+    );
+}
+
+#[test]
+fn in_the_journal_lines_carry_no_timestamp_of_ours() {
+    let log = replay_log_to_file(&[], true);
+    let text = String::from_utf8_lossy(&log);
+    assert!(!log.contains(&0x1b), "{text}");
+    assert!(
+        text.lines().all(|l| l.trim_start().starts_with("INFO")),
+        "journald stamps the lines itself: {text}"
+    );
+    // The variable only counts when stderr is the journal's own stream: inherited by a child
+    // whose stderr goes elsewhere, it changes nothing.
+    let elsewhere = replay_log_to_file(&[("JOURNAL_STREAM", "1:2")], false);
+    assert!(String::from_utf8_lossy(&elsewhere)
+        .lines()
+        .all(|l| l.starts_with("20")));
+}
