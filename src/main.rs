@@ -55,6 +55,14 @@ fn main() -> ExitCode {
                 || err
                     .downcast_ref::<postmaster_bot::pipeline::render::RenderError>()
                     .is_some()
+                || err
+                    .downcast_ref::<postmaster_bot::shell::instance::InstanceError>()
+                    .is_some_and(|e| {
+                        matches!(
+                            e,
+                            postmaster_bot::shell::instance::InstanceError::Held { .. }
+                        )
+                    })
             {
                 ExitCode::from(2)
             } else {
@@ -412,6 +420,8 @@ fn run_daemon(path: &Path, once: bool, mode: Option<ModeArg>) -> Result<ExitCode
     }
     // One crypto provider for the whole process (rustls 0.23 needs it chosen).
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // Before the store is opened or migrated: a second daemon stops here, touching nothing.
+    let _instance = postmaster_bot::shell::instance::lock(&config.state_path)?;
     let mut store = Store::open(&config.state_path)?;
     let engine = std::sync::Arc::new(Engine::new(config)?);
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -9,6 +9,7 @@ pub mod dkim;
 pub mod engine;
 pub mod failpoint;
 pub mod imap;
+pub mod instance;
 pub mod logging;
 pub mod oauth;
 pub mod progress;

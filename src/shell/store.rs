@@ -356,10 +356,17 @@ impl Store {
         let shown = path.display().to_string();
         let existed = path.exists();
         if !existed {
-            create_private(path).map_err(|source| StoreError::Create {
-                path: shown.clone(),
-                source,
-            })?;
+            // Another process may create it first (two commands started on a new store).
+            match create_private(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(source) => {
+                    return Err(StoreError::Create {
+                        path: shown.clone(),
+                        source,
+                    })
+                }
+            }
         }
         let conn = Connection::open(path).map_err(|source| StoreError::Open {
             path: shown.clone(),
@@ -382,16 +389,30 @@ impl Store {
         PathBuf::from(&self.path)
     }
 
+    // The wait below is as blocking as SQLite's own busy timeout, which every store call has.
+    #[allow(clippy::disallowed_methods)]
     fn configure(&mut self) -> Result<(), StoreError> {
         let path = self.path.clone();
         self.conn
             .busy_timeout(std::time::Duration::from_secs(5))
             .map_err(sql(&path))?;
-        self.conn
-            .execute_batch(
+        // NOTE: switching a new file to WAL needs it to itself, and SQLite answers "busy" at
+        // once, without the busy handler, while another process opening the same new store
+        // reads it: wait for it as the busy timeout would.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match self.conn.execute_batch(
                 "PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;",
-            )
-            .map_err(sql(&path))
+            ) {
+                Ok(()) => return Ok(()),
+                Err(e) => match sql(&path)(e) {
+                    StoreError::Locked { .. } if std::time::Instant::now() < deadline => {
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                    other => return Err(other),
+                },
+            }
+        }
     }
 
     fn migrate(&mut self) -> Result<(), StoreError> {
@@ -413,6 +434,14 @@ impl Store {
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(sql(&path))?;
+            // Read again under the write lock: another process opening the same store may
+            // have applied this migration since the version was read above.
+            let now: i64 = tx
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .map_err(sql(&path))?;
+            if now > i as i64 {
+                continue;
+            }
             tx.execute_batch(migration).map_err(sql(&path))?;
             tx.pragma_update(None, "user_version", (i + 1) as i64)
                 .map_err(sql(&path))?;

@@ -429,3 +429,128 @@ fn in_the_journal_lines_carry_no_timestamp_of_ours() {
         .lines()
         .all(|l| l.starts_with("20")));
 }
+
+/// A config whose mailbox is a port that accepts connections and never answers: a daemon on it
+/// stays up (waiting for the server's greeting) until it is stopped.
+fn silent_mailbox_config(dir: &Path, port: u16) -> std::path::PathBuf {
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"mode = "draft"
+[identity]
+from = "Postmaster <postmaster@example.net>"
+operator = "noc@example.net"
+message_id_domain = "postmaster.example.net"
+[trust]
+authserv_ids = ["mx1.example.net"]
+[state]
+path = "state.sqlite3"
+[mailbox]
+host = "127.0.0.1"
+port = {port}
+tls = "implicit"
+username = "postmaster@example.net"
+password_env = "PMB_TEST_PASSWORD"
+"#
+        ),
+    )
+    .expect("write config");
+    config
+}
+
+#[test]
+// Polls child processes from a plain test thread: no runtime to block.
+#[allow(clippy::disallowed_methods)]
+fn two_daemons_started_together_on_a_new_store_one_runs_and_the_other_says_why() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    let port = silent.local_addr().expect("address").port();
+    for attempt in 0..20 {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = silent_mailbox_config(dir.path(), port);
+        let start = || {
+            Command::new(env!("CARGO_BIN_EXE_postmaster-bot"))
+                .args(["run", "--config"])
+                .arg(&config)
+                .current_dir(dir.path())
+                .env("PMB_TEST_PASSWORD", "secret")
+                .env_remove("RUST_LOG")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("binary starts")
+        };
+        let mut both = [start(), start()];
+        // The one refused exits at once; the one running waits on the silent server.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let refused = loop {
+            if let Some(i) = both
+                .iter_mut()
+                .position(|c| c.try_wait().expect("wait").is_some())
+            {
+                break i;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "attempt {attempt}: neither daemon was refused"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        let running = 1 - refused;
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let still_running = both[running].try_wait().expect("wait").is_none();
+        let _ = both[running].kill();
+        let [a, b] = both;
+        let (refused_out, running_out) = if refused == 0 { (a, b) } else { (b, a) };
+        let refused_out = refused_out.wait_with_output().expect("output");
+        let running_out = running_out.wait_with_output().expect("output");
+        let refused_err = stderr(&refused_out);
+        assert_eq!(
+            refused_out.status.code(),
+            Some(2),
+            "attempt {attempt}: {refused_err}"
+        );
+        assert!(
+            refused_err.contains("another postmaster-bot (pid ")
+                && refused_err.contains("runs on this store"),
+            "attempt {attempt}: {refused_err}"
+        );
+        assert!(
+            still_running,
+            "attempt {attempt}: the other daemon stopped: {}",
+            stderr(&running_out)
+        );
+        for err in [&refused_err, &stderr(&running_out)] {
+            assert!(!err.contains("already exists"), "attempt {attempt}: {err}");
+            assert!(!err.contains("SQL logic error"), "attempt {attempt}: {err}");
+        }
+    }
+    drop(silent);
+}
+
+#[test]
+fn commands_opening_a_new_store_together_all_migrate_it_once() {
+    for attempt in 0..10 {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let state = dir.path().join("state.sqlite3");
+        let children: Vec<_> = (0..4)
+            .map(|n| {
+                Command::new(env!("CARGO_BIN_EXE_postmaster-bot"))
+                    .args(["replay", "--config", "examples/config.toml", "--state"])
+                    .arg(&state)
+                    .arg("--out")
+                    .arg(dir.path().join(format!("out{n}")))
+                    .arg("examples/thread")
+                    .current_dir(env!("CARGO_MANIFEST_DIR"))
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("binary starts")
+            })
+            .collect();
+        for child in children {
+            let o = child.wait_with_output().expect("output");
+            assert!(o.status.success(), "attempt {attempt}: {}", stderr(&o));
+        }
+    }
+}
