@@ -111,6 +111,13 @@ pub enum Command {
         #[command(subcommand)]
         command: AuthCommand,
     },
+    /// Print the shell completion script for SHELL (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), made from this command line's own definition.
+    Man,
 }
 
 #[derive(Debug, Subcommand)]

@@ -68,6 +68,7 @@ pub struct RawMailbox {
     pub password_env: Option<String>,
     pub password_file: Option<PathBuf>,
     pub password_command: Option<String>,
+    pub password_credential: Option<String>,
     pub ca_file: Option<PathBuf>,
     pub folder: Option<String>,
     pub drafts_folder: Option<String>,
@@ -94,6 +95,7 @@ pub struct RawSmtp {
     pub password_env: Option<String>,
     pub password_file: Option<PathBuf>,
     pub password_command: Option<String>,
+    pub password_credential: Option<String>,
     pub ca_file: Option<PathBuf>,
     pub retry_seconds: Option<u64>,
 }
@@ -126,6 +128,9 @@ pub enum SecretSource {
     Env(String),
     File(PathBuf),
     Command(String),
+    /// A systemd credential (`LoadCredential=`): the file of this name in
+    /// `$CREDENTIALS_DIRECTORY`.
+    Credential(String),
 }
 
 /// The IMAP mailbox the bot watches.
@@ -212,18 +217,36 @@ pub struct SmtpConfig {
     pub retry: std::time::Duration,
 }
 
+/// A secret's sources as written: `{name}_env`, `_file`, `_command`, `_credential`.
+pub(crate) struct SecretKeys<'a> {
+    pub(crate) env: &'a Option<String>,
+    pub(crate) file: &'a Option<PathBuf>,
+    pub(crate) command: &'a Option<String>,
+    pub(crate) credential: &'a Option<String>,
+}
+
 fn secret_source(
     section: &str,
     name: &str,
-    env: &Option<String>,
-    file: &Option<PathBuf>,
-    command: &Option<String>,
+    keys: SecretKeys<'_>,
     origin: &str,
 ) -> Result<Option<SecretSource>, ConfigError> {
+    if let Some(c) = keys.credential {
+        // A name, not a path: it is looked up in the directory systemd made for the service.
+        if c.is_empty() || c == "." || c == ".." || c.contains('/') || c.contains('\0') {
+            return Err(ConfigError::Invalid {
+                path: origin.to_string(),
+                key: format!("{section}.{name}_credential"),
+                message: "must be a credential name as in LoadCredential=NAME:..., not a path"
+                    .to_string(),
+            });
+        }
+    }
     let given: Vec<SecretSource> = [
-        env.clone().map(SecretSource::Env),
-        file.clone().map(SecretSource::File),
-        command.clone().map(SecretSource::Command),
+        keys.env.clone().map(SecretSource::Env),
+        keys.file.clone().map(SecretSource::File),
+        keys.command.clone().map(SecretSource::Command),
+        keys.credential.clone().map(SecretSource::Credential),
     ]
     .into_iter()
     .flatten()
@@ -234,7 +257,9 @@ fn secret_source(
         _ => Err(ConfigError::Invalid {
             path: origin.to_string(),
             key: format!("{section}.{name}_env"),
-            message: format!("give only one of {name}_env, {name}_file, {name}_command"),
+            message: format!(
+                "give only one of {name}_env, {name}_file, {name}_command, {name}_credential"
+            ),
         }),
     }
 }
@@ -258,15 +283,18 @@ fn mailbox_config(raw: &RawMailbox, origin: &str) -> Result<MailboxConfig, Confi
     let password = secret_source(
         "mailbox",
         "password",
-        &raw.password_env,
-        &raw.password_file,
-        &raw.password_command,
+        SecretKeys {
+            env: &raw.password_env,
+            file: &raw.password_file,
+            command: &raw.password_command,
+            credential: &raw.password_credential,
+        },
         origin,
     )?;
     if password.is_none() && auth == Auth::Password {
         return Err(invalid(
             "password_env",
-            "one of password_env, password_file or password_command is required",
+            "one of password_env, password_file, password_command or password_credential is required",
         ));
     }
     // NOTE: RFC 2177: servers may end an IDLE after 30 minutes; Exchange Online and NAT
@@ -356,9 +384,12 @@ fn smtp_config(raw: &RawSmtp, origin: &str) -> Result<SmtpConfig, ConfigError> {
         password: secret_source(
             "smtp",
             "password",
-            &raw.password_env,
-            &raw.password_file,
-            &raw.password_command,
+            SecretKeys {
+                env: &raw.password_env,
+                file: &raw.password_file,
+                command: &raw.password_command,
+                credential: &raw.password_credential,
+            },
             origin,
         )?,
         ca_file: raw.ca_file.clone(),
@@ -1008,6 +1039,37 @@ mod tests {
         assert_eq!(HostedBy::of("imap.example.net"), None);
         assert_eq!(HostedBy::Microsoft.folders(), ("Drafts", "Sent Items"));
         assert_eq!(HostedBy::Gmail.folders().0, "[Gmail]/Drafts");
+    }
+
+    #[test]
+    fn a_password_can_be_a_systemd_credential_named_not_a_path() {
+        let base = "[identity]\nfrom = \"postmaster@example.net\"\n[mailbox]\nhost = \"imap.example.net\"\nusername = \"pm\"\n";
+        let c = parse(
+            &format!("{base}password_credential = \"imap-password\"\n"),
+            "c.toml",
+        )
+        .expect("valid");
+        assert_eq!(
+            c.mailbox.and_then(|m| m.password),
+            Some(SecretSource::Credential("imap-password".into()))
+        );
+        for bad in ["../etc/shadow", "", ".."] {
+            let err = parse(
+                &format!("{base}password_credential = \"{bad}\"\n"),
+                "c.toml",
+            )
+            .expect_err(bad);
+            assert!(
+                err.to_string().contains("mailbox.password_credential"),
+                "{err}"
+            );
+        }
+        let err = parse(
+            &format!("{base}password_credential = \"a\"\npassword_env = \"B\"\n"),
+            "c.toml",
+        )
+        .expect_err("two sources");
+        assert!(err.to_string().contains("password_credential"), "{err}");
     }
 
     #[test]

@@ -72,6 +72,40 @@ fn main() -> ExitCode {
     }
 }
 
+/// What an operator looks up in the man page and clap does not know.
+const MAN_SECTIONS: &str = r#".SH "EXIT STATUS"
+.TP
+.B 0
+Success.
+.TP
+.B 1
+A runtime failure (an unreachable server, a rejected login, a locked store), or some file could
+not be handled (the others still ran).
+.TP
+.B 2
+A config, rules or template error, a usage error, or another postmaster\-bot already runs on
+the state store. A service manager should not restart on it.
+.SH ENVIRONMENT
+.TP
+.B RUST_LOG
+Log filter; overrides \fB\-v\fR.
+.TP
+.B NO_COLOR
+When set to anything, no colour in the log (there is none anyway unless stderr is a terminal).
+.TP
+.B JOURNAL_STREAM
+Set by systemd; when it names stderr, log lines carry no timestamp of their own.
+.SH FILES
+.TP
+.I /etc/postmaster\-bot/config.toml
+The configuration (\fBconfig.example.toml\fR lists every key).
+.TP
+.I <state path>.lock
+Held by \fBrun\fR while it lives: one daemon per state store.
+.SH "SEE ALSO"
+Each command's \fB\-\-help\fR; the README, "Running it on a real mailbox".
+"#;
+
 fn init_logging(format: LogFormat, verbose: u8) {
     let default = match verbose {
         0 => "warn",
@@ -310,6 +344,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Run { config, once, mode } => run_daemon(&config, once, mode),
         Command::CheckConfig { config } => check_config(&config, &mut out),
         Command::Auth { command } => auth(command, &mut out),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "postmaster-bot", &mut out);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            let command = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(command)
+                .render(&mut out)
+                .context("failed to write the man page")?;
+            out.write_all(MAN_SECTIONS.as_bytes())?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{secret_source, ConfigError, SecretSource};
+use super::{secret_source, ConfigError, SecretKeys, SecretSource};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -18,6 +18,7 @@ pub struct RawOAuth2 {
     pub client_secret_env: Option<String>,
     pub client_secret_file: Option<PathBuf>,
     pub client_secret_command: Option<String>,
+    pub client_secret_credential: Option<String>,
     pub scopes: Option<Vec<String>>,
     pub authorization_url: Option<String>,
     pub token_url: Option<String>,
@@ -216,15 +217,19 @@ pub(super) fn oauth2_config(
     let client_secret = secret_source(
         "oauth2",
         "client_secret",
-        &raw.client_secret_env,
-        &raw.client_secret_file,
-        &raw.client_secret_command,
+        SecretKeys {
+            env: &raw.client_secret_env,
+            file: &raw.client_secret_file,
+            command: &raw.client_secret_command,
+            credential: &raw.client_secret_credential,
+        },
         origin,
     )?;
     if client_secret.is_none() && (flow == Flow::ClientCredentials || provider == Provider::Gmail) {
         return Err(invalid(
             "client_secret_env",
-            "a client secret is required here (client_secret_env, _file or _command)".into(),
+            "a client secret is required here (client_secret_env, _file, _command or _credential)"
+                .into(),
         ));
     }
     let preset = preset(provider, &tenant, flow);

@@ -21,6 +21,24 @@ pub enum SecretError {
     },
     #[error("password command `{command}` failed: {message}")]
     Command { command: String, message: String },
+    #[error("systemd credential {name}: {message}")]
+    Credential { name: String, message: String },
+}
+
+/// Where systemd put the credential `name` (`$CREDENTIALS_DIRECTORY/name`).
+fn credential_file(
+    directory: Option<&std::ffi::OsStr>,
+    name: &str,
+) -> Result<std::path::PathBuf, SecretError> {
+    let directory = directory
+        .filter(|d| !d.is_empty())
+        .ok_or_else(|| SecretError::Credential {
+            name: name.to_string(),
+            message: "CREDENTIALS_DIRECTORY is not set (systemd sets it for a unit with \
+                      LoadCredential=)"
+                .to_string(),
+        })?;
+    Ok(std::path::Path::new(directory).join(name))
 }
 
 /// Reads a password from its source; surrounding whitespace (a trailing newline) is dropped.
@@ -36,6 +54,15 @@ pub async fn resolve(source: &SecretSource) -> Result<SecretString, SecretError>
                 .map_err(|source| SecretError::File {
                     path: path.display().to_string(),
                     source,
+                })?
+        }
+        SecretSource::Credential(name) => {
+            let path = credential_file(std::env::var_os("CREDENTIALS_DIRECTORY").as_deref(), name)?;
+            tokio::fs::read_to_string(&path)
+                .await
+                .map_err(|e| SecretError::Credential {
+                    name: name.clone(),
+                    message: format!("{}: {e}", path.display()),
                 })?
         }
         SecretSource::Command(command) => {
@@ -123,6 +150,21 @@ impl Credential {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_systemd_credential_is_read_from_the_directory_systemd_names() {
+        let dir = std::ffi::OsStr::new("/run/credentials/postmaster-bot.service");
+        assert_eq!(
+            credential_file(Some(dir), "imap-password").expect("path"),
+            std::path::Path::new("/run/credentials/postmaster-bot.service/imap-password")
+        );
+        let err = credential_file(None, "imap-password").expect_err("outside systemd");
+        let text = err.to_string();
+        assert!(
+            text.contains("imap-password") && text.contains("CREDENTIALS_DIRECTORY"),
+            "{text}"
+        );
+    }
     use secrecy::ExposeSecret;
 
     fn resolve_now(source: SecretSource) -> Result<SecretString, SecretError> {

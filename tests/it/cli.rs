@@ -554,3 +554,64 @@ fn commands_opening_a_new_store_together_all_migrate_it_once() {
         }
     }
 }
+
+#[test]
+fn the_systemd_unit_passes_systemd_analyze_verify() {
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/systemd/postmaster-bot.service"),
+    )
+    .expect("unit in contrib/systemd");
+    // A config error or a second daemon on the store exits 2: restarting cannot help.
+    assert!(unit.contains("RestartPreventExitStatus=2"));
+    assert!(unit.contains("Restart=on-failure"));
+    // The rules' warm-up lowers its own priority (setpriority, in @resources): never denied.
+    assert!(!unit.contains("~@resources") && !unit.contains("@resources @"));
+    // `verify` wants the unit's binary to exist: the one just built stands in for /usr/bin's.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("postmaster-bot.service");
+    std::fs::write(
+        &path,
+        unit.replace(
+            "/usr/bin/postmaster-bot",
+            env!("CARGO_BIN_EXE_postmaster-bot"),
+        ),
+    )
+    .expect("write unit");
+    let o = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&path)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "systemd-analyze cannot run ({e}): install it with `apt-get install systemd` \
+                 (scripts/test does, as root)"
+            )
+        });
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(!err.contains("postmaster-bot.service"), "{err}");
+}
+
+#[test]
+fn completions_and_the_man_page_come_from_the_command_line_itself() {
+    for shell in ["bash", "zsh", "fish"] {
+        let o = bot(&["completions", shell]);
+        assert!(o.status.success(), "{shell}: {}", stderr(&o));
+        let text = stdout(&o);
+        for command in ["check-config", "replay", "run", "queue", "completions"] {
+            assert!(text.contains(command), "{shell} lacks {command}");
+        }
+    }
+    let o = bot(&["man"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let page = stdout(&o);
+    assert!(page.contains(".TH postmaster-bot 1"), "{page}");
+    for section in [
+        ".SH SYNOPSIS",
+        ".SH \"EXIT STATUS\"",
+        ".SH ENVIRONMENT",
+        ".SH FILES",
+    ] {
+        assert!(page.contains(section), "man page lacks {section}");
+    }
+}
