@@ -221,6 +221,30 @@ impl Imap {
                 server: server.clone(),
                 source,
             })?;
+        // A server that accepts the connection and then says nothing (or stops halfway through
+        // the handshake or the login) must not hold the daemon: the whole log-in is one
+        // command under the time limit.
+        match tokio::time::timeout(
+            cfg.command_timeout,
+            Imap::secure_and_log_in(cfg, password, tcp, &server),
+        )
+        .await
+        {
+            Ok(imap) => imap,
+            Err(_) => Err(ImapError::Timeout {
+                server,
+                command: "TLS handshake, greeting and login".into(),
+            }),
+        }
+    }
+
+    async fn secure_and_log_in(
+        cfg: &MailboxConfig,
+        password: &SecretString,
+        tcp: TcpStream,
+        server: &str,
+    ) -> Result<Imap, ImapError> {
+        let server = server.to_string();
         let connector = TlsConnector::from(tls::client_config(cfg.ca_file.as_deref())?);
         let name = ServerName::try_from(cfg.host.clone()).map_err(|e| ImapError::Tls {
             server: server.clone(),
@@ -401,17 +425,17 @@ impl Imap {
     /// The UIDs of the selected folder's messages with this Message-ID.
     pub async fn find_message_id(&mut self, message_id: &str) -> Result<Vec<u32>, ImapError> {
         let server = self.server.clone();
+        let timeout = self.timeout;
         // Quotes and backslashes cannot be part of a Message-ID we search for.
         let quoted = format!("<{}>", message_id.replace(['"', '\\', '\r', '\n'], ""));
         let session = self.session()?;
-        let found = session
-            .uid_search(format!("HEADER Message-ID \"{quoted}\""))
-            .await
-            .map_err(|source| ImapError::Command {
-                server,
-                command: "UID SEARCH HEADER Message-ID".into(),
-                source,
-            })?;
+        let found = guarded(
+            &server,
+            timeout,
+            "UID SEARCH HEADER Message-ID",
+            session.uid_search(format!("HEADER Message-ID \"{quoted}\"")),
+        )
+        .await?;
         let mut uids: Vec<u32> = found.into_iter().collect();
         uids.sort_unstable();
         Ok(uids)
@@ -516,49 +540,44 @@ impl Imap {
     /// Creates a folder unless it exists.
     pub async fn ensure_folder(&mut self, folder: &str) -> Result<(), ImapError> {
         let server = self.server.clone();
+        let timeout = self.timeout;
         let session = self.session()?;
-        let exists = session
-            .list(Some(""), Some(folder))
-            .await
-            .map_err(|source| ImapError::Command {
-                server: server.clone(),
-                command: format!("LIST {folder}"),
-                source,
-            })?
-            .try_collect::<Vec<_>>()
-            .await
-            .map_err(|source| ImapError::Command {
-                server: server.clone(),
-                command: format!("LIST {folder}"),
-                source,
-            })?
-            .iter()
-            .any(|n| n.name() == folder);
-        if !exists {
-            if let Err(source) = session.create(folder).await {
-                // Another client may have created it in the meantime: that is not a failure.
-                let now_exists = session
-                    .list(Some(""), Some(folder))
-                    .await
-                    .ok()
-                    .map(|names| names.try_collect::<Vec<_>>());
-                let now_exists = match now_exists {
-                    Some(fut) => fut
-                        .await
-                        .map(|names| names.iter().any(|n| n.name() == folder))
-                        .unwrap_or(false),
-                    None => false,
-                };
-                if !now_exists {
-                    return Err(ImapError::Command {
-                        server,
-                        command: format!("CREATE {folder}"),
-                        source,
-                    });
+        let list = format!("LIST {folder}");
+        let exists = guarded(&server, timeout, &list, async {
+            let names: Vec<async_imap::types::Name> = session
+                .list(Some(""), Some(folder))
+                .await?
+                .try_collect()
+                .await?;
+            Ok(names.iter().any(|n| n.name() == folder))
+        })
+        .await?;
+        if exists {
+            return Ok(());
+        }
+        let create = format!("CREATE {folder}");
+        match guarded(&server, timeout, &create, session.create(folder)).await {
+            Ok(()) => Ok(()),
+            // Another client may have created it in the meantime: that is not a failure.
+            Err(e @ ImapError::Command { .. }) => {
+                let now_exists = guarded(&server, timeout, &list, async {
+                    let names: Vec<async_imap::types::Name> = session
+                        .list(Some(""), Some(folder))
+                        .await?
+                        .try_collect()
+                        .await?;
+                    Ok(names.iter().any(|n| n.name() == folder))
+                })
+                .await
+                .unwrap_or(false);
+                if now_exists {
+                    Ok(())
+                } else {
+                    Err(e)
                 }
             }
+            Err(e) => Err(e),
         }
-        Ok(())
     }
 
     /// How many messages a folder holds (STATUS, without selecting it); `None` when the server
@@ -584,34 +603,31 @@ impl Imap {
     /// Deletes a folder (tests use it to force a new UIDVALIDITY).
     pub async fn delete_folder(&mut self, folder: &str) -> Result<(), ImapError> {
         let server = self.server.clone();
+        let timeout = self.timeout;
         let session = self.session()?;
-        session
-            .delete(folder)
-            .await
-            .map_err(|source| ImapError::Command {
-                server,
-                command: format!("DELETE {folder}"),
-                source,
-            })
+        guarded(
+            &server,
+            timeout,
+            &format!("DELETE {folder}"),
+            session.delete(folder),
+        )
+        .await
     }
 
     /// Flags of every message in the selected folder, by UID.
     pub async fn flags(&mut self) -> Result<Vec<(u32, Vec<String>)>, ImapError> {
         let server = self.server.clone();
+        let timeout = self.timeout;
         let session = self.session()?;
-        let fetched: Vec<async_imap::types::Fetch> = async {
-            session
-                .uid_fetch("1:*", "(UID FLAGS)")
-                .await?
-                .try_collect::<Vec<_>>()
-                .await
-        }
-        .await
-        .map_err(|source| ImapError::Command {
-            server,
-            command: "UID FETCH FLAGS".into(),
-            source,
-        })?;
+        let fetched: Vec<async_imap::types::Fetch> =
+            guarded(&server, timeout, "UID FETCH FLAGS", async {
+                session
+                    .uid_fetch("1:*", "(UID FLAGS)")
+                    .await?
+                    .try_collect::<Vec<_>>()
+                    .await
+            })
+            .await?;
         Ok(fetched
             .iter()
             .filter_map(|f| {
@@ -670,40 +686,32 @@ impl Imap {
         let server = self.server.clone();
         let has_move = self.has_capability("MOVE");
         let has_uidplus = self.has_capability("UIDPLUS");
+        let timeout = self.timeout;
         let session = self.session()?;
-        let err = |command: &str, source| ImapError::Command {
-            server: server.clone(),
-            command: command.to_string(),
-            source,
-        };
         if has_move {
-            session
-                .uid_mv(set, folder)
-                .await
-                .map_err(|e| err("UID MOVE", e))?;
+            guarded(&server, timeout, "UID MOVE", session.uid_mv(set, folder)).await?;
             return Ok(true);
         }
         if !has_uidplus {
             return Ok(false);
         }
-        session
-            .uid_copy(set, folder)
-            .await
-            .map_err(|e| err("UID COPY", e))?;
-        session
-            .uid_store(set, "+FLAGS.SILENT (\\Deleted)")
-            .await
-            .map_err(|e| err("UID STORE", e))?
-            .try_collect::<Vec<_>>()
-            .await
-            .map_err(|e| err("UID STORE", e))?;
-        session
-            .uid_expunge(set)
-            .await
-            .map_err(|e| err("UID EXPUNGE", e))?
-            .try_collect::<Vec<_>>()
-            .await
-            .map_err(|e| err("UID EXPUNGE", e))?;
+        guarded(&server, timeout, "UID COPY", session.uid_copy(set, folder)).await?;
+        guarded(&server, timeout, "UID STORE", async {
+            session
+                .uid_store(set, "+FLAGS.SILENT (\\Deleted)")
+                .await?
+                .try_collect::<Vec<_>>()
+                .await
+        })
+        .await?;
+        guarded(&server, timeout, "UID EXPUNGE", async {
+            session
+                .uid_expunge(set)
+                .await?
+                .try_collect::<Vec<_>>()
+                .await
+        })
+        .await?;
         Ok(true)
     }
 

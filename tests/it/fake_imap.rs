@@ -16,6 +16,10 @@ use crate::live::setup;
 enum Fault {
     CloseMidLiteral,
     Garbage,
+    /// Accepts TLS and never greets.
+    SilentGreeting,
+    /// Never answers this command ("CREATE", "UID STORE"), answers the rest.
+    SilentOn(&'static str),
 }
 
 /// A TLS acceptor with the test stack's server certificate.
@@ -51,14 +55,25 @@ async fn serve(fault: Fault, tls_dir: std::path::PathBuf) -> u16 {
                 };
                 let (read, mut write) = tokio::io::split(tls);
                 let mut lines = BufReader::new(read).lines();
-                let _ = write
-                    .write_all(b"* OK [CAPABILITY IMAP4rev1 IDLE] fake ready\r\n")
-                    .await;
+                if !matches!(fault, Fault::SilentGreeting) {
+                    let _ = write
+                        .write_all(b"* OK [CAPABILITY IMAP4rev1 IDLE] fake ready\r\n")
+                        .await;
+                }
                 while let Ok(Some(line)) = lines.next_line().await {
                     let mut parts = line.splitn(3, ' ');
                     let tag = parts.next().unwrap_or("*").to_string();
                     let cmd = parts.next().unwrap_or("").to_ascii_uppercase();
                     let rest = parts.next().unwrap_or("").to_ascii_uppercase();
+                    let command = match rest.split(' ').next() {
+                        Some(word) if cmd == "UID" => format!("UID {word}"),
+                        _ => cmd.clone(),
+                    };
+                    if matches!(fault, Fault::SilentGreeting)
+                        || matches!(fault, Fault::SilentOn(c) if c == command)
+                    {
+                        continue;
+                    }
                     let reply: Vec<u8> = match (cmd.as_str(), rest.as_str()) {
                         ("LOGIN", _) => format!("{tag} OK LOGIN completed\r\n").into(),
                         ("CAPABILITY", _) => format!("* CAPABILITY IMAP4rev1 IDLE\r\n{tag} OK done\r\n").into(),
@@ -72,6 +87,7 @@ async fn serve(fault: Fault, tls_dir: std::path::PathBuf) -> u16 {
                                 return;
                             }
                             Fault::Garbage => b"* 1 FETCH (UID \x00\xff\xfe garbage ((( \r\n\x01\x02\r\n".to_vec(),
+                            _ => format!("{tag} OK done\r\n").into(),
                         },
                         ("LOGOUT", _) => format!("* BYE\r\n{tag} OK bye\r\n").into(),
                         _ => format!("{tag} OK done\r\n").into(),
@@ -87,7 +103,11 @@ async fn serve(fault: Fault, tls_dir: std::path::PathBuf) -> u16 {
 }
 
 fn run_against(fault: Fault) -> std::process::Output {
-    let case = setup("draft", "");
+    run_against_with(fault, "")
+}
+
+fn run_against_with(fault: Fault, extra: &str) -> std::process::Output {
+    let case = setup("draft", extra);
     let tls_dir = std::path::Path::new(&case.stack_ca())
         .parent()
         .expect("tls dir")
@@ -118,6 +138,37 @@ fn a_server_closing_mid_literal_is_an_error_not_a_crash() {
     );
     assert!(err.contains("127.0.0.1:"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn a_server_that_never_greets_or_never_answers_a_command_is_a_timeout_not_a_hang() {
+    for (fault, extra, command) in [
+        (
+            Fault::SilentGreeting,
+            "",
+            "TLS handshake, greeting and login",
+        ),
+        (Fault::SilentOn("CREATE"), "", "CREATE"),
+        (
+            Fault::SilentOn("UID STORE"),
+            "handled_keyword = \"PostmasterBotHandled\"",
+            "UID STORE",
+        ),
+    ] {
+        let started = std::time::Instant::now();
+        let out = run_against_with(fault, extra);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{command}: {err}");
+        assert!(
+            err.contains(command) && err.contains("timed out"),
+            "{command}: {err}"
+        );
+        // timeout_seconds = 3: one command's limit, not a hang.
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "{command}"
+        );
+    }
 }
 
 #[test]
