@@ -140,7 +140,7 @@ async fn session_loop(
         let password = match credential.get(refresh).await {
             Ok(p) => p,
             Err(e) if e.is_transient() && !once => {
-                warn!(error = %e, retry_in = ?delay, "no access token for now; retrying");
+                warn!(error = %e, retry_in = ?delay, "no password or access token for now; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(jitter(delay)) => {}
                     _ = shutdown.changed() => return Ok(()),

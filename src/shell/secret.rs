@@ -109,8 +109,13 @@ pub enum CredentialError {
 }
 
 impl CredentialError {
+    /// Whether asking again later can help. A password or token *command* (a vault, a token
+    /// helper) may fail for a passing reason, a network error on its side: retried with backoff
+    /// like a lost connection. A variable, file or credential that is not there is a setup
+    /// error, and stops the daemon with its name.
     pub fn is_transient(&self) -> bool {
         match self {
+            CredentialError::Secret(SecretError::Command { .. }) => true,
             CredentialError::Secret(_) => false,
             CredentialError::OAuth(e) => e.is_transient(),
         }
@@ -166,6 +171,15 @@ mod tests {
         );
     }
     use secrecy::ExposeSecret;
+
+    #[test]
+    fn a_failing_command_is_retried_and_a_missing_variable_is_not() {
+        let failed = resolve_now(SecretSource::Command("exit 3".into())).expect_err("fails");
+        assert!(CredentialError::from(failed).is_transient());
+        let missing =
+            resolve_now(SecretSource::Env("PMB_SURELY_UNSET_VARIABLE".into())).expect_err("unset");
+        assert!(!CredentialError::from(missing).is_transient());
+    }
 
     fn resolve_now(source: SecretSource) -> Result<SecretString, SecretError> {
         tokio::runtime::Builder::new_current_thread()

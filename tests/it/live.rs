@@ -414,6 +414,57 @@ fn approve_by_moving_the_draft_sends_the_edited_text() {
     assert_eq!(case.delivered_replies().len(), 1);
 }
 
+#[test]
+fn a_password_command_that_fails_once_is_retried_and_the_daemon_logs_in() {
+    let case = setup("draft", "");
+    // A vault that is briefly unreachable: the first call fails, the next ones answer.
+    let marker = case.dir.path().join("vault-was-down");
+    let script = case.dir.path().join("vault.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "if [ -e '{m}' ]; then printf password; else touch '{m}'; echo 'vault: connection refused' >&2; exit 1; fi\n",
+            m = marker.display()
+        ),
+    )
+    .expect("script");
+    case.edit_config(|t| {
+        t.replacen(
+            "password_env = \"PMB_TEST_PASSWORD\"",
+            &format!("password_command = \"sh {}\"", script.display()),
+            1,
+        )
+    });
+    let log = case.dir.path().join("daemon.log");
+    let mut daemon = Daemon(
+        Command::new(env!("CARGO_BIN_EXE_postmaster-bot"))
+            .args(["-v", "run", "--config", &case.config.display().to_string()])
+            .current_dir(case.dir.path())
+            .env("PMB_TEST_PASSWORD", "password")
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("daemon starts"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("imap logged in") || Instant::now() > deadline {
+            break text;
+        }
+        assert!(
+            daemon.0.try_wait().expect("wait").is_none(),
+            "the daemon stopped: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        text.contains("no password or access token for now; retrying"),
+        "{text}"
+    );
+    assert!(text.contains("imap logged in"), "{text}");
+    assert!(daemon.stop().success());
+}
+
 /// A daemon started by a test; killed when dropped, so a failing assertion never leaves it
 /// running (it would hold the test runner's output pipe open).
 pub(crate) struct Daemon(pub(crate) std::process::Child);
