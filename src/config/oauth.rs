@@ -27,6 +27,7 @@ pub struct RawOAuth2 {
     pub refresh_token_env: Option<String>,
     pub refresh_before_expiry_seconds: Option<u64>,
     pub redirect_port: Option<u16>,
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Whose identity platform issues the tokens.
@@ -81,6 +82,9 @@ pub struct OAuth2Config {
     pub refresh_before_expiry: Duration,
     /// The loopback port for the authorization-code redirect; 0 picks a free one.
     pub redirect_port: u16,
+    /// Extra CA certificates (PEM) to trust for the identity provider's endpoints, besides
+    /// Mozilla's roots: an on-premises or test identity provider with a private CA.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Microsoft's delegated scopes for IMAP and SMTP, plus a refresh token.
@@ -303,6 +307,7 @@ pub(super) fn oauth2_config(
             raw.refresh_before_expiry_seconds.unwrap_or(300),
         ),
         redirect_port: raw.redirect_port.unwrap_or(0),
+        ca_file: raw.ca_file.clone(),
     })
 }
 

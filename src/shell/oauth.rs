@@ -97,10 +97,21 @@ type TokenError = RequestTokenError<
 
 impl TokenProvider {
     pub fn new(cfg: OAuth2Config) -> Result<TokenProvider, OAuthError> {
-        let http = oauth2::reqwest::ClientBuilder::new()
+        let mut builder = oauth2::reqwest::ClientBuilder::new()
             // Following redirects from a token endpoint opens the door to SSRF.
             .redirect(oauth2::reqwest::redirect::Policy::none())
-            .timeout(Duration::from_secs(30))
+            .timeout(Duration::from_secs(30));
+        if let Some(path) = &cfg.ca_file {
+            let certs = crate::shell::tls::read_ca_file(path)
+                .map_err(|e| OAuthError::Setup(format!("oauth2.ca_file: {e}")))?;
+            for der in certs {
+                let cert = oauth2::reqwest::Certificate::from_der(&der).map_err(|e| {
+                    OAuthError::Setup(format!("oauth2.ca_file {}: {e}", path.display()))
+                })?;
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder
             .build()
             .map_err(|e| OAuthError::Setup(e.to_string()))?;
         Ok(TokenProvider {

@@ -24,6 +24,11 @@ enum Fault {
 
 /// A TLS acceptor with the test stack's server certificate.
 pub(crate) fn tls_acceptor(tls_dir: &std::path::Path) -> TlsAcceptor {
+    TlsAcceptor::from(server_config(tls_dir))
+}
+
+/// The TLS server settings with the test stack's certificate (issued by its CA, for 127.0.0.1).
+pub(crate) fn server_config(tls_dir: &std::path::Path) -> Arc<tokio_rustls::rustls::ServerConfig> {
     let certs: Vec<CertificateDer<'static>> =
         CertificateDer::pem_file_iter(tls_dir.join("server-chain.pem"))
             .expect("cert file")
@@ -38,7 +43,7 @@ pub(crate) fn tls_acceptor(tls_dir: &std::path::Path) -> TlsAcceptor {
     .with_no_client_auth()
     .with_single_cert(certs, key)
     .expect("server config");
-    TlsAcceptor::from(Arc::new(config))
+    Arc::new(config)
 }
 
 /// Serves one scripted session per connection on a loopback port; returns the port.

@@ -82,6 +82,38 @@ pub(crate) fn oauth_server() -> u16 {
     port
 }
 
+static HTTPS_PORT: OnceLock<u16> = OnceLock::new();
+
+/// The same server over HTTPS, with the test stack's certificate (its CA is not one the bot
+/// trusts unless `ca_file` says so); the port.
+fn https_oauth_server(stack_ca: &str) -> u16 {
+    oauth_server();
+    *HTTPS_PORT.get_or_init(|| {
+        let tls_dir = std::path::Path::new(stack_ca)
+            .parent()
+            .expect("tls dir")
+            .to_path_buf();
+        let config = crate::fake_imap::server_config(&tls_dir);
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        std::thread::spawn(move || {
+            for tcp in listener.incoming().flatten() {
+                let config = config.clone();
+                std::thread::spawn(move || {
+                    let Ok(conn) = tokio_rustls::rustls::ServerConnection::new(config) else {
+                        return;
+                    };
+                    let mut tls = tokio_rustls::rustls::StreamOwned::new(conn, tcp);
+                    answer(&mut tls);
+                    tls.conn.send_close_notify();
+                    let _ = tls.flush();
+                });
+            }
+        });
+        port
+    })
+}
+
 /// Registers a client; returns its id.
 pub(crate) fn add_client(client: Client) -> String {
     with_server(|s| {
@@ -116,8 +148,8 @@ fn form(text: &str) -> HashMap<String, String> {
         .collect()
 }
 
-fn answer(stream: std::net::TcpStream) {
-    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+fn answer<S: Read + Write>(mut stream: S) {
+    let mut reader = BufReader::new(&mut stream);
     let mut request_line = String::new();
     let _ = reader.read_line(&mut request_line);
     let mut length = 0usize;
@@ -132,6 +164,7 @@ fn answer(stream: std::net::TcpStream) {
     }
     let mut body = vec![0u8; length];
     let _ = reader.read_exact(&mut body);
+    drop(reader);
     let params = form(&String::from_utf8_lossy(&body));
     let path = request_line.split_whitespace().nth(1).unwrap_or("/");
     let (status, json) = with_server(|s| {
@@ -146,10 +179,9 @@ fn answer(stream: std::net::TcpStream) {
         }
     });
     let json = json.to_string();
-    let mut out = stream;
     let reason = if status == 200 { "OK" } else { "Bad Request" };
     let _ = write!(
-        out,
+        stream,
         "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
         json.len()
     );
@@ -482,6 +514,38 @@ fn a_token_the_server_refuses_is_replaced_and_the_login_retried() {
         2,
         "one refused token, one good"
     );
+    assert_eq!(
+        case.messages("postmaster@example.net", &case.drafts).len(),
+        1
+    );
+}
+
+#[test]
+fn a_token_endpoint_with_a_private_ca_is_trusted_only_through_ca_file() {
+    let client = add_client(Client {
+        secret: Some("s3cret".into()),
+        lifetime: 3600,
+        ..Client::default()
+    });
+    let case = setup("draft", "");
+    use_oauth2(&case, &client, "client_credentials");
+    let https = format!("https://127.0.0.1:{}", https_oauth_server(&case.stack_ca()));
+    case.edit_config(|t| t.replace(&format!("http://127.0.0.1:{}", oauth_server()), &https));
+    // Without it, the certificate is refused and no token is asked for.
+    let o = case.try_run_once(&[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(client_stats(&client).requests, 0, "{err}");
+    case.edit_config(|t| {
+        t.replace(
+            "[oauth2]\n",
+            &format!("[oauth2]\nca_file = \"{}\"\n", case.stack_ca()),
+        )
+    });
+    case.deliver(&THREAD);
+    let o = case.try_run_once(&[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(client_stats(&client).requests >= 1);
     assert_eq!(
         case.messages("postmaster@example.net", &case.drafts).len(),
         1
