@@ -81,6 +81,7 @@ pub struct RawMailbox {
     pub idle: Option<bool>,
     pub idle_renew_seconds: Option<u64>,
     pub poll_seconds: Option<u64>,
+    pub chunk_uids: Option<u32>,
     pub timeout_seconds: Option<u64>,
 }
 
@@ -161,6 +162,9 @@ pub struct MailboxConfig {
     pub poll_interval: std::time::Duration,
     /// How long one IMAP command may take before the connection is given up.
     pub command_timeout: std::time::Duration,
+    /// UIDs read per header FETCH and written per transaction, in a catch-up and after an IDLE
+    /// wake alike.
+    pub chunk_uids: u32,
 }
 
 /// A mail host whose folder names and habits are known.
@@ -307,6 +311,10 @@ fn mailbox_config(raw: &RawMailbox, origin: &str) -> Result<MailboxConfig, Confi
         ));
     }
     let poll_seconds = raw.poll_seconds.unwrap_or(60);
+    let chunk_uids = raw.chunk_uids.unwrap_or(5000);
+    if !(1..=100_000).contains(&chunk_uids) {
+        return Err(invalid("chunk_uids", "must be 1 to 100000"));
+    }
     if poll_seconds == 0 {
         return Err(invalid("poll_seconds", "must be at least 1"));
     }
@@ -362,6 +370,7 @@ fn mailbox_config(raw: &RawMailbox, origin: &str) -> Result<MailboxConfig, Confi
         idle_renew: std::time::Duration::from_secs(idle_renew_seconds),
         poll_interval: std::time::Duration::from_secs(poll_seconds),
         command_timeout: std::time::Duration::from_secs(raw.timeout_seconds.unwrap_or(120).max(1)),
+        chunk_uids,
     })
 }
 

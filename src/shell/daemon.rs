@@ -271,10 +271,6 @@ async fn session(
     }
 }
 
-/// UIDs per header FETCH. Round trips do not count at this size, and a signal or a crash
-/// loses at most one chunk of work.
-const CHUNK: u32 = 5000;
-
 /// Reads every message above the stored cursor, oldest first, header first: a chunk's header
 /// fields are judged by `candidate::needs_body`, only the messages that can matter are fetched
 /// whole, and the chunk's messages and the cursor after it are written in one transaction. A
@@ -291,59 +287,67 @@ async fn catch_up(
         imap.ensure_folder(folder).await?;
     }
     let key = format!("{}@{}/{}", mailbox.username, mailbox.host, mailbox.folder);
-    // Still selected since the last pass (woken by IDLE, say): no new SELECT, and whatever
-    // arrived is read with an open-ended range. Else SELECT, and read up to UIDNEXT - 1 in
-    // chunks; later mail gets a higher UID and waits for the next pass.
-    let (uid_validity, mut last, estimate) = match imap.selected_validity(&mailbox.folder) {
-        Some(v) => (v, None, 0),
+    // Still selected since the last pass (woken by IDLE, say): no new SELECT; the UIDs that
+    // arrived since the cursor (UID SEARCH, numbers only) bound the read, so a flood is read
+    // in the same chunks and transactions as a catch-up. Else SELECT, and read up to
+    // UIDNEXT - 1; later mail gets a higher UID and waits for the next pass.
+    let stored = store.cursor(&key)?;
+    let (uid_validity, last, estimate) = match imap.selected_validity(&mailbox.folder) {
+        Some(v) => {
+            let after = match sync::resume(stored, v) {
+                Resume::After(uid) => uid,
+                Resume::Rescan => 0,
+            };
+            let arrived = imap.uids_after(after).await?;
+            let count = u32::try_from(arrived.len()).unwrap_or(u32::MAX);
+            (v, arrived.last().copied().unwrap_or(after), count)
+        }
         None => {
             let s = imap.select(&mailbox.folder).await?;
             let last = match s.uid_next {
                 Some(next) => next.saturating_sub(1),
                 None => imap.uids_after(0).await?.last().copied().unwrap_or(0),
             };
-            (s.uid_validity, Some(last), s.exists)
+            (s.uid_validity, last, s.exists)
         }
     };
-    let after = match sync::resume(store.cursor(&key)?, uid_validity) {
+    let after = match sync::resume(stored, uid_validity) {
         Resume::After(uid) => uid,
         Resume::Rescan => {
             info!(folder = %mailbox.folder, uid_validity, "reading the whole folder (new or changed UIDVALIDITY)");
             0
         }
     };
-    if last.is_some_and(|l| l <= after) {
+    if last <= after {
         store.set_cursor(&key, uid_validity, after)?;
         return Ok(());
     }
     let header_items = candidate::fetch_items(&engine.config.classify);
     let limit = engine.config.max_message_bytes;
     let body_items = format!("(UID RFC822.SIZE BODY.PEEK[]<0.{limit}>)");
-    let span = last.map_or(0, |l| l - after);
+    let span = last - after;
     let mut progress = Progress::new(u64::from(span.min(estimate)));
     // A pass that failed ended its session and its worker: nothing is left pending here.
     debug_assert!(classifier.idle());
     let mut from = after.saturating_add(1);
     loop {
         // A signal stops the catch-up between two chunks; the cursor covers the ones done.
-        if *shutdown.borrow() || last.is_some_and(|l| from > l) {
+        if *shutdown.borrow() || from > last {
             break;
         }
-        let upper = last.map(|l| l.min(from.saturating_add(CHUNK - 1)));
-        // NOTE: RFC 3501: "n:*" also matches the highest UID when it is below n: filtered.
-        let range = upper.map_or(format!("{from}:*"), |to| format!("{from}:{to}"));
+        let to = last.min(from.saturating_add(mailbox.chunk_uids - 1));
+        let range = format!("{from}:{to}");
+        debug!(range = %range, "reading header fields");
         let mut read = 0u64;
-        let mut highest = 0u32;
         imap.for_each_fetched(&range, &header_items, |f| {
             // Unsolicited FETCH responses (another client's flag change) carry no header.
             let (Some(uid), Some(header)) = (f.uid, f.header()) else {
                 return Ok::<(), DaemonError>(());
             };
-            if uid < from || upper.is_some_and(|to| uid > to) {
+            if uid < from || uid > to {
                 return Ok(());
             }
             read += 1;
-            highest = highest.max(uid);
             Ok(classifier.judge(uid, header)?)
         })
         .await?;
@@ -358,16 +362,6 @@ async fn catch_up(
                 wanted.push(uid);
             }
         }
-        let to = match upper {
-            Some(to) => to,
-            // Open-ended and nothing new: done.
-            None if highest == 0 => break,
-            None => {
-                last = Some(highest);
-                highest
-            }
-        };
-        let range = format!("{from}:{to}");
         let fetched = wanted.len() as u64;
         let mut batch = store.batch()?;
         if !wanted.is_empty() {

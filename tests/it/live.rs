@@ -465,6 +465,59 @@ fn a_password_command_that_fails_once_is_retried_and_the_daemon_logs_in() {
     assert!(daemon.stop().success());
 }
 
+#[test]
+fn mail_arriving_during_idle_is_read_in_bounded_chunks() {
+    let case = setup("draft", "chunk_uids = 2");
+    let log = case.dir.path().join("daemon.log");
+    let mut daemon = Daemon(
+        Command::new(env!("CARGO_BIN_EXE_postmaster-bot"))
+            .args(["-vv", "run", "--config", &case.config.display().to_string()])
+            .current_dir(case.dir.path())
+            .env("PMB_TEST_PASSWORD", "password")
+            .env("RUST_LOG", "postmaster_bot=debug")
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("daemon starts"),
+    );
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !read_log().contains("waiting for the server") {
+        assert!(Instant::now() < deadline, "never idled: {}", read_log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Five messages at once: the wake reads them two UIDs at a time, never `n:*`.
+    case.deliver(&["d006.eml", "d007.eml", "d008.eml", "d009.eml", "d010.eml"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let text = read_log();
+        let woken = text.split("woken by the server").nth(1).unwrap_or("");
+        if woken.matches("reading header fields").count() >= 3 || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(daemon.stop().success());
+    let woken = text.split("woken by the server").nth(1).unwrap_or("");
+    let ranges: Vec<(u32, u32)> = woken
+        .lines()
+        .filter_map(|l| l.split("range=").nth(1))
+        .map(|r| {
+            let r = r.split_whitespace().next().unwrap_or("");
+            let (a, b) = r.split_once(':').unwrap_or_else(|| panic!("range {r}"));
+            (
+                a.parse().unwrap_or_else(|_| panic!("range {r}")),
+                b.parse()
+                    .unwrap_or_else(|_| panic!("range {r}: an open end")),
+            )
+        })
+        .collect();
+    assert!(ranges.len() >= 3, "{text}");
+    assert!(
+        ranges.iter().all(|(a, b)| b >= a && b - a < 2),
+        "{ranges:?}"
+    );
+}
+
 /// A daemon started by a test; killed when dropped, so a failing assertion never leaves it
 /// running (it would hold the test runner's output pipe open).
 pub(crate) struct Daemon(pub(crate) std::process::Child);
