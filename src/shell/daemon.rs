@@ -179,6 +179,17 @@ async fn session_loop(
     }
 }
 
+/// Removes the copies of an outbox message (by its Message-ID) from one of the bot's folders.
+async fn remove_draft(imap: &mut Imap, folder: &str, message_id: &str) -> Result<(), ImapError> {
+    imap.select(folder).await?;
+    let uids = imap.find_message_id(message_id).await?;
+    if !uids.is_empty() {
+        imap.delete_uids(&uid_set(&uids)).await?;
+        debug!(folder, message_id, "review draft removed");
+    }
+    Ok(())
+}
+
 /// Up to 25% random-looking extra delay, so many bots do not reconnect in step.
 fn jitter(d: Duration) -> Duration {
     let nanos = u64::from(crate::clock::now().unsigned_abs() as u32 ^ std::process::id());
@@ -760,6 +771,18 @@ async fn send(
                 &format!("{} sent to {}", item.template, item.recipients.join(", ")),
             )?;
             info!(outbox = item.id, message_id = %item.message_id, to = ?item.recipients, "sent");
+            // The review draft has done its work: left in the review (or approved) folder it
+            // would look like a reply still waiting. The Sent folder keeps the copy.
+            if from_status == "approved" && imap.unreliable().is_none() {
+                for folder in [&mailbox.review_folder, &mailbox.approved_folder] {
+                    if let Err(e) = remove_draft(imap, folder, &item.message_id).await {
+                        if !e.is_refusal() {
+                            return Err(e.into());
+                        }
+                        warn!(outbox = item.id, folder = %folder, error = %e, "sent, but its review draft could not be removed");
+                    }
+                }
+            }
             if let Some(sent) = mailbox
                 .sent_folder
                 .as_ref()

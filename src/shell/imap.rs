@@ -715,6 +715,40 @@ impl Imap {
         Ok(true)
     }
 
+    /// Removes messages of the selected folder: flagged `\Deleted`, then expunged by UID where
+    /// the server can (UIDPLUS); without it a plain EXPUNGE, which also removes whatever else
+    /// the folder holds flagged `\Deleted`, so it is only used on the bot's own folders.
+    pub async fn delete_uids(&mut self, set: &str) -> Result<(), ImapError> {
+        let server = self.server.clone();
+        let timeout = self.timeout;
+        let has_uidplus = self.has_capability("UIDPLUS");
+        let session = self.session()?;
+        guarded(&server, timeout, "UID STORE", async {
+            session
+                .uid_store(set, "+FLAGS.SILENT (\\Deleted)")
+                .await?
+                .try_collect::<Vec<_>>()
+                .await
+        })
+        .await?;
+        if has_uidplus {
+            guarded(&server, timeout, "UID EXPUNGE", async {
+                session
+                    .uid_expunge(set)
+                    .await?
+                    .try_collect::<Vec<_>>()
+                    .await
+            })
+            .await?;
+        } else {
+            guarded(&server, timeout, "EXPUNGE", async {
+                session.expunge().await?.try_collect::<Vec<_>>().await
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
     /// Lets the server know we are alive and collects pending updates.
     pub async fn noop(&mut self) -> Result<(), ImapError> {
         let timeout = self.timeout;

@@ -384,6 +384,11 @@ fn approve_mode_sends_nothing_until_approved_then_once() {
     assert_eq!(case.wait_for_replies(1).len(), 1);
     std::thread::sleep(Duration::from_millis(1000));
     assert_eq!(case.delivered_replies().len(), 1);
+    assert!(
+        case.messages("postmaster@example.net", &case.review)
+            .is_empty(),
+        "the review draft of a sent reply is gone"
+    );
 }
 
 #[test]
@@ -412,6 +417,12 @@ fn approve_by_moving_the_draft_sends_the_edited_text() {
     case.run_once();
     std::thread::sleep(Duration::from_millis(1000));
     assert_eq!(case.delivered_replies().len(), 1);
+    for folder in [&case.review, &case.approved] {
+        assert!(
+            case.messages("postmaster@example.net", folder).is_empty(),
+            "{folder}: the drafts of a sent reply are gone"
+        );
+    }
 }
 
 #[test]
