@@ -20,6 +20,21 @@ enum Fault {
     SilentGreeting,
     /// Never answers this command ("CREATE", "UID STORE"), answers the rest.
     SilentOn(&'static str),
+    /// Behaves, announcing these capabilities (after IMAP4rev1).
+    Capabilities(&'static str),
+}
+
+/// Every command each scripted server (by port) received, tag stripped.
+static RECEIVED: std::sync::Mutex<Vec<(u16, String)>> = std::sync::Mutex::new(Vec::new());
+
+fn received(port: u16) -> Vec<String> {
+    RECEIVED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|(p, _)| *p == port)
+        .map(|(_, c)| c.clone())
+        .collect()
 }
 
 /// A TLS acceptor with the test stack's server certificate.
@@ -60,9 +75,15 @@ async fn serve(fault: Fault, tls_dir: std::path::PathBuf) -> u16 {
                 };
                 let (read, mut write) = tokio::io::split(tls);
                 let mut lines = BufReader::new(read).lines();
+                let capabilities = match fault {
+                    Fault::Capabilities(c) => format!("IMAP4rev1 {c}"),
+                    _ => "IMAP4rev1 IDLE".to_string(),
+                };
                 if !matches!(fault, Fault::SilentGreeting) {
                     let _ = write
-                        .write_all(b"* OK [CAPABILITY IMAP4rev1 IDLE] fake ready\r\n")
+                        .write_all(
+                            format!("* OK [CAPABILITY {capabilities}] fake ready\r\n").as_bytes(),
+                        )
                         .await;
                 }
                 while let Ok(Some(line)) = lines.next_line().await {
@@ -74,6 +95,10 @@ async fn serve(fault: Fault, tls_dir: std::path::PathBuf) -> u16 {
                         Some(word) if cmd == "UID" => format!("UID {word}"),
                         _ => cmd.clone(),
                     };
+                    RECEIVED
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((port, format!("{cmd} {rest}")));
                     if matches!(fault, Fault::SilentGreeting)
                         || matches!(fault, Fault::SilentOn(c) if c == command)
                     {
@@ -81,7 +106,7 @@ async fn serve(fault: Fault, tls_dir: std::path::PathBuf) -> u16 {
                     }
                     let reply: Vec<u8> = match (cmd.as_str(), rest.as_str()) {
                         ("LOGIN", _) => format!("{tag} OK LOGIN completed\r\n").into(),
-                        ("CAPABILITY", _) => format!("* CAPABILITY IMAP4rev1 IDLE\r\n{tag} OK done\r\n").into(),
+                        ("CAPABILITY", _) => format!("* CAPABILITY {capabilities}\r\n{tag} OK done\r\n").into(),
                         ("LIST", _) => format!("* LIST (\\HasNoChildren) \"/\" INBOX\r\n{tag} OK done\r\n").into(),
                         ("SELECT", _) => format!("* 1 EXISTS\r\n* OK [UIDVALIDITY 42] ok\r\n* OK [UIDNEXT 2] ok\r\n{tag} OK [READ-WRITE] done\r\n").into(),
                         ("UID", r) if r.starts_with("SEARCH") => format!("* SEARCH 1\r\n{tag} OK done\r\n").into(),
@@ -112,6 +137,11 @@ fn run_against(fault: Fault) -> std::process::Output {
 }
 
 fn run_against_with(fault: Fault, extra: &str) -> std::process::Output {
+    run_recorded(fault, extra).0
+}
+
+/// Runs one pass against a scripted server; its output and the commands the server received.
+fn run_recorded(fault: Fault, extra: &str) -> (std::process::Output, Vec<String>) {
     let case = setup("draft", extra);
     let tls_dir = std::path::Path::new(&case.stack_ca())
         .parent()
@@ -129,7 +159,7 @@ fn run_against_with(fault: Fault, extra: &str) -> std::process::Output {
     });
     let out = case.try_run_once(&[]);
     drop(runtime);
-    out
+    (out, received(port))
 }
 
 #[test]
@@ -174,6 +204,59 @@ fn a_server_that_never_greets_or_never_answers_a_command_is_a_timeout_not_a_hang
             "{command}"
         );
     }
+}
+
+#[test]
+fn handled_mail_is_moved_with_copy_and_expunge_without_move_and_left_alone_without_uidplus() {
+    let handled = "handled_folder = \"Handled\"";
+    let (out, commands) = run_recorded(Fault::Capabilities("IDLE UIDPLUS"), handled);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let uid = |name: &str| commands.iter().position(|c| c.starts_with(name));
+    let (copy, store, expunge) = (
+        uid("UID COPY 1:1 \"HANDLED\""),
+        uid("UID STORE 1:1 +FLAGS.SILENT (\\DELETED)"),
+        uid("UID EXPUNGE 1:1"),
+    );
+    assert!(
+        copy.is_some() && copy < store && store < expunge,
+        "COPY, then \\Deleted, then UID EXPUNGE of the same UIDs: {commands:?}"
+    );
+    assert!(
+        !commands.iter().any(|c| c.starts_with("UID MOVE")),
+        "{commands:?}"
+    );
+    assert!(
+        !commands.iter().any(|c| c == "EXPUNGE "),
+        "never a plain EXPUNGE: {commands:?}"
+    );
+
+    let (out, commands) = run_recorded(Fault::Capabilities("IDLE"), handled);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("neither MOVE nor UIDPLUS"), "{err}");
+    assert!(
+        !commands
+            .iter()
+            .any(|c| c.starts_with("UID COPY") || c.contains("DELETED") || c.contains("EXPUNGE")),
+        "nothing copied or deleted: {commands:?}"
+    );
+
+    let (out, commands) = run_recorded(Fault::Capabilities("IDLE MOVE"), handled);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        commands
+            .iter()
+            .any(|c| c.starts_with("UID MOVE 1:1 \"HANDLED\"")),
+        "{commands:?}"
+    );
 }
 
 #[test]
