@@ -615,3 +615,76 @@ fn completions_and_the_man_page_come_from_the_command_line_itself() {
         assert!(page.contains(section), "man page lacks {section}");
     }
 }
+
+#[test]
+fn the_debian_package_installs_runs_and_is_removed() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "installing a package needs root: run the suite as root (`scripts/test` in CI)"
+    );
+    let installed = Command::new("dpkg")
+        .args(["-s", "postmaster-bot"])
+        .output()
+        .expect("dpkg runs");
+    assert!(
+        !installed.status.success(),
+        "postmaster-bot is installed on this machine as a package: this test installs and purges \
+         its own, so remove it first (dpkg -r postmaster-bot)"
+    );
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // The binary this suite already built (target/debug): packaging it needs no new build.
+    let built = Command::new(root.join("scripts/package-deb"))
+        .args(["--no-build", "dev"])
+        .current_dir(root)
+        .output()
+        .expect("scripts/package-deb runs");
+    assert!(built.status.success(), "{}", stderr(&built));
+    let deb = stdout(&built)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    assert!(deb.ends_with(".deb"), "{deb}");
+    let dpkg = |args: &[&str]| {
+        let o = Command::new("dpkg").args(args).output().expect("dpkg runs");
+        assert!(o.status.success(), "dpkg {args:?}: {}", stderr(&o));
+    };
+    dpkg(&["-i", &root.join(&deb).display().to_string()]);
+    struct Purge;
+    impl Drop for Purge {
+        fn drop(&mut self) {
+            let _ = Command::new("dpkg").args(["-P", "postmaster-bot"]).output();
+        }
+    }
+    let _purge = Purge;
+    let version = Command::new("/usr/bin/postmaster-bot")
+        .arg("--version")
+        .output()
+        .expect("installed binary runs");
+    assert!(
+        stdout(&version).contains(env!("CARGO_PKG_VERSION")),
+        "{}",
+        stdout(&version)
+    );
+    let check = Command::new("/usr/bin/postmaster-bot")
+        .args([
+            "check-config",
+            "--config",
+            "/etc/postmaster-bot/config.toml",
+        ])
+        .output()
+        .expect("installed binary runs");
+    assert!(check.status.success(), "{}", stderr(&check));
+    for file in [
+        "/lib/systemd/system/postmaster-bot.service",
+        "/usr/share/man/man1/postmaster-bot.1.gz",
+        "/usr/share/bash-completion/completions/postmaster-bot",
+        "/usr/share/zsh/vendor-completions/_postmaster-bot",
+        "/usr/share/fish/vendor_completions.d/postmaster-bot.fish",
+    ] {
+        assert!(Path::new(file).exists(), "{file} not installed");
+    }
+    drop(_purge);
+    assert!(!Path::new("/usr/bin/postmaster-bot").exists(), "removed");
+}
