@@ -137,6 +137,16 @@ impl async_imap::Authenticator for Xoauth2 {
     }
 }
 
+/// Whether the server lists this folder.
+async fn listed(session: &mut Session, folder: &str) -> Result<bool, async_imap::error::Error> {
+    let names: Vec<async_imap::types::Name> = session
+        .list(Some(""), Some(folder))
+        .await?
+        .try_collect()
+        .await?;
+    Ok(names.iter().any(|n| n.name() == folder))
+}
+
 /// Reads the server's greeting; a connection closed before it is an error naming the server.
 async fn read_greeting<T>(client: &mut async_imap::Client<T>, server: &str) -> Result<(), ImapError>
 where
@@ -543,15 +553,7 @@ impl Imap {
         let timeout = self.timeout;
         let session = self.session()?;
         let list = format!("LIST {folder}");
-        let exists = guarded(&server, timeout, &list, async {
-            let names: Vec<async_imap::types::Name> = session
-                .list(Some(""), Some(folder))
-                .await?
-                .try_collect()
-                .await?;
-            Ok(names.iter().any(|n| n.name() == folder))
-        })
-        .await?;
+        let exists = guarded(&server, timeout, &list, listed(session, folder)).await?;
         if exists {
             return Ok(());
         }
@@ -560,16 +562,9 @@ impl Imap {
             Ok(()) => Ok(()),
             // Another client may have created it in the meantime: that is not a failure.
             Err(e @ ImapError::Command { .. }) => {
-                let now_exists = guarded(&server, timeout, &list, async {
-                    let names: Vec<async_imap::types::Name> = session
-                        .list(Some(""), Some(folder))
-                        .await?
-                        .try_collect()
-                        .await?;
-                    Ok(names.iter().any(|n| n.name() == folder))
-                })
-                .await
-                .unwrap_or(false);
+                let now_exists = guarded(&server, timeout, &list, listed(session, folder))
+                    .await
+                    .unwrap_or(false);
                 if now_exists {
                     Ok(())
                 } else {
@@ -692,26 +687,13 @@ impl Imap {
             guarded(&server, timeout, "UID MOVE", session.uid_mv(set, folder)).await?;
             return Ok(true);
         }
+        // Without UIDPLUS only a plain EXPUNGE could remove the originals, and it would remove
+        // whatever else someone flagged \Deleted in the watched folder.
         if !has_uidplus {
             return Ok(false);
         }
         guarded(&server, timeout, "UID COPY", session.uid_copy(set, folder)).await?;
-        guarded(&server, timeout, "UID STORE", async {
-            session
-                .uid_store(set, "+FLAGS.SILENT (\\Deleted)")
-                .await?
-                .try_collect::<Vec<_>>()
-                .await
-        })
-        .await?;
-        guarded(&server, timeout, "UID EXPUNGE", async {
-            session
-                .uid_expunge(set)
-                .await?
-                .try_collect::<Vec<_>>()
-                .await
-        })
-        .await?;
+        self.delete_uids(set).await?;
         Ok(true)
     }
 
