@@ -302,31 +302,32 @@ async fn catch_up(
     // arrived since the cursor (UID SEARCH, numbers only) bound the read, so a flood is read
     // in the same chunks and transactions as a catch-up. Else SELECT, and read up to
     // UIDNEXT - 1; later mail gets a higher UID and waits for the next pass.
-    let stored = store.cursor(&key)?;
-    let (uid_validity, last, estimate) = match imap.selected_validity(&mailbox.folder) {
-        Some(v) => {
-            let after = match sync::resume(stored, v) {
-                Resume::After(uid) => uid,
-                Resume::Rescan => 0,
-            };
-            let arrived = imap.uids_after(after).await?;
-            let count = u32::try_from(arrived.len()).unwrap_or(u32::MAX);
-            (v, arrived.last().copied().unwrap_or(after), count)
-        }
+    let (uid_validity, selected) = match imap.selected_validity(&mailbox.folder) {
+        Some(v) => (v, None),
         None => {
             let s = imap.select(&mailbox.folder).await?;
-            let last = match s.uid_next {
-                Some(next) => next.saturating_sub(1),
-                None => imap.uids_after(0).await?.last().copied().unwrap_or(0),
-            };
-            (s.uid_validity, last, s.exists)
+            (s.uid_validity, Some(s))
         }
     };
-    let after = match sync::resume(stored, uid_validity) {
+    let after = match sync::resume(store.cursor(&key)?, uid_validity) {
         Resume::After(uid) => uid,
         Resume::Rescan => {
             info!(folder = %mailbox.folder, uid_validity, "reading the whole folder (new or changed UIDVALIDITY)");
             0
+        }
+    };
+    let (last, estimate) = match selected {
+        Some(s) => match s.uid_next {
+            Some(next) => (next.saturating_sub(1), s.exists),
+            None => (
+                imap.uids_after(0).await?.last().copied().unwrap_or(0),
+                s.exists,
+            ),
+        },
+        None => {
+            let arrived = imap.uids_after(after).await?;
+            let count = u32::try_from(arrived.len()).unwrap_or(u32::MAX);
+            (arrived.last().copied().unwrap_or(after), count)
         }
     };
     if last <= after {

@@ -3,7 +3,7 @@
 // These tests are plain threads waiting for real servers, not async code: sleeping is the point.
 #![allow(clippy::disallowed_methods)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -446,56 +446,21 @@ fn a_password_command_that_fails_once_is_retried_and_the_daemon_logs_in() {
             1,
         )
     });
-    let log = case.dir.path().join("daemon.log");
-    let mut daemon = Daemon(
-        Command::new(env!("CARGO_BIN_EXE_postmaster-bot"))
-            .args(["-v", "run", "--config", &case.config.display().to_string()])
-            .current_dir(case.dir.path())
-            .env("PMB_TEST_PASSWORD", "password")
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("daemon starts"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let text = loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains("imap logged in") || Instant::now() > deadline {
-            break text;
-        }
-        assert!(
-            daemon.0.try_wait().expect("wait").is_none(),
-            "the daemon stopped: {text}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let (mut daemon, log) = case.daemon_logging_to_file("info");
+    let text = daemon.wait_in_log(&log, "imap logged in");
     assert!(
         text.contains("no password or access token for now; retrying"),
         "{text}"
     );
-    assert!(text.contains("imap logged in"), "{text}");
     assert!(daemon.stop().success());
 }
 
 #[test]
 fn mail_arriving_during_idle_is_read_in_bounded_chunks() {
     let case = setup("draft", "chunk_uids = 2");
-    let log = case.dir.path().join("daemon.log");
-    let mut daemon = Daemon(
-        Command::new(env!("CARGO_BIN_EXE_postmaster-bot"))
-            .args(["-vv", "run", "--config", &case.config.display().to_string()])
-            .current_dir(case.dir.path())
-            .env("PMB_TEST_PASSWORD", "password")
-            .env("RUST_LOG", "postmaster_bot=debug")
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("daemon starts"),
-    );
+    let (mut daemon, log) = case.daemon_logging_to_file("debug");
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !read_log().contains("waiting for the server") {
-        assert!(Instant::now() < deadline, "never idled: {}", read_log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    daemon.wait_in_log(&log, "waiting for the server");
     // Five messages at once: the wake reads them two UIDs at a time, never `n:*`.
     case.deliver(&["d006.eml", "d007.eml", "d008.eml", "d009.eml", "d010.eml"]);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -533,7 +498,43 @@ fn mail_arriving_during_idle_is_read_in_bounded_chunks() {
 /// running (it would hold the test runner's output pipe open).
 pub(crate) struct Daemon(pub(crate) std::process::Child);
 
+impl Case {
+    /// Starts the daemon on this case with its log (at `level`) written to a file; the daemon
+    /// and the log's path.
+    fn daemon_logging_to_file(&self, level: &str) -> (Daemon, PathBuf) {
+        let log = self.dir.path().join("daemon.log");
+        let daemon = Daemon(
+            Command::new(env!("CARGO_BIN_EXE_postmaster-bot"))
+                .args(["run", "--config", &self.config.display().to_string()])
+                .current_dir(self.dir.path())
+                .env("PMB_TEST_PASSWORD", "password")
+                .env("RUST_LOG", format!("postmaster_bot={level}"))
+                .stderr(std::fs::File::create(&log).expect("log file"))
+                .spawn()
+                .expect("daemon starts"),
+        );
+        (daemon, log)
+    }
+}
+
 impl Daemon {
+    /// Waits (30 s at most) until the log holds `needle`, the daemon still running; the log.
+    fn wait_in_log(&mut self, log: &Path, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(
+                self.0.try_wait().expect("wait").is_none(),
+                "the daemon stopped before '{needle}': {text}"
+            );
+            assert!(Instant::now() < deadline, "no '{needle}' in 30 s: {text}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// SIGTERM, then the exit status.
     pub(crate) fn stop(&mut self) -> std::process::ExitStatus {
         let _ = Command::new("kill").arg(self.0.id().to_string()).status();
