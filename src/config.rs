@@ -75,6 +75,7 @@ pub struct RawMailbox {
     pub review_folder: Option<String>,
     pub approved_folder: Option<String>,
     pub sent_folder: Option<String>,
+    pub file_sent_copies: Option<bool>,
     pub handled_keyword: Option<String>,
     pub handled_folder: Option<String>,
     pub teach_folder: Option<String>,
@@ -150,7 +151,13 @@ pub struct MailboxConfig {
     pub drafts_folder: Option<String>,
     pub review_folder: String,
     pub approved_folder: String,
+    /// Where sent replies are kept. `None`: the folder with the \Sent SPECIAL-USE attribute,
+    /// else the provider's, else "Sent".
     pub sent_folder: Option<String>,
+    /// Whether the bot files a copy of each sent reply in the Sent folder itself (APPEND).
+    /// Defaults to true except where the provider files submitted mail (Exchange Online,
+    /// Gmail): the Sent folder is what the bot searches before any reply.
+    pub file_sent_copies: bool,
     pub handled_keyword: Option<String>,
     /// Move handled messages here (UID MOVE, or COPY + UID EXPUNGE).
     pub handled_folder: Option<String>,
@@ -203,6 +210,27 @@ impl HostedBy {
 impl MailboxConfig {
     pub fn hosted_by(&self) -> Option<HostedBy> {
         HostedBy::of(&self.host)
+    }
+
+    /// What the operator should know about where sent replies are kept: the Sent folder is
+    /// the record the bot reads before any reply, so a lost state store cannot mean a second
+    /// one. `None` when the setting needs no word.
+    pub fn sent_mail_advice(&self) -> Option<String> {
+        match (self.hosted_by(), &self.sent_folder, self.file_sent_copies) {
+            (Some(host), _, true) => Some(format!(
+                "{host:?} files submitted mail in Sent itself: file_sent_copies = true makes a second copy of each reply"
+            )),
+            (None, None, true) => Some(format!(
+                "mailbox.sent_folder is not set and {} is not a provider known to file submitted mail: the bot files a copy of each sent reply in the server's \\Sent folder (else \"Sent\"), where it looks for its earlier replies before writing a new one; set sent_folder = \"Sent\" (your Sent folder's name) to make it explicit, and file_sent_copies = false only if the server files submitted mail itself",
+                self.host
+            )),
+            (None, _, false) => Some(format!(
+                "file_sent_copies = false: the bot counts on {} to file sent replies in {}; if it does not, a lost state store can mean a second reply on a ticket",
+                self.host,
+                self.sent_folder.as_deref().unwrap_or("the \\Sent folder")
+            )),
+            _ => None,
+        }
     }
 }
 
@@ -337,6 +365,11 @@ fn mailbox_config(raw: &RawMailbox, origin: &str) -> Result<MailboxConfig, Confi
             check_folder(f).map_err(|why| invalid(key, &why))?;
         }
     }
+    // Exchange Online and Gmail file submitted mail in Sent themselves; elsewhere (Postfix and
+    // the like) only a copy of ours makes the Sent folder the record of what went out.
+    let file_sent_copies = raw
+        .file_sent_copies
+        .unwrap_or_else(|| HostedBy::of(&host).is_none());
     Ok(MailboxConfig {
         host,
         port: raw.port.unwrap_or(match tls {
@@ -359,6 +392,7 @@ fn mailbox_config(raw: &RawMailbox, origin: &str) -> Result<MailboxConfig, Confi
             .clone()
             .unwrap_or_else(|| "postmaster-bot/Approved".to_string()),
         sent_folder: raw.sent_folder.clone(),
+        file_sent_copies,
         handled_keyword: raw.handled_keyword.clone(),
         handled_folder: raw.handled_folder.clone(),
         teach_folder: match raw.teach_folder.as_deref() {

@@ -977,13 +977,8 @@ fn check_config(path: &Path, out: &mut dyn Write) -> Result<ExitCode> {
     for w in warn_readable_secrets(&config) {
         writeln!(out, "  warning: {w}")?;
     }
-    if let Some(m) = &config.mailbox {
-        if let (Some(host), Some(sent)) = (m.hosted_by(), &m.sent_folder) {
-            writeln!(
-                out,
-                "  warning: {host:?} files submitted mail in Sent itself: sent_folder = \"{sent}\" makes a second copy of each reply"
-            )?;
-        }
+    if let Some(advice) = config.mailbox.as_ref().and_then(|m| m.sent_mail_advice()) {
+        writeln!(out, "  warning: {advice}")?;
     }
     if let Some(o) = &config.oauth2 {
         let token = match &o.refresh_token {

@@ -17,3 +17,4 @@ pub mod render;
 pub mod rules;
 pub mod score;
 pub mod sync;
+pub mod witness;

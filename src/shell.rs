@@ -19,3 +19,4 @@ pub mod smtp;
 pub mod store;
 pub mod teach;
 pub mod tls;
+pub mod witness;

@@ -12,8 +12,9 @@ use tracing::{debug, info, warn};
 
 use crate::config::{Auth, MailboxConfig, SmtpConfig};
 use crate::pipeline::candidate;
-use crate::pipeline::decide::Mode;
+use crate::pipeline::decide::{Mode, Template};
 use crate::pipeline::sync::{self, Resume};
+use crate::pipeline::witness::{self, Author, Earlier, Finding, Ours, Thread};
 use crate::shell::classifier::{Classifier, ClassifierError, Done};
 use crate::shell::engine::{Engine, HandleError, OutboxStatus, Prepared};
 use crate::shell::imap::{Imap, ImapError, Wake};
@@ -23,6 +24,7 @@ use crate::shell::secret::{Credential, CredentialError};
 use crate::shell::smtp::{Smtp, SmtpError};
 use crate::shell::store::{OutboxItem, Retry, Store, StoreError};
 use crate::shell::teach;
+use crate::shell::witness::{look, Place, Places};
 
 /// The daemon cannot go on.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +96,9 @@ pub async fn run(
         ),
         None => None,
     };
+    if let Some(advice) = mailbox.sent_mail_advice().filter(|_| mailer.is_some()) {
+        warn!("{advice}");
+    }
     // The multilingual rules compile lazily; they compile now on a background thread, with
     // what the connect and the header pass leave of the CPU, so that no message waits for them
     // later. One pass (`--once`) does not wait for the thread at exit: what it did not need,
@@ -180,6 +185,14 @@ async fn session_loop(
 }
 
 /// Removes the copies of an outbox message (by its Message-ID) from one of the bot's folders.
+/// The folder flagged with a SPECIAL-USE attribute, else the one of that name.
+async fn named_folder(imap: &mut Imap, attribute: &str, name: &str) -> Result<String, ImapError> {
+    Ok(imap
+        .special_use(attribute)
+        .await?
+        .unwrap_or_else(|| name.to_string()))
+}
+
 async fn remove_draft(imap: &mut Imap, folder: &str, message_id: &str) -> Result<(), ImapError> {
     imap.select(folder).await?;
     let uids = imap.find_message_id(message_id).await?;
@@ -208,15 +221,19 @@ async fn session(
     let mut imap = Imap::connect(mailbox, password).await?;
     // One worker for the session's passes: its patterns' search caches stay warm between them.
     let mut classifier = Classifier::start(Arc::clone(engine))?;
+    let hosted = mailbox.hosted_by().map(|h| h.folders());
     let drafts = match &mailbox.drafts_folder {
         Some(f) => f.clone(),
-        None => imap.special_use("\\Drafts").await?.unwrap_or_else(|| {
-            mailbox
-                .hosted_by()
-                .map_or("Drafts", |h| h.folders().0)
-                .to_string()
-        }),
+        None => named_folder(&mut imap, "\\Drafts", hosted.map_or("Drafts", |h| h.0)).await?,
     };
+    let sent = match &mailbox.sent_folder {
+        Some(f) => f.clone(),
+        None => named_folder(&mut imap, "\\Sent", hosted.map_or("Sent", |h| h.1)).await?,
+    };
+    if mailbox.file_sent_copies && mailer.is_some() {
+        imap.ensure_folder(&sent).await?;
+    }
+    let places = Places::new(mailbox, &sent, &drafts);
     if engine.config.mode == crate::pipeline::decide::Mode::Approve {
         imap.ensure_folder(&mailbox.review_folder).await?;
         imap.ensure_folder(&mailbox.approved_folder).await?;
@@ -228,7 +245,7 @@ async fn session(
         }
     }
     engine.load_templates(store)?;
-    settle_uncertain(store, mailbox, &drafts, &mut imap).await?;
+    settle_uncertain(store, mailbox, &places, &drafts, &mut imap).await?;
     let mut again = 0;
     loop {
         collect_teachings(engine, store, mailbox, &mut imap).await?;
@@ -241,7 +258,7 @@ async fn session(
         if engine.config.mode == crate::pipeline::decide::Mode::Approve {
             collect_approvals(engine, store, mailbox, &mut imap).await?;
         }
-        deliver(engine, store, mailbox, &drafts, &mut imap, mailer).await?;
+        deliver(engine, store, mailbox, &places, &drafts, &mut imap, mailer).await?;
         if let Some(e) = imap.unreliable_error() {
             // The rows that failed are marked; a fresh connection delivers the rest.
             if once {
@@ -518,14 +535,34 @@ async fn deliver(
     engine: &Engine,
     store: &mut Store,
     mailbox: &MailboxConfig,
+    places: &Places,
     drafts: &str,
     imap: &mut Imap,
     mailer: Option<&Mailer>,
 ) -> Result<(), DaemonError> {
     let now = crate::clock::now();
     let mode = engine.config.mode;
+    let automatic_reply = |item: &OutboxItem| {
+        item.template != "operator_notification"
+            && match item.disposition.as_str() {
+                "send" | "draft" => true,
+                "queue" => mode == Mode::Approve,
+                _ => false,
+            }
+    };
+    // The mailbox is asked about every reply before any is sent, drafted or mirrored for
+    // review, and before any APPEND of this pass can leave the session out of step.
+    let mut cleared = std::collections::HashSet::new();
     for item in store.outbox_items("pending")? {
-        if item.next_attempt_at > now {
+        if item.next_attempt_at > now || !automatic_reply(&item) || imap.unreliable().is_some() {
+            continue;
+        }
+        if second_witness(engine, store, imap, places, &item).await? {
+            cleared.insert(item.id);
+        }
+    }
+    for item in store.outbox_items("pending")? {
+        if item.next_attempt_at > now || (automatic_reply(&item) && !cleared.contains(&item.id)) {
             continue;
         }
         match item.disposition.as_str() {
@@ -550,7 +587,12 @@ async fn deliver(
                 let copy = Copy::review(&mailbox.review_folder);
                 copy_row(store, imap, &item, "pending", &copy, engine).await?;
             }
-            "send" => send(engine, store, mailbox, imap, mailer, &item, "pending").await?,
+            "send" => {
+                send(
+                    engine, store, mailbox, places, imap, mailer, &item, "pending",
+                )
+                .await?
+            }
             other => {
                 hold(
                     store,
@@ -571,10 +613,174 @@ async fn deliver(
             let copy = Copy::draft(drafts);
             copy_row(store, imap, &item, "approved", &copy, engine).await?;
         } else {
-            send(engine, store, mailbox, imap, mailer, &item, "approved").await?;
+            send(
+                engine, store, mailbox, places, imap, mailer, &item, "approved",
+            )
+            .await?;
         }
     }
     Ok(())
+}
+
+/// Asks the mailbox, the second witness besides the store, whether a planned reply was already
+/// made: our earlier reply on its thread in Sent, the watched folder, Drafts or the review
+/// folders. Found, the row is settled (made before, waiting for approval as the earlier copy,
+/// or held when earlier escalations unknown to the store use up the ticket's allowance) and
+/// `false` comes back; nothing found, the reply goes on.
+async fn second_witness(
+    engine: &Engine,
+    store: &mut Store,
+    imap: &mut Imap,
+    places: &Places,
+    item: &OutboxItem,
+) -> Result<bool, DaemonError> {
+    let Some(case) = item.case_id.map(|id| store.case(id)).transpose()?.flatten() else {
+        return Ok(true);
+    };
+    let parent = item.inbound_message_id.as_deref();
+    let thread = Thread {
+        parent,
+        parent_date: case
+            .last_microsoft
+            .as_ref()
+            .filter(|p| p.message_id.as_deref() == parent)
+            .and_then(|p| p.date),
+        ticket: case.ticket_id.as_deref(),
+    };
+    let identity = &engine.config.identity;
+    let ours = Ours {
+        loop_header: &identity.loop_header,
+        instance: &identity.instance,
+        address: &identity.address,
+        microsoft_domains: &engine.config.classify.microsoft_domains,
+    };
+    let own_ids: Vec<&str> = std::iter::once(item.message_id.as_str())
+        .chain(item.review_message_id.as_deref())
+        .collect();
+    let now = crate::clock::now();
+    let found = match look(imap, places, &thread, &ours, &own_ids).await {
+        Ok(found) => found,
+        // Without the mailbox's word nothing goes out; the row waits and is tried again.
+        Err(e) if e.is_refusal() => {
+            let reason = format!("the mailbox could not be searched for an earlier reply: {e}");
+            let retry = Retry {
+                base_secs: 60,
+                max_attempts: MAX_COPY_ATTEMPTS,
+            };
+            let held = store
+                .attempt_failed(item.id, "pending", "pending", &reason, retry, now)?
+                .held;
+            warn!(outbox = item.id, error = %e, held, "reply waits: the mailbox could not be asked");
+            if held {
+                note(store, item, now, &format!("held: {reason}"))?;
+            }
+            return Ok(false);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if found.is_empty() {
+        return Ok(true);
+    }
+    let mut known = std::collections::HashSet::new();
+    for f in &found {
+        if let Some(id) = &f.earlier.message_id {
+            if case.thread_ids.contains(id) || store.outbox_has(id)? {
+                known.insert(id.clone());
+            }
+        }
+    }
+    let earlier: Vec<Earlier> = found.iter().map(|f| f.earlier.clone()).collect();
+    let template = if item.template == Template::Followup.name() {
+        Template::Followup
+    } else {
+        Template::EscalationReply
+    };
+    let finding = witness::judge(
+        &earlier,
+        template,
+        &thread,
+        |id| known.contains(id),
+        case.escalations,
+        engine.config.policy.max_escalations_per_ticket,
+    );
+    let place_of = |e: &Earlier| found.iter().find(|f| f.earlier == *e);
+    match finding {
+        Finding::Clear => Ok(true),
+        Finding::Answered(e) => {
+            let Some(at) = place_of(&e) else {
+                return Ok(true);
+            };
+            let id = e.message_id.as_deref().unwrap_or("without a Message-ID");
+            let who = match e.author {
+                Author::Bot => "our earlier reply",
+                Author::Person => "a reply written by hand",
+            };
+            let adopt = at.place == Place::Review
+                && engine.config.mode == Mode::Approve
+                && item.disposition == "queue";
+            let (to, reason) = if adopt {
+                (
+                    "awaiting_approval",
+                    format!(
+                        "an earlier copy of this reply (<{id}>) waits in {}: approve that one by moving it to {}",
+                        at.folder, places.approved()
+                    ),
+                )
+            } else if at.place.went_out() {
+                (
+                    "in_mailbox",
+                    format!(
+                        "{who} <{id}> on this thread is in {}: nothing sent again",
+                        at.folder
+                    ),
+                )
+            } else {
+                (
+                    "in_mailbox",
+                    format!(
+                        "{who} <{id}> on this thread is already written in {}: nothing written again",
+                        at.folder
+                    ),
+                )
+            };
+            if store.record_earlier_reply(item, to, &reason, e.message_id.as_deref(), None, now)? {
+                info!(outbox = item.id, case = case.id, found = id, folder = %at.folder, status = to, "earlier reply found in the mailbox: nothing sent");
+            }
+            Ok(false)
+        }
+        Finding::OverCap {
+            escalations,
+            earlier,
+        } => {
+            let folder = place_of(&earlier).map_or("the mailbox", |f| f.folder.as_str());
+            let id = earlier
+                .message_id
+                .as_deref()
+                .unwrap_or("without a Message-ID");
+            let reason = format!(
+                "ticket {} already had {escalations} escalation(s), <{id}> in {folder} among them, which the state store did not know of (policy.max_escalations_per_ticket = {}): a person decides",
+                case.ticket_id.as_deref().unwrap_or("-"),
+                engine.config.policy.max_escalations_per_ticket
+            );
+            if store.record_earlier_reply(
+                item,
+                "held",
+                &reason,
+                earlier.message_id.as_deref(),
+                Some(escalations),
+                now,
+            )? {
+                warn!(
+                    outbox = item.id,
+                    case = case.id,
+                    found = id,
+                    folder,
+                    "earlier escalations found in the mailbox: reply held"
+                );
+            }
+            Ok(false)
+        }
+    }
 }
 
 /// Where an APPEND puts a row, and the statuses around it.
@@ -625,7 +831,14 @@ async fn copy_row(
     if !store.transition_outbox(item.id, from, copy.during, None, now)? {
         return Ok(());
     }
-    match imap.append(copy.folder, copy.flags, &item.bytes).await {
+    // A review copy carries its row's token, which an approval by folder move is matched by
+    // even when the mail client rewrote Message-ID and In-Reply-To; it is stripped on the way back.
+    let bytes = if copy.done == "awaiting_approval" {
+        std::borrow::Cow::Owned(witness::with_review_token(&item.bytes, &item.message_id))
+    } else {
+        std::borrow::Cow::Borrowed(&item.bytes)
+    };
+    match imap.append(copy.folder, copy.flags, &bytes).await {
         Ok(()) => {
             crate::shell::failpoint::hit("after_append");
             store.transition_outbox(item.id, copy.during, copy.done, None, now)?;
@@ -683,10 +896,12 @@ fn hold(
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn send(
     engine: &Engine,
     store: &mut Store,
     mailbox: &MailboxConfig,
+    places: &Places,
     imap: &mut Imap,
     mailer: Option<&Mailer>,
     item: &OutboxItem,
@@ -775,20 +990,22 @@ async fn send(
             // The review draft has done its work: left in the review (or approved) folder it
             // would look like a reply still waiting. The Sent folder keeps the copy.
             if from_status == "approved" && imap.unreliable().is_none() {
-                for folder in [&mailbox.review_folder, &mailbox.approved_folder] {
-                    if let Err(e) = remove_draft(imap, folder, &item.message_id).await {
-                        if !e.is_refusal() {
-                            return Err(e.into());
+                let ids = std::iter::once(&item.message_id).chain(&item.review_message_id);
+                for id in ids {
+                    for folder in [&mailbox.review_folder, &mailbox.approved_folder] {
+                        if let Err(e) = remove_draft(imap, folder, id).await {
+                            if !e.is_refusal() {
+                                return Err(e.into());
+                            }
+                            warn!(outbox = item.id, folder = %folder, error = %e, "sent, but its review draft could not be removed");
                         }
-                        warn!(outbox = item.id, folder = %folder, error = %e, "sent, but its review draft could not be removed");
                     }
                 }
             }
-            if let Some(sent) = mailbox
-                .sent_folder
-                .as_ref()
-                .filter(|_| imap.unreliable().is_none())
-            {
+            // The Sent folder is the record the second witness reads: where the server does
+            // not file submitted mail itself, the bot does.
+            if mailbox.file_sent_copies && imap.unreliable().is_none() {
+                let sent = places.sent();
                 match imap.append(sent, "(\\Seen)", &item.bytes).await {
                     Ok(()) => {}
                     Err(e) if e.is_refusal() => {
@@ -823,6 +1040,7 @@ async fn send(
 async fn settle_uncertain(
     store: &mut Store,
     mailbox: &MailboxConfig,
+    places: &Places,
     drafts: &str,
     imap: &mut Imap,
 ) -> Result<(), DaemonError> {
@@ -861,20 +1079,11 @@ async fn settle_uncertain(
     if uncertain.is_empty() {
         return Ok(());
     }
-    let sent_folder = match &mailbox.sent_folder {
-        Some(f) => Some(f.clone()),
-        None => imap
-            .special_use("\\Sent")
-            .await?
-            .or_else(|| mailbox.hosted_by().map(|h| h.folders().1.to_string())),
-    };
     let now = crate::clock::now();
     for item in uncertain {
         let mut found = false;
-        if let Some(folder) = &sent_folder {
-            if imap.select(folder).await.is_ok() {
-                found = imap.has_message_id(&item.message_id).await?;
-            }
+        if imap.select(places.sent()).await.is_ok() {
+            found = imap.has_message_id(&item.message_id).await?;
         }
         if found {
             store.transition_outbox(
@@ -1009,20 +1218,33 @@ async fn collect_approvals(
     let uids = imap.uids_after(0).await?;
     let now = crate::clock::now();
     for (_, raw) in imap.fetch(&uids).await? {
-        let Some(parsed) = mail_parser::MessageParser::default().parse(&raw) else {
+        let Some(copy) = witness::read_copy(&raw, "") else {
             continue;
         };
-        let message_id = parsed.message_id().map(str::to_string);
-        let in_reply_to = parsed.in_reply_to().as_text().map(str::to_string);
-        let row = waiting.iter().find(|w| {
-            message_id.as_deref() == Some(w.message_id.as_str())
-                || (w.template != "operator_notification"
-                    && in_reply_to.is_some()
-                    && in_reply_to == w.inbound_message_id)
-        });
+        let is_row = |w: &&OutboxItem, id: &str| {
+            w.message_id == id || w.review_message_id.as_deref() == Some(id)
+        };
+        // Our token first (clients keep unknown headers), then the Message-ID, then the
+        // Microsoft message it answers.
+        let row = copy
+            .review_token
+            .as_deref()
+            .and_then(|t| waiting.iter().find(|w| is_row(w, t)))
+            .or_else(|| {
+                let id = copy.message_id.as_deref()?;
+                waiting.iter().find(|w| is_row(w, id))
+            })
+            .or_else(|| {
+                waiting.iter().find(|w| {
+                    w.template != "operator_notification"
+                        && w.inbound_message_id
+                            .as_ref()
+                            .is_some_and(|p| copy.in_reply_to.contains(p))
+                })
+            });
         let Some(row) = row else { continue };
-        if let Some(id) = &message_id {
-            store.replace_outbox_bytes(row.id, id, &raw)?;
+        if let Some(id) = &copy.message_id {
+            store.replace_outbox_bytes(row.id, id, &witness::strip_review_token(&raw))?;
         }
         if store.transition_outbox(
             row.id,

@@ -451,6 +451,18 @@ impl Imap {
         Ok(uids)
     }
 
+    /// `UID SEARCH key` in the selected folder, ascending. The key is built by the caller from
+    /// values it quoted itself (`pipeline::witness::search_key`).
+    pub async fn search(&mut self, key: &str) -> Result<Vec<u32>, ImapError> {
+        let timeout = self.timeout;
+        let server = self.server.clone();
+        let session = self.session()?;
+        let found = guarded(&server, timeout, "UID SEARCH", session.uid_search(key)).await?;
+        let mut uids: Vec<u32> = found.into_iter().collect();
+        uids.sort_unstable();
+        Ok(uids)
+    }
+
     /// UIDs above `after` in the selected folder, ascending.
     pub async fn uids_after(&mut self, after: u32) -> Result<Vec<u32>, ImapError> {
         let timeout = self.timeout;

@@ -184,6 +184,11 @@ CREATE TABLE templates (
     created_at INTEGER NOT NULL
 );
 "#,
+    r#"
+ALTER TABLE outbox ADD COLUMN review_message_id TEXT;
+CREATE INDEX outbox_review_message_id ON outbox(review_message_id)
+    WHERE review_message_id IS NOT NULL;
+"#,
 ];
 
 /// How a failed delivery attempt is retried.
@@ -590,6 +595,9 @@ pub struct OutboxItem {
     pub reason: Option<String>,
     /// Not to be tried before this time (after a temporary failure).
     pub next_attempt_at: i64,
+    /// The Message-ID its review copy was appended with, when an approved draft came back
+    /// under another one (the review copy is still found and removed by it).
+    pub review_message_id: Option<String>,
 }
 
 impl Store {
@@ -651,7 +659,7 @@ impl Store {
             .conn
             .prepare(&format!(
                 "SELECT id, message_id, case_id, inbound_message_id, template, disposition, status,
-                        recipients, subject, bytes, reason, next_attempt_at
+                        recipients, subject, bytes, reason, next_attempt_at, review_message_id
                  FROM outbox WHERE {filter} ORDER BY id"
             ))
             .map_err(sql(&self.path))?;
@@ -671,6 +679,7 @@ impl Store {
                     bytes: r.get(9)?,
                     reason: r.get(10)?,
                     next_attempt_at: r.get(11)?,
+                    review_message_id: r.get(12)?,
                 })
             })
             .map_err(sql(&self.path))?;
@@ -881,7 +890,77 @@ impl Store {
             .map_err(sql(&self.path))
     }
 
-    /// Replaces the bytes (and Message-ID) of a row, for an approved draft the operator edited.
+    /// What the mailbox showed about a planned reply (`pipeline::witness`), in one transaction:
+    /// the row leaves `pending` for `to` with the reason, the earlier reply found joins its
+    /// case's thread, `escalations` (when given) becomes the case's count and hands the case to
+    /// a person, and the timeline says so. False when the row was no longer pending.
+    pub fn record_earlier_reply(
+        &mut self,
+        row: &OutboxItem,
+        to: &str,
+        reason: &str,
+        found: Option<&str>,
+        escalations: Option<u32>,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let tx = self.begin()?;
+        let changed = tx
+            .tx
+            .run(
+                "UPDATE outbox SET status = ?2, reason = ?3, updated_at = ?4
+                 WHERE id = ?1 AND status = 'pending'",
+                params![row.id, to, reason, now],
+            )
+            .map_err(sql(&tx.path))?;
+        if changed != 1 {
+            return Ok(false);
+        }
+        if let Some(mut case) = match row.case_id {
+            Some(id) => case_by_id(&tx.tx, &tx.path, id)?,
+            None => None,
+        } {
+            if let Some(id) = found {
+                if !case.thread_ids.iter().any(|t| t == id) {
+                    case.thread_ids.push(id.to_string());
+                }
+            }
+            if let Some(n) = escalations {
+                case.escalations = n;
+                case.state = crate::pipeline::case::State::NeedsOperator;
+            }
+            case.updated_at = now;
+            tx.save_case(&mut case)?;
+            tx.add_timeline(
+                case.id,
+                &TimelineEntry {
+                    at: now,
+                    kind: None,
+                    action: "delivery".to_string(),
+                    state: case.state.as_str().to_string(),
+                    message_id: found.map(str::to_string),
+                    summary: reason.to_string(),
+                },
+            )?;
+        }
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Whether the outbox made a message with this Message-ID.
+    pub fn outbox_has(&self, message_id: &str) -> Result<bool, StoreError> {
+        self.conn
+            .row(
+                "SELECT 1 FROM outbox WHERE message_id = ?1 OR review_message_id = ?1 LIMIT 1",
+                [message_id],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|found| found.is_some())
+            .map_err(sql(&self.path))
+    }
+
+    /// Replaces the bytes (and Message-ID) of a row, for an approved draft the operator edited;
+    /// the Message-ID of its review copy is kept in `review_message_id`.
     pub fn replace_outbox_bytes(
         &self,
         id: i64,
@@ -890,7 +969,10 @@ impl Store {
     ) -> Result<(), StoreError> {
         self.conn
             .run(
-                "UPDATE outbox SET bytes = ?2, message_id = ?3 WHERE id = ?1",
+                "UPDATE outbox SET bytes = ?2, message_id = ?3,
+                        review_message_id = CASE WHEN message_id = ?3 THEN review_message_id
+                                                 ELSE COALESCE(review_message_id, message_id) END
+                 WHERE id = ?1",
                 params![id, bytes, message_id],
             )
             .map_err(sql(&self.path))?;
@@ -1030,14 +1112,15 @@ impl StoreTx<'_> {
     }
 
     /// Replies to Microsoft planned since `since` on a case (so only answers to verified
-    /// Microsoft mail), in any status but held, rejected, superseded or replayed: the
-    /// persistent count behind the global rate limit. A spoof moves no counter.
+    /// Microsoft mail), in any status but held, rejected, superseded, replayed or found already
+    /// made in the mailbox: the persistent count behind the global rate limit. A spoof moves no
+    /// counter.
     pub fn replies_since(&self, since: i64) -> Result<i64, StoreError> {
         self.tx
             .row(
                 "SELECT count(*) FROM outbox WHERE template != 'operator_notification'
                  AND case_id IS NOT NULL AND created_at >= ?1
-                 AND status NOT IN ('held', 'rejected', 'superseded', 'replayed')",
+                 AND status NOT IN ('held', 'rejected', 'superseded', 'replayed', 'in_mailbox')",
                 [since],
                 |r| r.get(0),
             )

@@ -352,7 +352,7 @@ fn auth_commands_need_an_oauth2_section_and_check_config_tells_what_to_run() {
     assert!(stderr(&o).contains("[oauth2]"), "{}", stderr(&o));
     std::fs::write(
         &config,
-        "[trust]\nauthserv_ids = [\"mx1.example.net\"]\n[mailbox]\nhost = \"outlook.office365.com\"\nusername = \"pm@contoso.com\"\nauth = \"xoauth2\"\nsent_folder = \"Sent Items\"\n[oauth2]\nprovider = \"microsoft\"\ntenant = \"contoso.com\"\nclient_id = \"abc\"\n",
+        "[trust]\nauthserv_ids = [\"mx1.example.net\"]\n[mailbox]\nhost = \"outlook.office365.com\"\nusername = \"pm@contoso.com\"\nauth = \"xoauth2\"\nfile_sent_copies = true\n[oauth2]\nprovider = \"microsoft\"\ntenant = \"contoso.com\"\nclient_id = \"abc\"\n",
     )
     .expect("write");
     let o = bot(&["check-config", "--config", &config.display().to_string()]);
@@ -369,6 +369,30 @@ fn auth_commands_need_an_oauth2_section_and_check_config_tells_what_to_run() {
     let o = bot(&["check-config", "--config", &config.display().to_string()]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("mailbox.auth"), "{}", stderr(&o));
+}
+
+/// Where a server does not file submitted mail, `check-config` says where the bot keeps sent
+/// replies and what to set; where the operator turned the copies off, it says what that risks.
+#[test]
+fn check_config_says_where_sent_replies_are_kept() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("config.toml");
+    let base = "[trust]\nauthserv_ids = [\"mx1.example.net\"]\n[mailbox]\nhost = \"imap.example.net\"\nusername = \"pm\"\npassword_env = \"X\"\n";
+    let check = |extra: &str| {
+        std::fs::write(&config, format!("{base}{extra}")).expect("write");
+        let o = bot(&["check-config", "--config", &config.display().to_string()]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o)
+    };
+    let text = check("");
+    assert!(
+        text.contains("sent_folder is not set") && text.contains("sent_folder = \"Sent\""),
+        "{text}"
+    );
+    let text = check("file_sent_copies = false\n");
+    assert!(text.contains("a second reply"), "{text}");
+    let text = check("sent_folder = \"Sent\"\n");
+    assert!(!text.contains("sent_folder"), "{text}");
 }
 
 /// The quick-start replay with `-v`, its log written to a file as a service manager would, with

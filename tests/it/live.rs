@@ -67,6 +67,9 @@ pub(crate) struct Case {
     pub(crate) drafts: String,
     review: String,
     approved: String,
+    /// Where the bot files sent replies: this test's own folder, so that tests sharing the
+    /// mailbox never see each other's replies as earlier ones.
+    sent: String,
     ticket: String,
     pub(crate) stack: Stack,
 }
@@ -77,6 +80,11 @@ pub(crate) fn setup(mode: &str, extra: &str) -> Case {
     let folder = format!("t{tag}");
     let dir = tempfile::tempdir().expect("temp dir");
     let config = dir.path().join("config.toml");
+    let extra = if extra.contains("sent_folder") {
+        extra.to_string()
+    } else {
+        format!("sent_folder = \"{folder}-Sent\"\n{extra}")
+    };
     let text = format!(
         r#"mode = "{mode}"
 [identity]
@@ -122,6 +130,7 @@ ca_file = "{ca}"
         drafts: format!("{folder}-Drafts"),
         review: format!("{folder}-Review"),
         approved: format!("{folder}-Approved"),
+        sent: format!("{folder}-Sent"),
         folder,
         ticket: format!("SRX{}ID", &format!("17{tag}")[..10]),
         stack,
@@ -240,10 +249,48 @@ impl Case {
         );
     }
 
+    /// The id of the first row `queue list` shows.
+    pub(crate) fn first_queued(&self) -> String {
+        let config = self.config.display().to_string();
+        let list = self.bot(&["queue", "list", "--config", &config]);
+        let listing = String::from_utf8_lossy(&list.stdout).to_string();
+        listing
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix('#'))
+            .unwrap_or_else(|| panic!("no queued reply: {listing}"))
+            .to_string()
+    }
+
+    /// Another `run --once`, then the replies that reached the Microsoft side, counted after
+    /// time enough for a reply sent in that run to arrive.
+    pub(crate) fn replies_after_another_run(&self) -> usize {
+        self.run_once();
+        std::thread::sleep(Duration::from_millis(1500));
+        self.delivered_replies().len()
+    }
+
     /// Rewrites this test's config file.
     pub(crate) fn edit_config(&self, edit: impl FnOnce(String) -> String) {
         let text = std::fs::read_to_string(&self.config).expect("config");
         std::fs::write(&self.config, edit(text)).expect("write config");
+    }
+
+    /// Deletes the state store, as a lost volume or a new host would.
+    pub(crate) fn lose_state(&self) {
+        for f in ["state.sqlite3", "state.sqlite3-wal", "state.sqlite3-shm"] {
+            let _ = std::fs::remove_file(self.dir.path().join(f));
+        }
+    }
+
+    /// `cases show` of every case as text.
+    pub(crate) fn cases_shown(&self) -> String {
+        let config = self.config.display().to_string();
+        let mut text = String::new();
+        for id in 1..=3 {
+            let o = self.bot(&["cases", "show", &id.to_string(), "--config", &config]);
+            text.push_str(&String::from_utf8_lossy(&o.stdout));
+        }
+        text
     }
 
     /// Points `[mailbox]` at another IMAPS port: a fault proxy or a scripted server.
@@ -306,8 +353,15 @@ fn draft_mode_produces_exactly_one_threaded_draft() {
     case.deliver(&THREAD);
     case.run_once();
     case.run_once();
+    // And after the state file is lost: the draft in the Drafts folder is the witness.
+    case.lose_state();
+    case.run_once();
     let drafts = case.messages("postmaster@example.net", &case.drafts);
-    assert_eq!(drafts.len(), 1, "one draft, even after a second run");
+    assert_eq!(
+        drafts.len(),
+        1,
+        "one draft, even after a second run and a lost state file"
+    );
     let draft = mail_parser::MessageParser::default()
         .parse(&drafts[0])
         .expect("parses");
@@ -343,9 +397,7 @@ fn auto_mode_sends_exactly_one_reply_on_the_thread() {
     assert!(reply.subject().is_some_and(|s| s.starts_with("RE: ")));
     // Running again, and the same message delivered again, never produce a second reply.
     case.deliver(&["d008.eml"]);
-    case.run_once();
-    std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(case.delivered_replies().len(), 1);
+    assert_eq!(case.replies_after_another_run(), 1);
 }
 
 #[test]
@@ -364,13 +416,7 @@ fn approve_mode_sends_nothing_until_approved_then_once() {
         "nothing leaves without approval"
     );
     let config = case.config.display().to_string();
-    let list = case.bot(&["queue", "list", "--config", &config]);
-    let listing = String::from_utf8_lossy(&list.stdout).to_string();
-    let id = listing
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix('#'))
-        .unwrap_or_else(|| panic!("no queued reply: {listing}"))
-        .to_string();
+    let id = case.first_queued();
     let ok = case.bot(&["queue", "approve", &id, "--config", &config]);
     assert!(
         ok.status.success(),
@@ -391,16 +437,17 @@ fn approve_mode_sends_nothing_until_approved_then_once() {
     );
 }
 
-#[test]
-fn approve_by_moving_the_draft_sends_the_edited_text() {
-    let case = setup("approve", "");
-    case.deliver(&THREAD);
-    case.run_once();
+/// A person approves in a mail client: the one review copy, edited by `edit`, is put into the
+/// approved folder (the original stays behind, as a client that saves an edit as a new draft
+/// leaves it). Then exactly one reply goes out, once, and no draft of it is left in either
+/// folder. The reply that went out.
+fn approve_in_a_mail_client(
+    case: &Case,
+    edit: impl Fn(&str) -> String,
+) -> mail_parser::Message<'static> {
     let review = case.messages("postmaster@example.net", &case.review);
-    assert_eq!(review.len(), 1);
-    // The operator edits the draft and moves it into the approved folder.
-    let edited =
-        String::from_utf8_lossy(&review[0]).replace("Kind regards,", "Best regards from a human,");
+    assert_eq!(review.len(), 1, "one review copy");
+    let edited = edit(&String::from_utf8_lossy(&review[0]));
     block_on(async {
         let mut imap = case.connect("postmaster@example.net").await;
         imap.append(&case.approved, "(\\Draft)", edited.as_bytes())
@@ -409,20 +456,160 @@ fn approve_by_moving_the_draft_sends_the_edited_text() {
         imap.logout().await;
     });
     case.run_once();
-    let replies = case.wait_for_replies(1);
+    let mut replies = case.wait_for_replies(1);
     assert_eq!(replies.len(), 1);
-    assert!(replies[0]
-        .body_text(0)
-        .is_some_and(|b| b.contains("Best regards from a human")));
-    case.run_once();
-    std::thread::sleep(Duration::from_millis(1000));
-    assert_eq!(case.delivered_replies().len(), 1);
+    assert_eq!(case.replies_after_another_run(), 1, "sent once");
     for folder in [&case.review, &case.approved] {
         assert!(
             case.messages("postmaster@example.net", folder).is_empty(),
             "{folder}: the drafts of a sent reply are gone"
         );
     }
+    replies.remove(0)
+}
+
+#[test]
+fn approve_by_moving_the_draft_sends_the_edited_text() {
+    let case = setup("approve", "");
+    case.deliver(&THREAD);
+    case.run_once();
+    let reply = approve_in_a_mail_client(&case, |text| {
+        text.replace("Kind regards,", "Best regards from a human,")
+    });
+    assert!(reply
+        .body_text(0)
+        .is_some_and(|b| b.contains("Best regards from a human")));
+}
+
+/// A mail client that saves an edited draft as a new message: a new Message-ID, and (some do)
+/// no In-Reply-To. Our review token still says which reply it approves, and never leaves.
+#[test]
+fn approval_by_move_is_matched_by_our_token_when_the_client_rewrote_the_ids() {
+    let case = setup("approve", "");
+    case.deliver(&THREAD);
+    case.run_once();
+    let reply = approve_in_a_mail_client(&case, |original| {
+        assert!(
+            original.starts_with("X-Postmaster-Bot-Review: <"),
+            "{original}"
+        );
+        original
+            .split_inclusive('\n')
+            .filter(|l| !l.starts_with("In-Reply-To:"))
+            .map(|l| {
+                if l.starts_with("Message-ID:") {
+                    "Message-ID: <edited.1@client.example.net>\r\n".to_string()
+                } else {
+                    l.replace("Kind regards,", "Regards, edited in a client,")
+                }
+            })
+            .collect()
+    });
+    assert!(reply
+        .body_text(0)
+        .is_some_and(|b| b.contains("edited in a client")));
+    assert!(
+        reply.header("X-Postmaster-Bot-Review").is_none(),
+        "the review token never leaves"
+    );
+}
+
+/// The outbox statuses in the state store.
+fn statuses(case: &Case) -> Vec<String> {
+    let db = rusqlite::Connection::open(case.dir.path().join("state.sqlite3")).expect("state");
+    let mut stmt = db
+        .prepare("SELECT template || ':' || status FROM outbox ORDER BY id")
+        .expect("query");
+    stmt.query_map([], |r| r.get(0))
+        .expect("rows")
+        .collect::<Result<_, _>>()
+        .expect("rows")
+}
+
+fn use_mode(case: &Case, mode: &str) {
+    case.edit_config(|t| {
+        let first = t.lines().next().unwrap_or_default().to_string();
+        t.replacen(&first, &format!("mode = \"{mode}\""), 1)
+    });
+}
+
+/// The issue's case: a reply approved and sent; the state file is lost; the bot starts again in
+/// auto mode over the same mailbox. The mailbox remembers the reply (in Sent, where the bot
+/// filed it), so nothing is sent again and the rebuilt case shows the earlier reply.
+#[test]
+fn a_lost_state_file_never_means_a_second_reply_after_an_approved_one() {
+    let case = setup("approve", "");
+    case.deliver(&THREAD);
+    case.run_once();
+    let config = case.config.display().to_string();
+    let id = case.first_queued();
+    assert!(case
+        .bot(&["queue", "approve", &id, "--config", &config])
+        .status
+        .success());
+    case.run_once();
+    let replies = case.wait_for_replies(1);
+    assert_eq!(replies.len(), 1);
+    let sent_id = replies[0].message_id().expect("Message-ID").to_string();
+
+    case.lose_state();
+    use_mode(&case, "auto");
+    let log = case.run_once_logged();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        case.delivered_replies().len(),
+        1,
+        "nothing sent again: {log}"
+    );
+    assert!(log.contains("earlier reply found in the mailbox"), "{log}");
+    assert_eq!(statuses(&case), vec!["escalation_reply:in_mailbox"]);
+    let shown = case.cases_shown();
+    assert!(
+        shown.contains(&sent_id) && shown.contains("escalations=1"),
+        "{shown}"
+    );
+    // And again: the rebuilt store now knows it.
+    case.run_once();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(case.delivered_replies().len(), 1);
+}
+
+#[test]
+fn a_reply_only_in_sent_is_not_sent_again_after_the_state_is_lost() {
+    let case = setup("auto", "");
+    case.deliver(&THREAD);
+    case.run_once();
+    assert_eq!(case.wait_for_replies(1).len(), 1);
+    assert_eq!(case.messages("postmaster@example.net", &case.sent).len(), 1);
+    case.lose_state();
+    assert_eq!(case.replies_after_another_run(), 1, "nothing sent again");
+    assert_eq!(statuses(&case), vec!["escalation_reply:in_mailbox"]);
+    assert_eq!(case.messages("postmaster@example.net", &case.sent).len(), 1);
+}
+
+/// A reply waiting for approval when the state was lost: auto mode must not send a new one
+/// beside it; approve mode takes the waiting copy as the reply to approve.
+#[test]
+fn a_reply_only_in_the_review_folder_is_not_sent_after_the_state_is_lost() {
+    let case = setup("approve", "");
+    case.deliver(&THREAD);
+    case.run_once();
+    assert_eq!(
+        case.messages("postmaster@example.net", &case.review).len(),
+        1
+    );
+    case.lose_state();
+    use_mode(&case, "auto");
+    assert_eq!(case.replies_after_another_run(), 0, "nothing sent");
+    assert_eq!(statuses(&case), vec!["escalation_reply:in_mailbox"]);
+
+    // In approve mode again, after one more loss: no second review copy, and moving the one
+    // that waits approves this reply.
+    case.lose_state();
+    use_mode(&case, "approve");
+    case.run_once();
+    assert_eq!(statuses(&case), vec!["escalation_reply:awaiting_approval"]);
+    approve_in_a_mail_client(&case, str::to_string);
 }
 
 #[test]
@@ -711,24 +898,17 @@ fn an_untrusted_certificate_is_fatal_and_names_the_host() {
 }
 
 #[test]
-fn notifications_follow_the_mode_and_sent_copies_only_where_configured() {
+fn notifications_follow_the_mode_and_sent_mail_is_filed() {
     let with_ticket = |case: &Case, user: &str, folder: &str| {
         case.messages(user, folder)
             .into_iter()
             .filter(|b| String::from_utf8_lossy(b).contains(&case.ticket))
             .count()
     };
-    // auto: the notification is mailed to the operator; the reply is copied to Sent.
-    let tag = unique();
-    let auto = setup("auto", &format!("sent_folder = \"t-sent-{tag}\""));
+    // auto: the notification is mailed to the operator; the reply is copied to Sent (the bot
+    // creates the folder).
+    let auto = setup("auto", "");
     auto.edit_config(notify_on_escalation);
-    block_on(async {
-        let mut imap = auto.connect("postmaster@example.net").await;
-        imap.ensure_folder(&format!("t-sent-{tag}"))
-            .await
-            .expect("create");
-        imap.logout().await;
-    });
     auto.deliver(&THREAD);
     auto.run_once();
     assert_eq!(auto.wait_for_replies(1).len(), 1);
@@ -742,11 +922,7 @@ fn notifications_follow_the_mode_and_sent_copies_only_where_configured() {
         "one notification mailed"
     );
     // Everything sent (the reply and the notification) is copied, as a mail client would.
-    assert_eq!(
-        auto.messages("postmaster@example.net", &format!("t-sent-{tag}"))
-            .len(),
-        2
-    );
+    assert_eq!(auto.messages("postmaster@example.net", &auto.sent).len(), 2);
 
     // draft: the same notification is only a draft; nothing reaches the operator.
     let draft = setup("draft", "");
@@ -795,14 +971,12 @@ fn simulate_crash_during_send(case: &Case) -> usize {
 #[test]
 fn an_uncertain_send_is_never_resent_automatically() {
     // Without a copy in Sent, the row goes to a person.
-    let case = setup("auto", "");
+    let case = setup("auto", "file_sent_copies = false");
     case.deliver(&THREAD);
     case.run_once();
     assert_eq!(case.wait_for_replies(1).len(), 1);
     assert_eq!(simulate_crash_during_send(&case), 1);
-    case.run_once();
-    std::thread::sleep(Duration::from_millis(1000));
-    assert_eq!(case.delivered_replies().len(), 1, "not resent");
+    assert_eq!(case.replies_after_another_run(), 1, "not resent");
     let list = case.bot(&[
         "queue",
         "list",
@@ -812,15 +986,7 @@ fn an_uncertain_send_is_never_resent_automatically() {
     assert!(String::from_utf8_lossy(&list.stdout).contains("escalation_reply"));
 
     // With the copy in Sent, it is recognised as sent.
-    let tag = unique();
-    let case = setup("auto", &format!("sent_folder = \"t-sent-{tag}\""));
-    block_on(async {
-        let mut imap = case.connect("postmaster@example.net").await;
-        imap.ensure_folder(&format!("t-sent-{tag}"))
-            .await
-            .expect("create");
-        imap.logout().await;
-    });
+    let case = setup("auto", "");
     case.deliver(&THREAD);
     case.run_once();
     assert_eq!(case.wait_for_replies(1).len(), 1);
@@ -1048,9 +1214,7 @@ fn a_spoof_then_the_real_thread_in_auto_mode_delivers_the_reply_and_the_notifica
         "{list}"
     );
     // Another pass changes nothing: no retry loop, no second reply.
-    case.run_once();
-    std::thread::sleep(Duration::from_millis(1000));
-    assert_eq!(case.delivered_replies().len(), 1);
+    assert_eq!(case.replies_after_another_run(), 1);
 }
 
 /// A row the server refuses to store (here: a draft left from an older run, for a folder that
