@@ -1,7 +1,7 @@
 //! The mailbox as the second witness. The state store is the bot's memory of what it wrote to
 //! Microsoft; the mailbox is the record it shares with Microsoft. Before a reply is sent or
 //! drafted, the shell searches the folders where our mail ends up (Sent, Drafts, the review
-//! folders, the watched folder) with [`search_key`], reads the found messages' header fields with
+//! folders, the watched folder) with [`search_keys`], reads the found messages' header fields with
 //! [`read_copy`], and [`judge`] says whether the reply was already made. A store restored from
 //! a backup, moved to a new host or lost must not mean a second reply on a ticket.
 
@@ -40,11 +40,13 @@ pub struct Ours<'a> {
     pub microsoft_domains: &'a [String],
 }
 
-/// The IMAP SEARCH key that finds candidate copies: ours (our loop header, or our From) and on
+/// The IMAP SEARCH keys that find candidate copies, best first; empty when nothing identifies
+/// the thread. The first asks the whole question: ours (our loop header, or our From) and on
 /// this thread (the parent's Message-ID in In-Reply-To or References, or the ticket id in the
-/// Subject). `None` when nothing identifies the thread. The server's substring match only
-/// narrows the folder down; [`judge`] decides on the exact header values.
-pub fn search_key(thread: &Thread<'_>, ours: &Ours<'_>) -> Option<String> {
+/// Subject). The others ask one thread criterion each, for a server that refuses the first.
+/// ORs are in prefix form without parentheses, which some servers (Exchange) refuse to parse.
+/// The server's match only narrows a folder down; [`judge`] decides on the exact values.
+pub fn search_keys(thread: &Thread<'_>, ours: &Ours<'_>) -> Vec<String> {
     let mut on_thread = Vec::new();
     if let Some(parent) = thread.parent.map(|p| format!("<{p}>")).and_then(quoted) {
         on_thread.push(format!("HEADER In-Reply-To {parent}"));
@@ -53,20 +55,27 @@ pub fn search_key(thread: &Thread<'_>, ours: &Ours<'_>) -> Option<String> {
     if let Some(ticket) = thread.ticket.and_then(quoted) {
         on_thread.push(format!("SUBJECT {ticket}"));
     }
-    let on_thread = any_of(on_thread)?;
+    let Some(any_on_thread) = any_of(&on_thread) else {
+        return Vec::new();
+    };
     let mut mine = Vec::new();
     if !ours.loop_header.is_empty() {
-        if let (Some(name), Some(value)) = (quoted(ours.loop_header), quoted(ours.instance)) {
+        if let (Some(name), Some(value)) = (astring(ours.loop_header), quoted(ours.instance)) {
             mine.push(format!("HEADER {name} {value}"));
         }
     }
     if let Some(address) = quoted(ours.address) {
         mine.push(format!("FROM {address}"));
     }
-    Some(match any_of(mine) {
-        Some(mine) => format!("{mine} {on_thread}"),
-        None => on_thread,
-    })
+    let whole = match any_of(&mine) {
+        Some(mine) => format!("{mine} {any_on_thread}"),
+        None => any_on_thread,
+    };
+    let mut keys = vec![whole];
+    if on_thread.len() > 1 || !mine.is_empty() {
+        keys.extend(on_thread);
+    }
+    keys
 }
 
 /// The header fields [`read_copy`] needs, for `BODY.PEEK[HEADER.FIELDS (...)]`.
@@ -94,14 +103,26 @@ fn quoted(value: impl AsRef<str>) -> Option<String> {
     plain.then(|| format!("\"{value}\""))
 }
 
-/// Search keys joined by OR (a parenthesised list when there are several).
-fn any_of(mut keys: Vec<String>) -> Option<String> {
-    let last = keys.pop()?;
+/// Search keys joined by OR in prefix form: `OR OR a b c`.
+fn any_of(keys: &[String]) -> Option<String> {
+    let (first, rest) = keys.split_first()?;
     Some(
-        keys.into_iter()
-            .rev()
-            .fold(last, |acc, key| format!("(OR {key} {acc})")),
+        rest.iter()
+            .fold(first.clone(), |acc, key| format!("OR {acc} {key}")),
     )
+}
+
+/// A header field name as an IMAP atom when it is one, else quoted.
+fn astring(value: &str) -> Option<String> {
+    let atom = !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"(){%*\"\\]".contains(&b));
+    if atom {
+        Some(value.to_string())
+    } else {
+        quoted(value)
+    }
 }
 
 /// What a found message's header fields say.

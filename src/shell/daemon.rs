@@ -17,7 +17,7 @@ use crate::pipeline::sync::{self, Resume};
 use crate::pipeline::witness::{self, Author, Earlier, Finding, Ours, Thread};
 use crate::shell::classifier::{Classifier, ClassifierError, Done};
 use crate::shell::engine::{Engine, HandleError, OutboxStatus, Prepared};
-use crate::shell::imap::{Imap, ImapError, Wake};
+use crate::shell::imap::{Fetched, Imap, ImapError, Wake};
 use crate::shell::oauth::{OAuthError, TokenProvider};
 use crate::shell::progress::Progress;
 use crate::shell::secret::{Credential, CredentialError};
@@ -370,7 +370,7 @@ async fn catch_up(
         let mut read = 0u64;
         imap.for_each_fetched(&range, &header_items, |f| {
             // Unsolicited FETCH responses (another client's flag change) carry no header.
-            let (Some(uid), Some(header)) = (f.uid, f.header()) else {
+            let (Some(uid), Some(header)) = (f.uid, f.data) else {
                 return Ok::<(), DaemonError>(());
             };
             if uid < from || uid > to {
@@ -394,11 +394,15 @@ async fn catch_up(
         let fetched = wanted.len() as u64;
         let mut batch = store.batch()?;
         if !wanted.is_empty() {
-            let set = uid_set(&wanted);
-            imap.for_each_fetched(&set, &body_items, |f| {
-                let (Some(uid), Some(raw)) = (f.uid, f.body()) else {
+            let returned = std::cell::RefCell::new(std::collections::HashSet::new());
+            let mut refused = Vec::new();
+            let mut on_body = |f: Fetched<'_>| {
+                let (Some(uid), Some(raw)) = (f.uid, f.data) else {
                     return Ok::<(), DaemonError>(());
                 };
+                if !wanted.contains(&uid) || !returned.borrow_mut().insert(uid) {
+                    return Ok(());
+                }
                 debug!(uid, bytes = raw.len(), "fetched whole");
                 crate::shell::failpoint::hit("after_fetch");
                 // Exchange reports sizes that are estimates: only a body as long as the limit
@@ -416,8 +420,42 @@ async fn catch_up(
                     }
                 }
                 Ok(())
-            })
-            .await?;
+            };
+            let set = uid_set(&wanted);
+            match imap.for_each_fetched(&set, &body_items, &mut on_body).await {
+                Ok(()) => {}
+                // One message the server will not give out (Exchange: "could not be converted
+                // to an RFC-822 compatible format") must neither stop the catch-up nor be
+                // passed over in silence: the rest are read one by one, and a refused one is
+                // quarantined with the server's words.
+                Err(DaemonError::Imap(e)) if e.is_refusal() => {
+                    warn!(range = %set, error = %e, "the server refused a FETCH; reading those messages one by one");
+                    for &uid in &wanted {
+                        if returned.borrow().contains(&uid) {
+                            continue;
+                        }
+                        match imap
+                            .for_each_fetched(&uid.to_string(), &body_items, &mut on_body)
+                            .await
+                        {
+                            Ok(()) => {}
+                            Err(DaemonError::Imap(e)) if e.is_refusal() => refused.push((uid, e)),
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+            for (uid, e) in refused {
+                warn!(uid, error = %e, "the server will not give out this message: quarantined");
+                batch.quarantine(
+                    &format!("{}/{uid}", mailbox.folder),
+                    None,
+                    &format!("imap:{uid_validity}:{uid}"),
+                    &format!("the server refused to fetch it: {e}"),
+                    crate::clock::now(),
+                )?;
+            }
             while let Some(done) = classifier.wait()? {
                 handle_done(engine, &mut batch, mailbox, done)?;
             }
@@ -718,7 +756,18 @@ async fn second_witness(
             let adopt = at.place == Place::Review
                 && engine.config.mode == Mode::Approve
                 && item.disposition == "queue";
-            let (to, reason) = if adopt {
+            // Anyone can mail the watched folder: a copy found there may be a Bcc of our reply
+            // or a forgery made to silence it. A person decides, and meanwhile nothing is sent.
+            let from_inbox = at.place == Place::Inbox;
+            let (to, reason) = if from_inbox {
+                (
+                    "held",
+                    format!(
+                        "{who} <{id}> on this thread is in {}, where anyone can send mail: release this reply if that copy is not ours, or reject it",
+                        at.folder
+                    ),
+                )
+            } else if adopt {
                 (
                     "awaiting_approval",
                     format!(
@@ -743,7 +792,16 @@ async fn second_witness(
                     ),
                 )
             };
-            if store.record_earlier_reply(item, to, &reason, e.message_id.as_deref(), None, now)? {
+            // A held reply is no escalation made (see `case::reply_held`).
+            let escalations = from_inbox.then(|| case.escalations.saturating_sub(1));
+            if store.record_earlier_reply(
+                item,
+                to,
+                &reason,
+                e.message_id.as_deref(),
+                escalations,
+                now,
+            )? {
                 info!(outbox = item.id, case = case.id, found = id, folder = %at.folder, status = to, "earlier reply found in the mailbox: nothing sent");
             }
             Ok(false)
@@ -1034,6 +1092,18 @@ async fn send(
     Ok(())
 }
 
+/// A search for a copy the server refused counts as not found: the row then goes the careful
+/// way (another APPEND is looked up again next time; an uncertain send goes to a person).
+fn present_or_refused(found: Result<bool, ImapError>) -> Result<bool, ImapError> {
+    match found {
+        Err(e) if e.is_refusal() => {
+            warn!(error = %e, "the server refused the search for a copy; taking it as not found");
+            Ok(false)
+        }
+        other => other,
+    }
+}
+
 /// Rows left in `sending` by a crash or a lost connection after DATA may or may not have left.
 /// They are never resent blindly: found in the Sent folder they are `sent`; otherwise they go
 /// to the approval queue with the reason, where a person decides.
@@ -1055,8 +1125,8 @@ async fn settle_uncertain(
         ),
     ] {
         for item in store.outbox_items(status)? {
-            let present =
-                imap.select(folder).await.is_ok() && imap.has_message_id(&item.message_id).await?;
+            let present = imap.select(folder).await.is_ok()
+                && present_or_refused(imap.has_message_id(&item.message_id).await)?;
             if present {
                 store.transition_outbox(item.id, status, done, None, now)?;
             } else {
@@ -1083,7 +1153,7 @@ async fn settle_uncertain(
     for item in uncertain {
         let mut found = false;
         if imap.select(places.sent()).await.is_ok() {
-            found = imap.has_message_id(&item.message_id).await?;
+            found = present_or_refused(imap.has_message_id(&item.message_id).await)?;
         }
         if found {
             store.transition_outbox(

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_imap::extensions::idle::IdleResponse;
+use async_imap::imap_proto::{AttributeValue, MailboxDatum, Response, Status};
 use futures::TryStreamExt;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpStream;
@@ -186,6 +187,15 @@ async fn guarded<T>(
     }
 }
 
+/// One message of a FETCH response: its UID, its RFC822.SIZE and the body section asked for
+/// (a whole message, a part of it or some header fields), as far as the server sent them.
+#[derive(Debug, Clone, Copy)]
+pub struct Fetched<'a> {
+    pub uid: Option<u32>,
+    pub size: Option<u32>,
+    pub data: Option<&'a [u8]>,
+}
+
 /// A selected folder's sync state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Selected {
@@ -215,6 +225,8 @@ pub struct Imap {
     selected: Option<(String, u32)>,
     /// Why the session can no longer be trusted to be in step with the server.
     unreliable: Option<String>,
+    /// New mail announced (EXISTS, RECENT) during a command read by [`Imap::run_checked`].
+    announced: bool,
 }
 
 impl Imap {
@@ -351,6 +363,7 @@ impl Imap {
             timeout: cfg.command_timeout,
             selected: None,
             unreliable: None,
+            announced: false,
         })
     }
 
@@ -434,57 +447,125 @@ impl Imap {
 
     /// The UIDs of the selected folder's messages with this Message-ID.
     pub async fn find_message_id(&mut self, message_id: &str) -> Result<Vec<u32>, ImapError> {
-        let server = self.server.clone();
-        let timeout = self.timeout;
         // Quotes and backslashes cannot be part of a Message-ID we search for.
         let quoted = format!("<{}>", message_id.replace(['"', '\\', '\r', '\n'], ""));
-        let session = self.session()?;
-        let found = guarded(
-            &server,
-            timeout,
-            "UID SEARCH HEADER Message-ID",
-            session.uid_search(format!("HEADER Message-ID \"{quoted}\"")),
-        )
-        .await?;
-        let mut uids: Vec<u32> = found.into_iter().collect();
-        uids.sort_unstable();
-        Ok(uids)
+        self.search(&format!("HEADER Message-ID \"{quoted}\""))
+            .await
     }
 
     /// `UID SEARCH key` in the selected folder, ascending. The key is built by the caller from
-    /// values it quoted itself (`pipeline::witness::search_key`).
+    /// values it quoted itself (`pipeline::witness::search_keys`). A NO or BAD is an error,
+    /// never an empty answer.
     pub async fn search(&mut self, key: &str) -> Result<Vec<u32>, ImapError> {
-        let timeout = self.timeout;
-        let server = self.server.clone();
-        let session = self.session()?;
-        let found = guarded(&server, timeout, "UID SEARCH", session.uid_search(key)).await?;
-        let mut uids: Vec<u32> = found.into_iter().collect();
+        let mut uids = Vec::new();
+        self.run_checked(&format!("UID SEARCH {key}"), |response| {
+            if let Response::MailboxData(MailboxDatum::Search(found)) = response {
+                uids.extend_from_slice(found);
+            }
+            Ok::<(), ImapError>(())
+        })
+        .await?;
         uids.sort_unstable();
+        uids.dedup();
         Ok(uids)
     }
 
     /// UIDs above `after` in the selected folder, ascending.
     pub async fn uids_after(&mut self, after: u32) -> Result<Vec<u32>, ImapError> {
-        let timeout = self.timeout;
-        let query = format!("UID {}:*", after.saturating_add(1));
-        let server = self.server.clone();
-        let session = self.session()?;
-        let found = guarded(
-            &server,
-            timeout,
-            &format!("UID SEARCH {query}"),
-            session.uid_search(&query),
-        )
-        .await?;
+        let uids = self
+            .search(&format!("UID {}:*", after.saturating_add(1)))
+            .await?;
         // NOTE: RFC 3501: "n:*" always matches the highest UID, even when it is below n.
-        let mut uids: Vec<u32> = found.into_iter().filter(|u| *u > after).collect();
-        uids.sort_unstable();
-        Ok(uids)
+        Ok(uids.into_iter().filter(|u| *u > after).collect())
     }
 
-    /// Fetches whole messages by UID with BODY.PEEK[] (nothing is marked \Seen), in batches.
-    pub async fn fetch(&mut self, uids: &[u32]) -> Result<Vec<(u32, Vec<u8>)>, ImapError> {
+    /// The header fields of these UIDs (`BODY.PEEK[HEADER.FIELDS (fields)]`), by UID.
+    pub async fn header_fields(
+        &mut self,
+        set: &str,
+        fields: &str,
+    ) -> Result<Vec<(u32, Vec<u8>)>, ImapError> {
+        let mut out = Vec::new();
+        let items = format!("(UID BODY.PEEK[HEADER.FIELDS ({fields})])");
+        self.for_each_fetched(set, &items, |f| {
+            if let (Some(uid), Some(data)) = (f.uid, f.data) {
+                out.push((uid, data.to_vec()));
+            }
+            Ok::<(), ImapError>(())
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// Runs one command and reads its responses up to its own tagged completion, handing each
+    /// untagged one to `each` as it arrives (nothing is buffered beyond one response); every
+    /// response must come within the command time limit, and the completion must be OK: a NO
+    /// or BAD is an error. (async-imap's SEARCH and FETCH read a tagged NO or BAD as the end of
+    /// an empty answer: a refused search would say "nothing there" and a refused FETCH would
+    /// let the cursor pass messages never read.) An error from `each` ends the command early;
+    /// the connection is then given up.
+    async fn run_checked<E: From<ImapError>>(
+        &mut self,
+        command: &str,
+        mut each: impl FnMut(&Response<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        use async_imap::error::Error;
         let timeout = self.timeout;
+        let server = self.server.clone();
+        let name = command.split(' ').take(2).collect::<Vec<_>>().join(" ");
+        let mut announced = false;
+        let session = self.session()?;
+        let tag = guarded(&server, timeout, &name, session.run_command(command)).await?;
+        let result = loop {
+            let next = guarded(&server, timeout, &name, async {
+                session.read_response().await.map_err(Error::Io)
+            })
+            .await;
+            let response = match next {
+                Ok(Some(response)) => response,
+                Ok(None) => {
+                    break Err(ImapError::Closed {
+                        server: server.clone(),
+                    }
+                    .into())
+                }
+                Err(e) => break Err(e.into()),
+            };
+            match response.parsed() {
+                Response::Done {
+                    tag: done,
+                    status,
+                    outcome,
+                } if *done == tag => {
+                    let why = outcome.information.as_deref().unwrap_or("").to_string();
+                    let source = match status {
+                        Status::Ok => break Ok(()),
+                        Status::No => Error::No(why),
+                        _ => Error::Bad(why),
+                    };
+                    break Err(ImapError::Command {
+                        server: server.clone(),
+                        command: name.clone(),
+                        source,
+                    }
+                    .into());
+                }
+                Response::MailboxData(MailboxDatum::Exists(_) | MailboxDatum::Recent(_)) => {
+                    announced = true;
+                }
+                parsed => {
+                    if let Err(e) = each(parsed) {
+                        break Err(e);
+                    }
+                }
+            }
+        };
+        self.announced |= announced;
+        result
+    }
+
+    /// Fetches whole messages by UID with BODY.PEEK[] (nothing is marked \\Seen), in batches.
+    pub async fn fetch(&mut self, uids: &[u32]) -> Result<Vec<(u32, Vec<u8>)>, ImapError> {
         let mut out = Vec::with_capacity(uids.len());
         for chunk in uids.chunks(FETCH_BATCH) {
             let set = chunk
@@ -492,46 +573,50 @@ impl Imap {
                 .map(u32::to_string)
                 .collect::<Vec<_>>()
                 .join(",");
-            let server = self.server.clone();
-            let session = self.session()?;
-            let fetched: Vec<async_imap::types::Fetch> =
-                guarded(&server, timeout, "UID FETCH", async {
-                    session
-                        .uid_fetch(&set, "(UID BODY.PEEK[])")
-                        .await?
-                        .try_collect::<Vec<_>>()
-                        .await
-                })
-                .await?;
-            for f in fetched {
-                if let (Some(uid), Some(body)) = (f.uid, f.body()) {
-                    out.push((uid, body.to_vec()));
+            self.for_each_fetched(&set, "(UID BODY.PEEK[])", |f| {
+                if let (Some(uid), Some(data)) = (f.uid, f.data) {
+                    out.push((uid, data.to_vec()));
                 }
-            }
+                Ok::<(), ImapError>(())
+            })
+            .await?;
         }
         out.sort_by_key(|(uid, _)| *uid);
         out.dedup_by_key(|(uid, _)| *uid);
         Ok(out)
     }
 
-    /// `UID FETCH set items`, handing each response to `each` as it arrives: nothing is
-    /// buffered beyond one response. Each response must come within the command time limit.
-    /// An error from `each` ends the command early; the connection is then given up.
+    /// `UID FETCH set items` for items naming one body section, handing each message to `each`
+    /// as it arrives (see [`Imap::run_checked`]). Unsolicited FETCH responses (another client's
+    /// flag change) come with no data.
     pub async fn for_each_fetched<E: From<ImapError>>(
         &mut self,
         set: &str,
         items: &str,
-        mut each: impl FnMut(async_imap::types::Fetch) -> Result<(), E>,
+        mut each: impl FnMut(Fetched<'_>) -> Result<(), E>,
     ) -> Result<(), E> {
-        let timeout = self.timeout;
-        let server = self.server.clone();
-        let command = format!("UID FETCH {items}");
-        let session = self.session()?;
-        let mut stream = guarded(&server, timeout, &command, session.uid_fetch(set, items)).await?;
-        while let Some(fetched) = guarded(&server, timeout, &command, stream.try_next()).await? {
-            each(fetched)?;
-        }
-        Ok(())
+        self.run_checked(&format!("UID FETCH {set} {items}"), |response| {
+            let Response::Fetch(_, attributes) = response else {
+                return Ok(());
+            };
+            let mut fetched = Fetched {
+                uid: None,
+                size: None,
+                data: None,
+            };
+            for attribute in attributes {
+                match attribute {
+                    AttributeValue::Uid(uid) => fetched.uid = Some(*uid),
+                    AttributeValue::Rfc822Size(size) => fetched.size = Some(*size),
+                    AttributeValue::BodySection {
+                        data: Some(data), ..
+                    } => fetched.data = Some(data),
+                    _ => {}
+                }
+            }
+            each(fetched)
+        })
+        .await
     }
 
     /// The first folder carrying a SPECIAL-USE attribute such as `\Drafts`.
@@ -806,7 +891,7 @@ impl Imap {
     /// rather than wait for a notification the server already sent.
     pub fn drain_unsolicited(&mut self) -> bool {
         use async_imap::types::UnsolicitedResponse;
-        let mut new_mail = false;
+        let mut new_mail = std::mem::take(&mut self.announced);
         if let Some(s) = self.session.as_mut() {
             while let Ok(r) = s.unsolicited_responses.try_recv() {
                 new_mail |= matches!(

@@ -12,8 +12,8 @@ use crate::shell::imap::{Imap, ImapError};
 pub enum Place {
     /// Sent mail: a copy here went out.
     Sent,
-    /// The watched folder and the handled folder: a copy here went out too (a Bcc, a
-    /// client's rule, the operator's filing).
+    /// The watched folder and the handled folder: a copy here may have gone out (a Bcc, a
+    /// client's rule, the operator's filing), but anyone can send mail here.
     Inbox,
     /// A draft: written, perhaps not sent.
     Drafts,
@@ -78,8 +78,8 @@ pub struct Found {
 
 /// Searches every place for our earlier replies on `thread`, by IMAP SEARCH and a header-field
 /// FETCH of at most [`witness::MAX_COPIES_PER_FOLDER`] messages per folder. A folder the server
-/// does not have is skipped; a refused SEARCH is an error (the reply waits: the mailbox could
-/// not be asked). Leaves some other folder selected.
+/// does not have is skipped; a folder no search could be made in is an error (the reply waits:
+/// the mailbox could not be asked). Leaves some other folder selected.
 pub async fn look(
     imap: &mut Imap,
     places: &Places,
@@ -87,13 +87,11 @@ pub async fn look(
     ours: &Ours<'_>,
     own_ids: &[&str],
 ) -> Result<Vec<Found>, ImapError> {
-    let Some(key) = witness::search_key(thread, ours) else {
+    let keys = witness::search_keys(thread, ours);
+    if keys.is_empty() {
         return Ok(Vec::new());
-    };
-    let items = format!(
-        "(UID BODY.PEEK[HEADER.FIELDS ({})])",
-        witness::header_fields(ours.loop_header)
-    );
+    }
+    let fields = witness::header_fields(ours.loop_header);
     let mut found: Vec<Found> = Vec::new();
     for (folder, place) in &places.folders {
         match imap.select(folder).await {
@@ -104,7 +102,7 @@ pub async fn look(
             }
             Err(e) => return Err(e),
         }
-        let uids = imap.search(&key).await?;
+        let uids = search(imap, &keys).await?;
         let newest = &uids[uids.len().saturating_sub(witness::MAX_COPIES_PER_FOLDER)..];
         if newest.is_empty() {
             continue;
@@ -114,17 +112,12 @@ pub async fn look(
             .map(u32::to_string)
             .collect::<Vec<_>>()
             .join(",");
-        let mut copies = Vec::new();
-        imap.for_each_fetched(&set, &items, |f| {
-            if let Some(copy) = f
-                .header()
-                .and_then(|h| witness::read_copy(h, ours.loop_header))
-            {
-                copies.push(copy);
-            }
-            Ok::<(), ImapError>(())
-        })
-        .await?;
+        let copies: Vec<_> = imap
+            .header_fields(&set, &fields)
+            .await?
+            .iter()
+            .filter_map(|(_, header)| witness::read_copy(header, ours.loop_header))
+            .collect();
         for earlier in witness::earlier_replies(&copies, thread, ours, own_ids) {
             let seen = earlier.message_id.is_some()
                 && found
@@ -140,4 +133,37 @@ pub async fn look(
         }
     }
     Ok(found)
+}
+
+/// The UIDs the first search the server takes finds, ascending. When it refuses the whole
+/// question, the simpler ones are asked each and their answers joined; a refusal of all of them
+/// is the first refusal.
+async fn search(imap: &mut Imap, keys: &[String]) -> Result<Vec<u32>, ImapError> {
+    let Some((whole, simpler)) = keys.split_first() else {
+        return Ok(Vec::new());
+    };
+    let refused = match imap.search(whole).await {
+        Ok(uids) => return Ok(uids),
+        Err(e) if e.is_refusal() && !simpler.is_empty() => e,
+        Err(e) => return Err(e),
+    };
+    debug!(error = %refused, "the server refused the combined search; asking one thing at a time");
+    let mut uids = Vec::new();
+    let mut answered = false;
+    for key in simpler {
+        match imap.search(key).await {
+            Ok(found) => {
+                answered = true;
+                uids.extend(found);
+            }
+            Err(e) if e.is_refusal() => debug!(key = %key, error = %e, "search refused"),
+            Err(e) => return Err(e),
+        }
+    }
+    if !answered {
+        return Err(refused);
+    }
+    uids.sort_unstable();
+    uids.dedup();
+    Ok(uids)
 }

@@ -22,7 +22,22 @@ enum Fault {
     SilentOn(&'static str),
     /// Behaves, announcing these capabilities (after IMAP4rev1).
     Capabilities(&'static str),
+    /// Refuses a SEARCH with OR in it (as some Exchange versions refuse grouped or compound
+    /// keys), finds UID 7 by SUBJECT, and serves UID 7's header fields: our earlier reply.
+    PickySearch,
+    /// Refuses every SEARCH with NO.
+    RefusingSearch,
+    /// Holds two bounces (UIDs 1 and 2) and, as Exchange does with a message it cannot
+    /// convert, refuses with NO a FETCH of UID 2's body, alone or with UID 1.
+    RefusesOneMessage,
 }
+
+/// A bounce as `Fault::RefusesOneMessage` serves it: its header fields, and the whole message.
+const BOUNCE_HEADER: &str = "From: MAILER-DAEMON@mx1.example.net\r\nSubject: Undelivered Mail Returned to Sender\r\nMessage-ID: <bounce.1@mx1.example.net>\r\n\r\n";
+const BOUNCE_BODY: &str = "This is the mail system at host mx1.example.net.\r\n\r\n<someone@outlook.com>: host outlook-com.olc.protection.outlook.com said: 550 5.7.1 Unfortunately, messages from [192.0.2.25] weren't sent. Please contact your Internet service provider since part of their network is on our block list (S3140).\r\n";
+
+/// The header fields of our earlier reply that `Fault::PickySearch` serves.
+const EARLIER_REPLY: &str = "Message-ID: <earlier.1@postmaster.example.net>\r\nFrom: postmaster@example.net\r\nTo: support@microsoft.com\r\nSubject: RE: SRX1234567890ID\r\nIn-Reply-To: <verdict.1@microsoft.com>\r\nX-Postmaster-Bot: postmaster-bot\r\n\r\n";
 
 /// Every command each scripted server (by port) received, tag stripped.
 static RECEIVED: std::sync::Mutex<Vec<(u16, String)>> = std::sync::Mutex::new(Vec::new());
@@ -108,7 +123,42 @@ async fn serve(fault: Fault, tls_dir: std::path::PathBuf) -> u16 {
                         ("LOGIN", _) => format!("{tag} OK LOGIN completed\r\n").into(),
                         ("CAPABILITY", _) => format!("* CAPABILITY {capabilities}\r\n{tag} OK done\r\n").into(),
                         ("LIST", _) => format!("* LIST (\\HasNoChildren) \"/\" INBOX\r\n{tag} OK done\r\n").into(),
-                        ("SELECT", _) => format!("* 1 EXISTS\r\n* OK [UIDVALIDITY 42] ok\r\n* OK [UIDNEXT 2] ok\r\n{tag} OK [READ-WRITE] done\r\n").into(),
+                        ("SELECT", _) if !matches!(fault, Fault::RefusesOneMessage) => format!("* 1 EXISTS\r\n* OK [UIDVALIDITY 42] ok\r\n* OK [UIDNEXT 2] ok\r\n{tag} OK [READ-WRITE] done\r\n").into(),
+                        ("SELECT", _) if matches!(fault, Fault::RefusesOneMessage) => format!("* 2 EXISTS\r\n* OK [UIDVALIDITY 42] ok\r\n* OK [UIDNEXT 3] ok\r\n{tag} OK [READ-WRITE] done\r\n").into(),
+                        ("UID", r) if r.starts_with("SEARCH") && matches!(fault, Fault::RefusesOneMessage) => format!("* SEARCH 1 2\r\n{tag} OK done\r\n").into(),
+                        ("UID", r) if r.starts_with("FETCH") && matches!(fault, Fault::RefusesOneMessage) => {
+                            let set = r.split(' ').nth(1).unwrap_or("");
+                            if r.contains("HEADER.FIELDS") {
+                                let mut out = String::new();
+                                for uid in [1, 2] {
+                                    let header = BOUNCE_HEADER.replace("bounce.1", &format!("bounce.{uid}"));
+                                    out.push_str(&format!("* {uid} FETCH (UID {uid} RFC822.SIZE 900 BODY[HEADER.FIELDS (FROM)] {{{}}}\r\n{header})\r\n", header.len()));
+                                }
+                                format!("{out}{tag} OK done\r\n").into()
+                            } else if set == "1" {
+                                let whole = format!("{BOUNCE_HEADER}{BOUNCE_BODY}");
+                                format!("* 1 FETCH (UID 1 RFC822.SIZE {n} BODY[]<0> {{{n}}}\r\n{whole})\r\n{tag} OK done\r\n", n = whole.len()).into()
+                            } else {
+                                format!("{tag} NO The requested message could not be converted to an RFC-822 compatible format.\r\n").into()
+                            }
+                        }
+                        ("UID", r) if r.starts_with("SEARCH") && matches!(fault, Fault::RefusingSearch) => {
+                            format!("{tag} NO Search failed\r\n").into()
+                        }
+                        ("UID", r) if r.starts_with("SEARCH") && matches!(fault, Fault::PickySearch) => {
+                            if r.contains(" OR ") || r.starts_with("SEARCH OR") {
+                                format!("{tag} BAD Command Argument Error. 11\r\n").into()
+                            } else if r.contains("SUBJECT") {
+                                format!("* SEARCH 7\r\n{tag} OK done\r\n").into()
+                            } else {
+                                format!("* SEARCH\r\n{tag} OK done\r\n").into()
+                            }
+                        }
+                        ("UID", r) if r.starts_with("FETCH") && matches!(fault, Fault::PickySearch) => format!(
+                            "* 1 FETCH (UID 7 BODY[HEADER.FIELDS (MESSAGE-ID)] {{{}}}\r\n{EARLIER_REPLY})\r\n{tag} OK done\r\n",
+                            EARLIER_REPLY.len()
+                        )
+                        .into(),
                         ("UID", r) if r.starts_with("SEARCH") => format!("* SEARCH 1\r\n{tag} OK done\r\n").into(),
                         ("UID", r) if r.starts_with("FETCH") => match fault {
                             Fault::CloseMidLiteral => {
@@ -418,4 +468,135 @@ fn every_reconnect_to_exchange_gets_a_new_oauth2_token() {
         requests >= seen - 1 && requests <= seen,
         "a token per connection, although the first was valid for an hour: {requests} tokens for {seen} connections"
     );
+}
+
+/// Asks the second witness about our usual thread on a scripted server; the answer and the
+/// commands the server received.
+fn witness_against(
+    fault: Fault,
+) -> (
+    Result<Vec<postmaster_bot::shell::witness::Found>, postmaster_bot::shell::imap::ImapError>,
+    Vec<String>,
+) {
+    use postmaster_bot::pipeline::witness::{Ours, Thread};
+    let case = setup("draft", "");
+    let tls_dir = std::path::Path::new(&case.stack_ca())
+        .parent()
+        .expect("tls dir")
+        .to_path_buf();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let port = runtime.block_on(serve(fault, tls_dir));
+    let mailbox = postmaster_bot::config::parse(
+        &format!(
+            "[mailbox]\nhost = \"127.0.0.1\"\nport = {port}\nusername = \"pm\"\npassword_env = \"X\"\nca_file = \"{}\"\n",
+            case.stack_ca()
+        ),
+        "test",
+    )
+    .expect("valid")
+    .mailbox
+    .expect("mailbox");
+    let domains = vec!["microsoft.com".to_string()];
+    let found = runtime.block_on(async {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut imap = postmaster_bot::shell::imap::Imap::connect(
+            &mailbox,
+            &secrecy::SecretString::from("pw".to_string()),
+        )
+        .await
+        .expect("login");
+        let places = postmaster_bot::shell::witness::Places::new(&mailbox, "Sent", "Drafts");
+        postmaster_bot::shell::witness::look(
+            &mut imap,
+            &places,
+            &Thread {
+                parent: Some("verdict.1@microsoft.com"),
+                parent_date: None,
+                ticket: Some("SRX1234567890ID"),
+            },
+            &Ours {
+                loop_header: "X-Postmaster-Bot",
+                instance: "postmaster-bot",
+                address: "postmaster@example.net",
+                microsoft_domains: &domains,
+            },
+            &[],
+        )
+        .await
+    });
+    (found, received(port))
+}
+
+/// A server that refuses the witness's combined search (OR keys) still answers the simple ones,
+/// and the earlier reply is found by them: the second witness never depends on one server's
+/// search grammar. A server that refuses every search is an error, never "nothing found".
+#[test]
+fn the_second_witness_asks_one_thing_at_a_time_and_a_refused_search_is_never_nothing_found() {
+    let (found, commands) = witness_against(Fault::PickySearch);
+    let found = found.expect("the mailbox answered");
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].folder, "Sent");
+    assert_eq!(
+        found[0].earlier.relation,
+        postmaster_bot::pipeline::witness::Relation::AnswersParent
+    );
+    let searches: Vec<&String> = commands
+        .iter()
+        .filter(|c| c.starts_with("UID SEARCH"))
+        .collect();
+    assert!(searches[0].contains(" OR "), "{searches:?}");
+    assert!(
+        searches
+            .iter()
+            .any(|s| s.contains("SUBJECT") && !s.contains(" OR ")),
+        "{searches:?}"
+    );
+
+    let (found, _) = witness_against(Fault::RefusingSearch);
+    match found {
+        Err(e) => assert!(e.is_refusal(), "{e}"),
+        Ok(f) => panic!("a refused search read as an answer: {f:?}"),
+    }
+}
+
+/// A message the server will not give out (Exchange's "could not be converted to an RFC-822
+/// compatible format") neither stops the catch-up nor passes in silence: the rest of its chunk
+/// is read one by one, and it is quarantined with the server's words.
+#[test]
+fn a_message_the_server_will_not_fetch_is_quarantined_and_the_rest_are_read() {
+    let case = setup("draft", "");
+    let tls_dir = std::path::Path::new(&case.stack_ca())
+        .parent()
+        .expect("tls dir")
+        .to_path_buf();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let port = runtime.block_on(serve(Fault::RefusesOneMessage, tls_dir));
+    case.point_imap_at(port);
+    let out = case.try_run_once(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("quarantined"), "{err}");
+    let db = rusqlite::Connection::open(case.dir.path().join("state.sqlite3")).expect("state");
+    let quarantined: Vec<(String, String)> = db
+        .prepare("SELECT source, error FROM quarantine")
+        .expect("query")
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("rows")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    assert_eq!(quarantined.len(), 1, "{quarantined:?}");
+    assert!(quarantined[0].0.ends_with("/2"), "{quarantined:?}");
+    assert!(
+        quarantined[0].1.contains("could not be converted"),
+        "{quarantined:?}"
+    );
+    let handled: i64 = db
+        .query_row("SELECT count(*) FROM messages", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(handled, 1, "the other message was read and handled");
+    let fetches: Vec<String> = received(port)
+        .into_iter()
+        .filter(|c| c.starts_with("UID FETCH") && !c.contains("HEADER.FIELDS"))
+        .collect();
+    assert_eq!(fetches.len(), 3, "the chunk, then one by one: {fetches:?}");
 }

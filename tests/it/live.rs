@@ -587,6 +587,23 @@ fn a_reply_only_in_sent_is_not_sent_again_after_the_state_is_lost() {
     assert_eq!(case.messages("postmaster@example.net", &case.sent).len(), 1);
 }
 
+/// Our reply's Bcc copy in the watched folder (the corpus's d010, a human-approved reply sent by
+/// another tool) is a witness too, but one anyone could forge: nothing is sent, and the reply
+/// waits for a person with the reason, rather than being dropped in silence.
+#[test]
+fn a_copy_of_our_reply_in_the_watched_folder_holds_the_reply_for_a_person() {
+    let case = setup("auto", "");
+    let mut thread = THREAD.to_vec();
+    thread.push("d010.eml");
+    case.deliver(&thread);
+    assert_eq!(case.replies_after_another_run(), 0, "nothing sent");
+    assert_eq!(statuses(&case), vec!["escalation_reply:held"]);
+    let config = case.config.display().to_string();
+    let list = String::from_utf8_lossy(&case.bot(&["queue", "list", "--config", &config]).stdout)
+        .into_owned();
+    assert!(list.contains("anyone can send mail"), "{list}");
+}
+
 /// A reply waiting for approval when the state was lost: auto mode must not send a new one
 /// beside it; approve mode takes the waiting copy as the reply to approve.
 #[test]
@@ -653,14 +670,20 @@ fn mail_arriving_during_idle_is_read_in_bounded_chunks() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let text = loop {
         let text = read_log();
-        let woken = text.split("woken by the server").nth(1).unwrap_or("");
+        let woken = text
+            .split_once("woken by the server")
+            .map_or("", |(_, w)| w);
         if woken.matches("reading header fields").count() >= 3 || Instant::now() > deadline {
             break text;
         }
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(daemon.stop().success());
-    let woken = text.split("woken by the server").nth(1).unwrap_or("");
+    // On a loaded machine the five may come in over more than one wake: every read after the
+    // first wake counts, and each must be bounded.
+    let woken = text
+        .split_once("woken by the server")
+        .map_or("", |(_, w)| w);
     let ranges: Vec<(u32, u32)> = woken
         .lines()
         .filter_map(|l| l.split("range=").nth(1))
