@@ -190,15 +190,22 @@ fn run_against_with(fault: Fault, extra: &str) -> std::process::Output {
     run_recorded(fault, extra).0
 }
 
-/// Runs one pass against a scripted server; its output and the commands the server received.
-fn run_recorded(fault: Fault, extra: &str) -> (std::process::Output, Vec<String>) {
-    let case = setup("draft", extra);
+/// A scripted server with the test stack's certificate, on its own runtime (which must live as
+/// long as the server is used); the runtime and the port.
+fn scripted(case: &crate::live::Case, fault: Fault) -> (tokio::runtime::Runtime, u16) {
     let tls_dir = std::path::Path::new(&case.stack_ca())
         .parent()
         .expect("tls dir")
         .to_path_buf();
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let port = runtime.block_on(serve(fault, tls_dir));
+    (runtime, port)
+}
+
+/// Runs one pass against a scripted server; its output and the commands the server received.
+fn run_recorded(fault: Fault, extra: &str) -> (std::process::Output, Vec<String>) {
+    let case = setup("draft", extra);
+    let (runtime, port) = scripted(&case, fault);
     case.point_imap_at(port);
     case.edit_config(|t| {
         t.replacen(
@@ -480,12 +487,7 @@ fn witness_against(
 ) {
     use postmaster_bot::pipeline::witness::{Ours, Thread};
     let case = setup("draft", "");
-    let tls_dir = std::path::Path::new(&case.stack_ca())
-        .parent()
-        .expect("tls dir")
-        .to_path_buf();
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let port = runtime.block_on(serve(fault, tls_dir));
+    let (runtime, port) = scripted(&case, fault);
     let mailbox = postmaster_bot::config::parse(
         &format!(
             "[mailbox]\nhost = \"127.0.0.1\"\nport = {port}\nusername = \"pm\"\npassword_env = \"X\"\nca_file = \"{}\"\n",
@@ -565,12 +567,7 @@ fn the_second_witness_asks_one_thing_at_a_time_and_a_refused_search_is_never_not
 #[test]
 fn a_message_the_server_will_not_fetch_is_quarantined_and_the_rest_are_read() {
     let case = setup("draft", "");
-    let tls_dir = std::path::Path::new(&case.stack_ca())
-        .parent()
-        .expect("tls dir")
-        .to_path_buf();
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let port = runtime.block_on(serve(Fault::RefusesOneMessage, tls_dir));
+    let (_runtime, port) = scripted(&case, Fault::RefusesOneMessage);
     case.point_imap_at(port);
     let out = case.try_run_once(&[]);
     let err = String::from_utf8_lossy(&out.stderr);
