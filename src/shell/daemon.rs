@@ -184,7 +184,6 @@ async fn session_loop(
     }
 }
 
-/// Removes the copies of an outbox message (by its Message-ID) from one of the bot's folders.
 /// The folder flagged with a SPECIAL-USE attribute, else the one of that name.
 async fn named_folder(imap: &mut Imap, attribute: &str, name: &str) -> Result<String, ImapError> {
     Ok(imap
@@ -193,6 +192,7 @@ async fn named_folder(imap: &mut Imap, attribute: &str, name: &str) -> Result<St
         .unwrap_or_else(|| name.to_string()))
 }
 
+/// Removes the copies of an outbox message (by its Message-ID) from one of the bot's folders.
 async fn remove_draft(imap: &mut Imap, folder: &str, message_id: &str) -> Result<(), ImapError> {
     imap.select(folder).await?;
     let uids = imap.find_message_id(message_id).await?;

@@ -225,7 +225,7 @@ pub struct Imap {
     selected: Option<(String, u32)>,
     /// Why the session can no longer be trusted to be in step with the server.
     unreliable: Option<String>,
-    /// New mail announced (EXISTS, RECENT) during a command read by [`Imap::run_checked`].
+    /// New mail announced (EXISTS, RECENT) during a command read by `Imap::run_checked`.
     announced: bool,
 }
 
@@ -587,7 +587,7 @@ impl Imap {
     }
 
     /// `UID FETCH set items` for items naming one body section, handing each message to `each`
-    /// as it arrives (see [`Imap::run_checked`]). Unsolicited FETCH responses (another client's
+    /// as it arrives (see `Imap::run_checked`). Unsolicited FETCH responses (another client's
     /// flag change) come with no data.
     pub async fn for_each_fetched<E: From<ImapError>>(
         &mut self,
