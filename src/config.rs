@@ -207,6 +207,24 @@ impl HostedBy {
     }
 }
 
+impl Config {
+    /// A daemon that may send (`auto`, `approve`) needs `[smtp]`; without it every approved or
+    /// automatic reply would only be held, an approval used up for nothing.
+    pub fn check_can_send(&self) -> Result<(), ConfigError> {
+        if self.mode == Mode::Draft || self.smtp.is_some() || self.mailbox.is_none() {
+            return Ok(());
+        }
+        Err(ConfigError::Invalid {
+            path: self.origin.clone(),
+            key: "smtp".to_string(),
+            message: format!(
+                "mode = \"{}\" sends replies, so it needs an [smtp] section (or mode = \"draft\")",
+                self.mode
+            ),
+        })
+    }
+}
+
 impl MailboxConfig {
     pub fn hosted_by(&self) -> Option<HostedBy> {
         HostedBy::of(&self.host)

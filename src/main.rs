@@ -416,7 +416,7 @@ fn auth(command: AuthCommand, out: &mut impl Write) -> Result<ExitCode> {
                         Credential::pick(m.auth, m.password.as_ref(), provider.as_ref())
                             .context("[mailbox] has no credential")?;
                     let secret = credential.get(true).await?;
-                    let imap = postmaster_bot::shell::imap::Imap::connect(m, &secret).await?;
+                    let mut imap = postmaster_bot::shell::imap::Imap::connect(m, &secret).await?;
                     imap.logout().await;
                     writeln!(
                         out,
@@ -456,6 +456,7 @@ fn run_daemon(path: &Path, once: bool, mode: Option<ModeArg>) -> Result<ExitCode
             ModeArg::Approve => Mode::Approve,
         };
     }
+    config.check_can_send()?;
     warn_untrusted(&config);
     warn_readable_secrets(&config);
     if config.mailbox.is_none() {
@@ -940,6 +941,7 @@ fn cases(command: CasesCommand, out: &mut dyn Write) -> Result<ExitCode> {
 
 fn check_config(path: &Path, out: &mut dyn Write) -> Result<ExitCode> {
     let config = config::load(path)?;
+    config.check_can_send()?;
     let engine = Engine::new(config.clone())?;
     let sample = sample_context(&config);
     engine.templates.check_all(&sample)?;

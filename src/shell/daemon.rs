@@ -117,7 +117,9 @@ pub async fn run(
         mailer.as_ref(),
     )
     .await;
-    if let Some(handle) = warm_up {
+    // A daemon that stops on an error says so at once, not after the warm-up's idle-priority
+    // compile (which can take long on a busy machine).
+    if let Some(handle) = warm_up.filter(|_| result.is_ok()) {
         let _ = handle.join();
     }
     result
@@ -184,6 +186,18 @@ async fn session_loop(
     }
 }
 
+/// Creates a folder unless it exists; a refusal is logged with the server's words, not fatal.
+async fn ensure_or_warn(imap: &mut Imap, folder: &str) -> Result<bool, ImapError> {
+    match imap.ensure_folder(folder).await {
+        Ok(()) => Ok(true),
+        Err(e) if e.is_refusal() => {
+            warn!(folder, error = %e, "the server will not create this folder; what goes there is held");
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// The folder flagged with a SPECIAL-USE attribute, else the one of that name.
 async fn named_folder(imap: &mut Imap, attribute: &str, name: &str) -> Result<String, ImapError> {
     Ok(imap
@@ -219,46 +233,80 @@ async fn session(
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), DaemonError> {
     let mut imap = Imap::connect(mailbox, password).await?;
+    let result = work(engine, store, mailbox, &mut imap, mailer, once, shutdown).await;
+    // A session that ends on an error the connection survived (a refusal, the store) still
+    // says goodbye; a broken connection has nobody to say it to.
+    if let Err(e) = &result {
+        let connection_alive = match e {
+            DaemonError::Imap(e) => e.is_refusal(),
+            _ => true,
+        };
+        if connection_alive {
+            imap.logout().await;
+        }
+    }
+    result
+}
+
+/// One session's work on a logged-in connection, until shutdown, one pass (`once`) or an error.
+#[allow(clippy::too_many_arguments)]
+async fn work(
+    engine: &Arc<Engine>,
+    store: &mut Store,
+    mailbox: &MailboxConfig,
+    imap: &mut Imap,
+    mailer: Option<&Mailer>,
+    once: bool,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), DaemonError> {
     // One worker for the session's passes: its patterns' search caches stay warm between them.
     let mut classifier = Classifier::start(Arc::clone(engine))?;
     let hosted = mailbox.hosted_by().map(|h| h.folders());
     let drafts = match &mailbox.drafts_folder {
         Some(f) => f.clone(),
-        None => named_folder(&mut imap, "\\Drafts", hosted.map_or("Drafts", |h| h.0)).await?,
+        None => named_folder(imap, "\\Drafts", hosted.map_or("Drafts", |h| h.0)).await?,
     };
     let sent = match &mailbox.sent_folder {
         Some(f) => f.clone(),
-        None => named_folder(&mut imap, "\\Sent", hosted.map_or("Sent", |h| h.1)).await?,
+        None => named_folder(imap, "\\Sent", hosted.map_or("Sent", |h| h.1)).await?,
     };
-    if mailbox.file_sent_copies && mailer.is_some() {
-        imap.ensure_folder(&sent).await?;
+    // Every folder the bot writes to is created when missing. A server that refuses one is
+    // told about once here; the rows for that folder are then held with the server's words,
+    // and the rest of the work goes on.
+    let mut wanted: Vec<String> = Vec::new();
+    if engine.config.mode == Mode::Draft {
+        wanted.push(drafts.clone());
     }
-    let places = Places::new(mailbox, &sent, &drafts);
-    if engine.config.mode == crate::pipeline::decide::Mode::Approve {
-        imap.ensure_folder(&mailbox.review_folder).await?;
-        imap.ensure_folder(&mailbox.approved_folder).await?;
+    if mailbox.file_sent_copies && mailer.is_some() {
+        wanted.push(sent.clone());
+    }
+    if engine.config.mode == Mode::Approve {
+        wanted.push(mailbox.review_folder.clone());
+        wanted.push(mailbox.approved_folder.clone());
     }
     if let Some(base) = &mailbox.teach_folder {
-        imap.ensure_folder(base).await?;
-        for kind in teach::teachable() {
-            imap.ensure_folder(&format!("{base}/{kind}")).await?;
-        }
+        wanted.push(base.clone());
+        wanted.extend(teach::teachable().map(|kind| format!("{base}/{kind}")));
     }
+    for folder in &wanted {
+        ensure_or_warn(imap, folder).await?;
+    }
+    let places = Places::new(mailbox, &sent, &drafts);
     engine.load_templates(store)?;
-    settle_uncertain(store, mailbox, &places, &drafts, &mut imap).await?;
+    settle_uncertain(store, mailbox, &places, &drafts, imap).await?;
     let mut again = 0;
     loop {
-        collect_teachings(engine, store, mailbox, &mut imap).await?;
-        catch_up(engine, store, mailbox, &mut imap, &mut classifier, shutdown).await?;
+        collect_teachings(engine, store, mailbox, imap).await?;
+        catch_up(engine, store, mailbox, imap, &mut classifier, shutdown).await?;
         if *shutdown.borrow() {
             info!("shutting down");
             imap.logout().await;
             return Ok(());
         }
         if engine.config.mode == crate::pipeline::decide::Mode::Approve {
-            collect_approvals(engine, store, mailbox, &mut imap).await?;
+            collect_approvals(engine, store, mailbox, imap).await?;
         }
-        deliver(engine, store, mailbox, &places, &drafts, &mut imap, mailer).await?;
+        deliver(engine, store, mailbox, &places, &drafts, imap, mailer).await?;
         if let Some(e) = imap.unreliable_error() {
             // The rows that failed are marked; a fresh connection delivers the rest.
             if once {
@@ -311,9 +359,10 @@ async fn catch_up(
     classifier: &mut Classifier,
     shutdown: &watch::Receiver<bool>,
 ) -> Result<(), DaemonError> {
-    if let Some(folder) = &mailbox.handled_folder {
-        imap.ensure_folder(folder).await?;
-    }
+    let handled_folder = match &mailbox.handled_folder {
+        Some(folder) if ensure_or_warn(imap, folder).await? => Some(folder),
+        _ => None,
+    };
     let key = format!("{}@{}/{}", mailbox.username, mailbox.host, mailbox.folder);
     // Still selected since the last pass (woken by IDLE, say): no new SELECT; the UIDs that
     // arrived since the cursor (UID SEARCH, numbers only) bound the read, so a flood is read
@@ -461,14 +510,27 @@ async fn catch_up(
             }
         }
         if let Some(keyword) = &mailbox.handled_keyword {
-            imap.add_keyword(&range, keyword).await?;
+            match imap.add_keyword(&range, keyword).await {
+                Ok(()) => {}
+                Err(e) if e.is_refusal() => {
+                    warn!(keyword = %keyword, error = %e, "the handled keyword was not set");
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         crate::shell::failpoint::hit("before_cursor");
         batch.set_cursor(&key, uid_validity, to)?;
         batch.commit()?;
-        if let Some(folder) = &mailbox.handled_folder {
-            if !imap.move_uids(&range, folder).await? {
-                warn!(folder = %folder, "the server has neither MOVE nor UIDPLUS: handled mail stays where it is");
+        if let Some(folder) = handled_folder {
+            match imap.move_uids(&range, folder).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    warn!(folder = %folder, "the server has neither MOVE nor UIDPLUS: handled mail stays where it is")
+                }
+                Err(e) if e.is_refusal() => {
+                    warn!(folder = %folder, error = %e, "handled mail stays where it is");
+                }
+                Err(e) => return Err(e.into()),
             }
         }
         progress.advance(read, fetched);
@@ -896,7 +958,7 @@ async fn copy_row(
     } else {
         std::borrow::Cow::Borrowed(&item.bytes)
     };
-    match imap.append(copy.folder, copy.flags, &bytes).await {
+    match imap.append_creating(copy.folder, copy.flags, &bytes).await {
         Ok(()) => {
             crate::shell::failpoint::hit("after_append");
             store.transition_outbox(item.id, copy.during, copy.done, None, now)?;
@@ -915,7 +977,10 @@ async fn copy_row(
                 .smtp
                 .as_ref()
                 .map_or(60, |s| s.retry.as_secs() as i64);
-            let reason = format!("APPEND to {} refused: {e}", copy.folder);
+            let reason = e.to_string();
+            // What trying again cannot mend (a full mailbox, no right to write there, a folder
+            // that cannot be made) holds the row at once, with the server's words.
+            let max_attempts = if permanent(&e) { 1 } else { MAX_COPY_ATTEMPTS };
             let held = store
                 .attempt_failed(
                     item.id,
@@ -924,7 +989,7 @@ async fn copy_row(
                     &reason,
                     Retry {
                         base_secs: base,
-                        max_attempts: MAX_COPY_ATTEMPTS,
+                        max_attempts,
                     },
                     now,
                 )?
@@ -937,6 +1002,15 @@ async fn copy_row(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// A refusal that asking again will not change (RFC 5530 codes, and a folder that is still
+/// missing after the bot tried to create it).
+fn permanent(e: &ImapError) -> bool {
+    matches!(
+        e.refusal_code(),
+        Some("OVERQUOTA" | "NOPERM" | "CANNOT" | "TRYCREATE" | "LIMIT" | "TOOBIG")
+    )
 }
 
 /// Holds a row for the operator with the reason.
@@ -1064,7 +1138,7 @@ async fn send(
             // not file submitted mail itself, the bot does.
             if mailbox.file_sent_copies && imap.unreliable().is_none() {
                 let sent = places.sent();
-                match imap.append(sent, "(\\Seen)", &item.bytes).await {
+                match imap.append_creating(sent, "(\\Seen)", &item.bytes).await {
                     Ok(()) => {}
                     Err(e) if e.is_refusal() => {
                         warn!(outbox = item.id, folder = %sent, error = %e, "sent, but the copy to the Sent folder was refused");
@@ -1206,7 +1280,13 @@ async fn collect_teachings(
         if imap.message_count(&folder).await?.unwrap_or(0) == 0 {
             continue;
         }
-        imap.select(&folder).await?;
+        if let Err(e) = imap.select(&folder).await {
+            if !e.is_refusal() {
+                return Err(e.into());
+            }
+            warn!(folder = %folder, error = %e, "the teach folder cannot be read");
+            continue;
+        }
         let uids = imap.uids_after(0).await?;
         for (uid, raw) in imap.fetch(&uids).await? {
             let source = format!("{folder}/{uid}");
@@ -1284,7 +1364,14 @@ async fn collect_approvals(
     if waiting.is_empty() {
         return Ok(());
     }
-    imap.select(&mailbox.approved_folder).await?;
+    match imap.select(&mailbox.approved_folder).await {
+        Ok(_) => {}
+        Err(e) if e.is_refusal() => {
+            warn!(folder = %mailbox.approved_folder, error = %e, "approvals by folder move cannot be read");
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    }
     let uids = imap.uids_after(0).await?;
     let now = crate::clock::now();
     for (_, raw) in imap.fetch(&uids).await? {

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_imap::extensions::idle::IdleResponse;
-use async_imap::imap_proto::{AttributeValue, MailboxDatum, Response, Status};
+use async_imap::imap_proto::{AttributeValue, MailboxDatum, Response, ResponseCode, Status};
 use futures::TryStreamExt;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpStream;
@@ -50,6 +50,15 @@ pub enum ImapError {
         user: String,
         message: String,
     },
+    /// The server answered this command with a tagged NO or BAD: its code (RFC 5530's
+    /// OVERQUOTA, TRYCREATE, NOPERM...) and its words, as it wrote them.
+    #[error("{server}: {command} refused: {}", refusal_text(code.as_deref(), text))]
+    Refused {
+        server: String,
+        command: String,
+        code: Option<String>,
+        text: String,
+    },
     #[error("{server}: {command} failed: {source}")]
     Command {
         server: String,
@@ -74,11 +83,20 @@ impl ImapError {
         use async_imap::error::Error;
         matches!(
             self,
-            ImapError::Command {
-                source: Error::No(_) | Error::Bad(_) | Error::Append | Error::Validate(_),
-                ..
-            }
+            ImapError::Refused { .. }
+                | ImapError::Command {
+                    source: Error::No(_) | Error::Bad(_) | Error::Append | Error::Validate(_),
+                    ..
+                }
         )
+    }
+
+    /// The response code of a refusal (`TRYCREATE`, `OVERQUOTA`...), upper case.
+    pub fn refusal_code(&self) -> Option<&str> {
+        match self {
+            ImapError::Refused { code, .. } => code.as_deref(),
+            _ => None,
+        }
     }
 
     /// After this error the session's state is unknown (an APPEND refused before its literal
@@ -98,6 +116,11 @@ impl ImapError {
     pub fn is_transient(&self) -> bool {
         match self {
             ImapError::Tls { transient, .. } => *transient,
+            // A refusal says what the server will not do; asking again on a new connection
+            // changes nothing, except where the code says the trouble is passing (RFC 5530).
+            ImapError::Refused { code, .. } => {
+                matches!(code.as_deref(), Some("UNAVAILABLE" | "INUSE" | "SERVERBUG"))
+            }
             ImapError::Login { .. } | ImapError::TlsSetup(_) | ImapError::NoStartTls { .. } => {
                 false
             }
@@ -168,17 +191,110 @@ where
 
 /// Runs one IMAP command with a time limit, naming the server and the command in the error.
 /// Takes the server name and limit by value so the caller can hold the session borrowed.
+/// A folder name as an IMAP quoted string; `None` for one no quoted string can carry.
+fn quote(name: &str) -> Option<String> {
+    if name.is_empty() || name.contains(['\r', '\n', '\0']) {
+        return None;
+    }
+    Some(format!(
+        "\"{}\"",
+        name.replace('\\', "\\\\").replace('"', "\\\"")
+    ))
+}
+
+/// `[CODE] text`, or the text alone.
+fn refusal_text(code: Option<&str>, text: &str) -> String {
+    match code {
+        Some(code) => format!("[{code}] {text}"),
+        None => text.to_string(),
+    }
+}
+
+/// A refusal's code and words. A code imap-proto knows comes parsed; one it does not (RFC 5530's
+/// OVERQUOTA, NOPERM...) stays at the head of the text, where it is read from.
+fn refusal_parts(
+    code: Option<&ResponseCode<'_>>,
+    information: Option<&str>,
+) -> (Option<String>, String) {
+    let text = information.unwrap_or("").trim();
+    if let Some(code) = code {
+        let name = match code {
+            ResponseCode::TryCreate => "TRYCREATE".to_string(),
+            ResponseCode::Alert => "ALERT".to_string(),
+            ResponseCode::Parse => "PARSE".to_string(),
+            ResponseCode::ReadOnly => "READ-ONLY".to_string(),
+            other => format!("{other:?}").to_ascii_uppercase(),
+        };
+        return (Some(name), text.to_string());
+    }
+    if let Some((code, rest)) = text.strip_prefix('[').and_then(|t| t.split_once(']')) {
+        let code = code
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_ascii_uppercase();
+        if !code.is_empty() {
+            return (Some(code), rest.trim().to_string());
+        }
+    }
+    (None, text.to_string())
+}
+
+/// async-imap words a NO or BAD as `code: Some(TryCreate), info: Some("...")` (or as a debug
+/// dump of the whole outcome): back to the server's code and text.
+fn from_library_words(words: &str) -> (Option<String>, String) {
+    let info = ["info: Some(\"", "information: Some(\""]
+        .iter()
+        .find_map(|key| words.split_once(key))
+        .and_then(|(_, rest)| rest.rsplit_once("\")"))
+        .map(|(text, _)| text.replace("\\\"", "\""));
+    let code = words
+        .split_once("code: Some(")
+        .map(|(_, rest)| {
+            rest.split(['(', ')', ' ', ','])
+                .next()
+                .unwrap_or(rest)
+                .to_string()
+        })
+        .map(|c| {
+            if c == "TryCreate" {
+                "TRYCREATE".to_string()
+            } else {
+                c.to_ascii_uppercase()
+            }
+        });
+    match info {
+        Some(text) => {
+            let (bracketed, text) = refusal_parts(None, Some(&text));
+            (code.or(bracketed), text)
+        }
+        None => (code, words.to_string()),
+    }
+}
+
 async fn guarded<T>(
     server: &str,
     timeout: Duration,
     command: &str,
     fut: impl std::future::Future<Output = Result<T, async_imap::error::Error>>,
 ) -> Result<T, ImapError> {
+    use async_imap::error::Error;
     match tokio::time::timeout(timeout, fut).await {
-        Ok(r) => r.map_err(|source| ImapError::Command {
-            server: server.to_string(),
-            command: command.to_string(),
-            source,
+        Ok(r) => r.map_err(|source| match source {
+            Error::No(words) | Error::Bad(words) => {
+                let (code, text) = from_library_words(&words);
+                ImapError::Refused {
+                    server: server.to_string(),
+                    command: command.to_string(),
+                    code,
+                    text,
+                }
+            }
+            source => ImapError::Command {
+                server: server.to_string(),
+                command: command.to_string(),
+                source,
+            },
         }),
         Err(_) => Err(ImapError::Timeout {
             server: server.to_string(),
@@ -537,16 +653,16 @@ impl Imap {
                     status,
                     outcome,
                 } if *done == tag => {
-                    let why = outcome.information.as_deref().unwrap_or("").to_string();
-                    let source = match status {
-                        Status::Ok => break Ok(()),
-                        Status::No => Error::No(why),
-                        _ => Error::Bad(why),
-                    };
-                    break Err(ImapError::Command {
+                    if *status == Status::Ok {
+                        break Ok(());
+                    }
+                    let (code, text) =
+                        refusal_parts(outcome.code.as_ref(), outcome.information.as_deref());
+                    break Err(ImapError::Refused {
                         server: server.clone(),
                         command: name.clone(),
-                        source,
+                        code,
+                        text,
                     }
                     .into());
                 }
@@ -736,22 +852,102 @@ impl Imap {
         flags: &str,
         bytes: &[u8],
     ) -> Result<(), ImapError> {
+        use async_imap::error::Error;
+        use tokio::io::AsyncWriteExt;
         let server = self.server.clone();
         let timeout = self.timeout;
+        let name = format!("APPEND {folder}");
+        let quoted = quote(folder).ok_or_else(|| ImapError::Refused {
+            server: server.clone(),
+            command: name.clone(),
+            code: None,
+            text: "the folder name cannot be sent to the server".to_string(),
+        })?;
         let session = self.session()?;
-        let result = guarded(
+        // Our own APPEND: async-imap's says only "could not append" and drops the server's
+        // words and code ([TRYCREATE], [OVERQUOTA]) that say what to do next.
+        let tag = guarded(
             &server,
             timeout,
-            &format!("APPEND {folder}"),
-            session.append(folder, Some(flags), None, bytes),
+            &name,
+            session.run_command(&format!("APPEND {quoted} {flags} {{{}}}", bytes.len())),
         )
-        .await;
+        .await?;
+        let mut sent = false;
+        let result = loop {
+            let next = guarded(&server, timeout, &name, async {
+                session.read_response().await.map_err(Error::Io)
+            })
+            .await;
+            let response = match next {
+                Ok(Some(response)) => response,
+                Ok(None) => {
+                    break Err(ImapError::Closed {
+                        server: server.clone(),
+                    })
+                }
+                Err(e) => break Err(e),
+            };
+            match response.parsed() {
+                Response::Continue { .. } if !sent => {
+                    sent = true;
+                    let written = guarded(&server, timeout, &name, async {
+                        let stream = session.get_mut();
+                        stream.write_all(bytes).await?;
+                        stream.write_all(b"\r\n").await?;
+                        stream.flush().await.map_err(Error::Io)
+                    })
+                    .await;
+                    if let Err(e) = written {
+                        break Err(e);
+                    }
+                }
+                Response::Done {
+                    tag: done,
+                    status,
+                    outcome,
+                } if *done == tag => {
+                    if *status == Status::Ok {
+                        break Ok(());
+                    }
+                    let (code, text) =
+                        refusal_parts(outcome.code.as_ref(), outcome.information.as_deref());
+                    break Err(ImapError::Refused {
+                        server: server.clone(),
+                        command: name.clone(),
+                        code,
+                        text,
+                    });
+                }
+                _ => {}
+            }
+        };
+        // Refused before or after the literal, the server answered the command: the session is
+        // in step. Anything else (a cut, a timeout) leaves it unknown.
         if let Err(e) = &result {
-            if e.needs_reconnect() {
+            if !matches!(e, ImapError::Refused { .. }) {
                 self.unreliable = Some(format!("APPEND to {folder} failed"));
             }
         }
         result
+    }
+
+    /// An APPEND, and when the server says the folder is missing (`[TRYCREATE]`), the folder's
+    /// creation and the APPEND again.
+    pub async fn append_creating(
+        &mut self,
+        folder: &str,
+        flags: &str,
+        bytes: &[u8],
+    ) -> Result<(), ImapError> {
+        match self.append(folder, flags, bytes).await {
+            Err(e) if e.refusal_code() == Some("TRYCREATE") => {
+                info!(folder, "the server says the folder is missing: creating it");
+                self.ensure_folder(folder).await?;
+                self.append(folder, flags, bytes).await
+            }
+            other => other,
+        }
     }
 
     /// Sets a keyword on a set of UIDs (`1,5,9:12`) of the selected folder in one command.
@@ -904,9 +1100,44 @@ impl Imap {
     }
 
     /// Logs out politely; errors are of no interest at that point.
-    pub async fn logout(mut self) {
+    pub async fn logout(&mut self) {
         if let Some(mut s) = self.session.take() {
             let _ = tokio::time::timeout(Duration::from_secs(5), s.logout()).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_keeps_the_server_s_code_and_words() {
+        assert_eq!(
+            from_library_words(
+                "code: Some(TryCreate), info: Some(\"Mailbox doesn't exist: X (0.001 secs).\")"
+            ),
+            (
+                Some("TRYCREATE".to_string()),
+                "Mailbox doesn't exist: X (0.001 secs).".to_string()
+            )
+        );
+        assert_eq!(
+            from_library_words(
+                "outcome: Outcome { code: None, information: Some(\"[OVERQUOTA] Quota exceeded (mailbox for user is full)\") }"
+            ),
+            (
+                Some("OVERQUOTA".to_string()),
+                "Quota exceeded (mailbox for user is full)".to_string()
+            )
+        );
+        assert_eq!(
+            refusal_parts(None, Some(" [NOPERM] Permission denied ")),
+            (Some("NOPERM".to_string()), "Permission denied".to_string())
+        );
+        assert_eq!(refusal_parts(None, Some("Invalid mailbox name")).0, None);
+        assert_eq!(refusal_text(Some("CANNOT"), "x"), "[CANNOT] x");
+        assert_eq!(quote("a\"b\\c").as_deref(), Some("\"a\\\"b\\\\c\""));
+        assert_eq!(quote("a\r\nb"), None);
     }
 }

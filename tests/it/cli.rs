@@ -371,6 +371,33 @@ fn auth_commands_need_an_oauth2_section_and_check_config_tells_what_to_run() {
     assert!(stderr(&o).contains("mailbox.auth"), "{}", stderr(&o));
 }
 
+/// A mode that sends needs `[smtp]`: `check-config` and `run` refuse it without, naming the key.
+#[test]
+fn a_mode_that_sends_needs_an_smtp_section() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("config.toml");
+    for mode in ["auto", "approve"] {
+        std::fs::write(
+            &config,
+            format!("mode = \"{mode}\"\n[trust]\nauthserv_ids = [\"mx1.example.net\"]\n[mailbox]\nhost = \"imap.example.net\"\nusername = \"pm\"\npassword_env = \"X\"\n"),
+        )
+        .expect("write");
+        let path = config.display().to_string();
+        for args in [
+            vec!["check-config", "--config", &path],
+            vec!["run", "--once", "--config", &path],
+        ] {
+            let o = bot(&args);
+            assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+            assert!(
+                stderr(&o).contains("key `smtp`") && stderr(&o).contains(mode),
+                "{}",
+                stderr(&o)
+            );
+        }
+    }
+}
+
 /// Where a server does not file submitted mail, `check-config` says where the bot keeps sent
 /// replies and what to set; where the operator turned the copies off, it says what that risks.
 #[test]

@@ -587,6 +587,76 @@ fn a_reply_only_in_sent_is_not_sent_again_after_the_state_is_lost() {
     assert_eq!(case.messages("postmaster@example.net", &case.sent).len(), 1);
 }
 
+/// A refusal names the command, the folder, the server's code and its words, once; an APPEND
+/// to a folder that is missing creates it (`[TRYCREATE]`) and goes on.
+#[test]
+fn refusals_carry_the_server_s_words_and_a_missing_folder_is_created() {
+    let case = setup("draft", "");
+    let missing = format!("{}-Missing", case.folder);
+    block_on(async {
+        let mut imap = case.connect("postmaster@example.net").await;
+        let e = imap
+            .append(&missing, "()", b"Subject: x\r\n\r\nx\r\n")
+            .await
+            .expect_err("no such folder");
+        let text = e.to_string();
+        assert!(e.is_refusal() && !e.is_transient(), "{text}");
+        assert_eq!(e.refusal_code(), Some("TRYCREATE"), "{text}");
+        assert!(
+            text.contains(&format!(
+                "APPEND {missing} refused: [TRYCREATE] Mailbox doesn't exist"
+            )),
+            "{text}"
+        );
+        assert_eq!(text.matches("exist").count(), 1, "once: {text}");
+        let e = imap.select(&missing).await.expect_err("no such folder");
+        assert!(!e.to_string().contains("info: Some("), "{e}");
+        imap.append_creating(&missing, "()", b"Subject: x\r\n\r\nx\r\n")
+            .await
+            .expect("created, then appended");
+        assert_eq!(imap.message_count(&missing).await.expect("status"), Some(1));
+        imap.delete_folder(&missing).await.expect("clean up");
+        imap.logout().await;
+    });
+}
+
+/// A watched folder the server refuses is a stop with the server's words, never a loop of
+/// reconnects.
+#[test]
+fn a_refused_watched_folder_stops_the_daemon_with_the_reason() {
+    let case = setup("draft", "");
+    let folder_line = format!("folder = \"{}\"", case.folder);
+    case.edit_config(|t| t.replacen(&folder_line, "folder = \"NoSuchFolder-pmb\"", 1));
+    let mut daemon = Daemon(
+        Command::new(env!("CARGO_BIN_EXE_postmaster-bot"))
+            .args(["run", "--config", &case.config.display().to_string()])
+            .current_dir(case.dir.path())
+            .env("PMB_TEST_PASSWORD", "password")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("daemon starts"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = daemon.0.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running: a refusal made it spin"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut daemon.0.stderr.take().expect("stderr"), &mut err)
+        .expect("stderr");
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("SELECT NoSuchFolder-pmb refused") && !err.contains("reconnecting"),
+        "{err}"
+    );
+}
+
 /// Our reply's Bcc copy in the watched folder (the corpus's d010, a human-approved reply sent by
 /// another tool) is a witness too, but one anyone could forge: nothing is sent, and the reply
 /// waits for a person with the reason, rather than being dropped in silence.
@@ -1240,14 +1310,15 @@ fn a_spoof_then_the_real_thread_in_auto_mode_delivers_the_reply_and_the_notifica
     assert_eq!(case.replies_after_another_run(), 1);
 }
 
-/// A row the server refuses to store (here: a draft left from an older run, for a folder that
-/// does not exist) is retried and then held by itself; the rest of the outbox is delivered in
+/// A row the server refuses to store (here: a draft left from an older run, for a folder whose
+/// name the server will not take) is retried and then held by itself; the rest of the outbox is delivered in
 /// the same pass, and a row waiting for an approve mode the bot no longer runs in is held.
 #[test]
 fn a_row_the_server_refuses_holds_only_itself() {
     use postmaster_bot::shell::store::{NewOutbox, Store};
     let case = setup("auto", "");
-    let missing = format!("{}-NoSuchFolder", case.folder);
+    // A name the server will not take (not valid modified UTF-7): refused without a code.
+    let missing = format!("{}-Bad&Name", case.folder);
     let drafts_line = format!("drafts_folder = \"{}\"", case.drafts);
     case.edit_config(|t| t.replace(&drafts_line, &format!("drafts_folder = \"{missing}\"")));
     {
