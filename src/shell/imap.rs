@@ -240,6 +240,25 @@ fn refusal_parts(
     (None, text.to_string())
 }
 
+/// A command's tagged completion: OK, or the refusal with the server's code and words.
+fn completion(
+    status: &Status,
+    outcome: &async_imap::imap_proto::Outcome<'_>,
+    server: &str,
+    command: &str,
+) -> Result<(), ImapError> {
+    if *status == Status::Ok {
+        return Ok(());
+    }
+    let (code, text) = refusal_parts(outcome.code.as_ref(), outcome.information.as_deref());
+    Err(ImapError::Refused {
+        server: server.to_string(),
+        command: command.to_string(),
+        code,
+        text,
+    })
+}
+
 /// async-imap words a NO or BAD as `code: Some(TryCreate), info: Some("...")` (or as a debug
 /// dump of the whole outcome): back to the server's code and text.
 fn from_library_words(words: &str) -> (Option<String>, String) {
@@ -653,18 +672,7 @@ impl Imap {
                     status,
                     outcome,
                 } if *done == tag => {
-                    if *status == Status::Ok {
-                        break Ok(());
-                    }
-                    let (code, text) =
-                        refusal_parts(outcome.code.as_ref(), outcome.information.as_deref());
-                    break Err(ImapError::Refused {
-                        server: server.clone(),
-                        command: name.clone(),
-                        code,
-                        text,
-                    }
-                    .into());
+                    break completion(status, outcome, &server, &name).map_err(E::from)
                 }
                 Response::MailboxData(MailboxDatum::Exists(_) | MailboxDatum::Recent(_)) => {
                     announced = true;
@@ -906,19 +914,7 @@ impl Imap {
                     tag: done,
                     status,
                     outcome,
-                } if *done == tag => {
-                    if *status == Status::Ok {
-                        break Ok(());
-                    }
-                    let (code, text) =
-                        refusal_parts(outcome.code.as_ref(), outcome.information.as_deref());
-                    break Err(ImapError::Refused {
-                        server: server.clone(),
-                        command: name.clone(),
-                        code,
-                        text,
-                    });
-                }
+                } if *done == tag => break completion(status, outcome, &server, &name),
                 _ => {}
             }
         };
