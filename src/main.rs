@@ -417,12 +417,14 @@ fn auth(command: AuthCommand, out: &mut impl Write) -> Result<ExitCode> {
                             .context("[mailbox] has no credential")?;
                     let secret = credential.get(true).await?;
                     let mut imap = postmaster_bot::shell::imap::Imap::connect(m, &secret).await?;
-                    imap.logout().await;
                     writeln!(
                         out,
                         "IMAP {}:{}: logged in as {}",
                         m.host, m.port, m.username
                     )?;
+                    let report = folder_report(&config, m, &mut imap).await;
+                    imap.logout().await;
+                    out.write_all(report?.as_bytes())?;
                 }
                 if let Some(s) = &config.smtp {
                     let credential =
@@ -445,6 +447,37 @@ fn auth(command: AuthCommand, out: &mut impl Write) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The server's namespace and the folders the bot will use there in the configured mode,
+/// each with whether it exists now.
+async fn folder_report(
+    config: &config::Config,
+    mailbox: &config::MailboxConfig,
+    imap: &mut postmaster_bot::shell::imap::Imap,
+) -> Result<String> {
+    use postmaster_bot::shell::daemon::Folders;
+    let ns = imap.namespace().clone();
+    let mut report = format!(
+        "  personal namespace: prefix {:?}, hierarchy delimiter {}\n  folders in {} mode:\n",
+        ns.prefix,
+        ns.delimiter
+            .map_or("none".to_string(), |d| format!("{:?}", d.to_string())),
+        config.mode
+    );
+    let local = imap.localized(mailbox);
+    let folders = Folders::plan(config.mode, &local, imap, config.smtp.is_some()).await?;
+    let mut rows = vec![("watched", local.folder.clone())];
+    rows.extend(folders.written.iter().map(|w| (w.role, w.name.clone())));
+    for (role, name) in rows {
+        let state = match (imap.folder_exists(&name).await?, role) {
+            (true, _) => "exists",
+            (false, "watched") => "missing: the bot reads mail from here, so create it",
+            (false, _) => "missing: created when the bot starts",
+        };
+        report.push_str(&format!("    {role:<9} {name:<40} {state}\n"));
+    }
+    Ok(report)
 }
 
 fn run_daemon(path: &Path, once: bool, mode: Option<ModeArg>) -> Result<ExitCode> {

@@ -187,8 +187,12 @@ async fn session_loop(
 }
 
 /// Creates a folder unless it exists; a refusal is logged with the server's words, not fatal.
-async fn ensure_or_warn(imap: &mut Imap, folder: &str) -> Result<bool, ImapError> {
-    match imap.ensure_folder(folder).await {
+async fn ensure_or_warn(
+    imap: &mut Imap,
+    folder: &str,
+    special_use: Option<&str>,
+) -> Result<bool, ImapError> {
+    match imap.ensure_folder(folder, special_use).await {
         Ok(()) => Ok(true),
         Err(e) if e.is_refusal() => {
             warn!(folder, error = %e, "the server will not create this folder; what goes there is held");
@@ -198,12 +202,82 @@ async fn ensure_or_warn(imap: &mut Imap, folder: &str) -> Result<bool, ImapError
     }
 }
 
-/// The folder flagged with a SPECIAL-USE attribute, else the one of that name.
+/// The folder flagged with a SPECIAL-USE attribute, else the one of that name (written the
+/// plain way, mapped to the server's namespace).
 async fn named_folder(imap: &mut Imap, attribute: &str, name: &str) -> Result<String, ImapError> {
-    Ok(imap
-        .special_use(attribute)
-        .await?
-        .unwrap_or_else(|| name.to_string()))
+    Ok(match imap.special_use(attribute).await? {
+        Some(found) => found,
+        None => imap.namespace().folder(name),
+    })
+}
+
+/// The folders one session works with, in the server's terms.
+pub struct Folders {
+    pub drafts: String,
+    pub sent: String,
+    /// Every folder the bot writes to in this mode; each is created when missing.
+    pub written: Vec<Written>,
+}
+
+/// A folder the bot writes to.
+pub struct Written {
+    /// What it is for, as `auth check` shows it.
+    pub role: &'static str,
+    pub name: String,
+    /// The SPECIAL-USE attribute it is created with.
+    pub special_use: Option<&'static str>,
+}
+
+impl Folders {
+    /// `mailbox` is already localized (`Imap::localized`).
+    pub async fn plan(
+        mode: Mode,
+        mailbox: &MailboxConfig,
+        imap: &mut Imap,
+        sends: bool,
+    ) -> Result<Folders, ImapError> {
+        let hosted = mailbox.hosted_by().map(|h| h.folders());
+        let drafts = match &mailbox.drafts_folder {
+            Some(f) => f.clone(),
+            None => named_folder(imap, "\\Drafts", hosted.map_or("Drafts", |h| h.0)).await?,
+        };
+        let sent = match &mailbox.sent_folder {
+            Some(f) => f.clone(),
+            None => named_folder(imap, "\\Sent", hosted.map_or("Sent", |h| h.1)).await?,
+        };
+        let mut written = Vec::new();
+        let mut add = |role, name: &str, special_use| {
+            written.push(Written {
+                role,
+                name: name.to_string(),
+                special_use,
+            })
+        };
+        if mode == Mode::Draft {
+            add("drafts", &drafts, Some("\\Drafts"));
+        }
+        if mailbox.file_sent_copies && sends {
+            add("sent", &sent, Some("\\Sent"));
+        }
+        if mode == Mode::Approve {
+            add("review", &mailbox.review_folder, None);
+            add("approved", &mailbox.approved_folder, None);
+        }
+        if let Some(folder) = &mailbox.handled_folder {
+            add("handled", folder, None);
+        }
+        if let Some(base) = &mailbox.teach_folder {
+            add("teach", base, None);
+            for kind in teach::teachable() {
+                add("teach", &imap.namespace().child(base, kind.as_str()), None);
+            }
+        }
+        Ok(Folders {
+            drafts,
+            sent,
+            written,
+        })
+    }
 }
 
 /// Removes the copies of an outbox message (by its Message-ID) from one of the bot's folders.
@@ -233,6 +307,7 @@ async fn session(
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), DaemonError> {
     let mut imap = Imap::connect(mailbox, password).await?;
+    let mailbox = &imap.localized(mailbox);
     let result = work(engine, store, mailbox, &mut imap, mailer, once, shutdown).await;
     // A session that ends on an error the connection survived (a refusal, the store) still
     // says goodbye; a broken connection has nobody to say it to.
@@ -261,35 +336,15 @@ async fn work(
 ) -> Result<(), DaemonError> {
     // One worker for the session's passes: its patterns' search caches stay warm between them.
     let mut classifier = Classifier::start(Arc::clone(engine))?;
-    let hosted = mailbox.hosted_by().map(|h| h.folders());
-    let drafts = match &mailbox.drafts_folder {
-        Some(f) => f.clone(),
-        None => named_folder(imap, "\\Drafts", hosted.map_or("Drafts", |h| h.0)).await?,
-    };
-    let sent = match &mailbox.sent_folder {
-        Some(f) => f.clone(),
-        None => named_folder(imap, "\\Sent", hosted.map_or("Sent", |h| h.1)).await?,
-    };
-    // Every folder the bot writes to is created when missing. A server that refuses one is
-    // told about once here; the rows for that folder are then held with the server's words,
-    // and the rest of the work goes on.
-    let mut wanted: Vec<String> = Vec::new();
-    if engine.config.mode == Mode::Draft {
-        wanted.push(drafts.clone());
-    }
-    if mailbox.file_sent_copies && mailer.is_some() {
-        wanted.push(sent.clone());
-    }
-    if engine.config.mode == Mode::Approve {
-        wanted.push(mailbox.review_folder.clone());
-        wanted.push(mailbox.approved_folder.clone());
-    }
-    if let Some(base) = &mailbox.teach_folder {
-        wanted.push(base.clone());
-        wanted.extend(teach::teachable().map(|kind| format!("{base}/{kind}")));
-    }
-    for folder in &wanted {
-        ensure_or_warn(imap, folder).await?;
+    let Folders {
+        drafts,
+        sent,
+        written,
+    } = Folders::plan(engine.config.mode, mailbox, imap, mailer.is_some()).await?;
+    // A server that refuses to create one is told about once here; the rows for that folder
+    // are then held with the server's words, and the rest of the work goes on.
+    for folder in &written {
+        ensure_or_warn(imap, &folder.name, folder.special_use).await?;
     }
     let places = Places::new(mailbox, &sent, &drafts);
     engine.load_templates(store)?;
@@ -360,7 +415,7 @@ async fn catch_up(
     shutdown: &watch::Receiver<bool>,
 ) -> Result<(), DaemonError> {
     let handled_folder = match &mailbox.handled_folder {
-        Some(folder) if ensure_or_warn(imap, folder).await? => Some(folder),
+        Some(folder) if ensure_or_warn(imap, folder, None).await? => Some(folder),
         _ => None,
     };
     let key = format!("{}@{}/{}", mailbox.username, mailbox.host, mailbox.folder);
@@ -653,7 +708,9 @@ async fn deliver(
     // The mailbox is asked about every reply before any is sent, drafted or mirrored for
     // review, and before any APPEND of this pass can leave the session out of step.
     let mut cleared = std::collections::HashSet::new();
+    let mut known = std::collections::HashSet::new();
     for item in store.outbox_items("pending")? {
+        known.insert(item.id);
         if item.next_attempt_at > now || !automatic_reply(&item) || imap.unreliable().is_some() {
             continue;
         }
@@ -719,6 +776,21 @@ async fn deliver(
             .await?;
         }
     }
+    // A notification this pass produced (a row the server would not store) goes out now, not
+    // after the next wake-up, which may be minutes away.
+    for item in store.outbox_items("pending")? {
+        if known.contains(&item.id) || item.template != "operator_notification" {
+            continue;
+        }
+        if item.disposition == "draft" {
+            copy_row(store, imap, &item, "pending", &Copy::draft(drafts), engine).await?;
+        } else {
+            send(
+                engine, store, mailbox, places, imap, mailer, &item, "pending",
+            )
+            .await?;
+        }
+    }
     Ok(())
 }
 
@@ -754,9 +826,12 @@ async fn second_witness(
         address: &identity.address,
         microsoft_domains: &engine.config.classify.microsoft_domains,
     };
-    let own_ids: Vec<&str> = std::iter::once(item.message_id.as_str())
-        .chain(item.review_message_id.as_deref())
-        .collect();
+    // A pending row has written no copy of its own (an APPEND or send left in doubt is settled
+    // before, in `settle_uncertain`), so a copy bearing its Message-ID was made by an earlier
+    // state store that minted the same id (the same message in the same second): it is an
+    // earlier reply like any other. Only a review copy that came back under another id is
+    // this row's own.
+    let own_ids: Vec<&str> = item.review_message_id.as_deref().into_iter().collect();
     let now = crate::clock::now();
     let found = match look(imap, places, &thread, &ours, &own_ids).await {
         Ok(found) => found,
@@ -784,7 +859,8 @@ async fn second_witness(
     let mut known = std::collections::HashSet::new();
     for f in &found {
         if let Some(id) = &f.earlier.message_id {
-            if case.thread_ids.contains(id) || store.outbox_has(id)? {
+            let this_row = id.eq_ignore_ascii_case(&item.message_id);
+            if !this_row && (case.thread_ids.contains(id) || store.outbox_has(id)?) {
                 known.insert(id.clone());
             }
         }
@@ -997,6 +1073,17 @@ async fn copy_row(
             warn!(outbox = item.id, error = %e, held, "copy refused; the other rows go on");
             if held {
                 note(store, item, now, &format!("held: {reason}"))?;
+                let why = format!("the server would not store it in {}: {reason}", copy.folder);
+                let key = format!(
+                    "refused:{}:{}",
+                    copy.folder,
+                    e.refusal_code().unwrap_or("NO")
+                );
+                match engine.notify_held_copy(store, item, &why, &key, now) {
+                    Ok(()) => {}
+                    Err(HandleError::Store(e)) => return Err(e.into()),
+                    Err(e) => warn!(outbox = item.id, error = %e, "the operator could not be told"),
+                }
             }
             Ok(())
         }
@@ -1276,7 +1363,7 @@ async fn collect_teachings(
         .as_deref()
         .unwrap_or(mailbox.folder.as_str());
     for kind in teach::teachable() {
-        let folder = format!("{base}/{kind}");
+        let folder = imap.namespace().child(base, kind.as_str());
         if imap.message_count(&folder).await?.unwrap_or(0) == 0 {
             continue;
         }
@@ -1332,6 +1419,7 @@ pub async fn fetch_message(
         .ok_or(DaemonError::NoCredential)?;
     let password = credential.get(false).await?;
     let mut imap = Imap::connect(&mailbox, &password).await?;
+    let mailbox = imap.localized(&mailbox);
     let mut found = None;
     for folder in [Some(&mailbox.folder), mailbox.handled_folder.as_ref()]
         .into_iter()

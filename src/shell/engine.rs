@@ -18,7 +18,9 @@ use crate::pipeline::parse::{self, Inbound};
 use crate::pipeline::render::{self, IdentityView, MessageView, RenderError, Templates};
 use crate::pipeline::rules::{Rules, RulesError};
 use crate::shell::dkim::DkimVerifier;
-use crate::shell::store::{NewOutbox, ProcessedMessage, Store, StoreError, StoreTx, TimelineEntry};
+use crate::shell::store::{
+    NewOutbox, OutboxItem, ProcessedMessage, Store, StoreError, StoreTx, TimelineEntry,
+};
 
 /// The engine could not be set up from its config.
 #[derive(Debug, thiserror::Error)]
@@ -553,6 +555,91 @@ impl Engine {
             reason: transition.reason,
             produced,
         })
+    }
+
+    /// Tells the operator that a row is held because the server would not store its copy (a
+    /// full mailbox, no right to write there): one notification on the row's case, at most one
+    /// per `new_case_notice_minutes` for each refusal, so a full mailbox is one message, not one
+    /// per reply. Nothing is said about a notification's own copy: that would never end.
+    pub fn notify_held_copy(
+        &self,
+        store: &mut Store,
+        item: &OutboxItem,
+        why: &str,
+        rate_key: &str,
+        now: i64,
+    ) -> Result<(), HandleError> {
+        if item.template == Template::OperatorNotification.name() {
+            return Ok(());
+        }
+        let case = item.case_id.map(|id| store.case(id)).transpose()?.flatten();
+        let transition = case::Transition {
+            case,
+            action: Action::NotifyOperator,
+            reason: format!("{} held: {why}", item.template),
+            ips: Vec::new(),
+        };
+        let identity = &self.config.identity;
+        let mut context = render::context(
+            &transition,
+            None,
+            None,
+            IdentityView {
+                name: identity.name.clone(),
+                address: identity.address.clone(),
+                organization: identity.organization.clone(),
+            },
+            self.config.mode,
+            now,
+        );
+        context.held = Some(why.to_string());
+        let draft = self
+            .templates
+            .render(Template::OperatorNotification, &context)?;
+        let message_id = compose::message_id(
+            &format!("{}/held/{}", item.message_id, item.id),
+            now,
+            &identity.message_id_domain,
+        );
+        let mut plans = [Planned {
+            template: Template::OperatorNotification,
+            disposition: match (identity.operator.is_some(), self.config.mode) {
+                (false, _) => Disposition::Hold("no operator address configured".to_string()),
+                (true, decide::Mode::Draft) => Disposition::Draft,
+                (true, _) => Disposition::Send,
+            },
+        }];
+        let tx = store.begin()?;
+        self.rate_limit(&tx, rate_key, &mut plans, now)?;
+        let disposition = &plans[0].disposition;
+        let outgoing = compose::notification(&draft, identity, &message_id, now);
+        let (recipients, subject, bytes) = match &outgoing {
+            Ok(o) => (o.to.clone(), o.subject.clone(), o.bytes.clone()),
+            Err(_) => (Vec::new(), String::new(), Vec::new()),
+        };
+        let held = match (disposition, &outgoing) {
+            (Disposition::Hold(r), _) => Some(r.clone()),
+            (_, Err(e)) => Some(format!("the notification cannot be composed: {e}")),
+            _ => None,
+        };
+        tx.add_outbox(
+            &NewOutbox {
+                message_id: &message_id,
+                case_id: item.case_id,
+                inbound_message_id: item.inbound_message_id.as_deref(),
+                template: Template::OperatorNotification.name(),
+                disposition: disposition.as_str(),
+                status: if held.is_some() { "held" } else { "pending" },
+                reason: held.as_deref(),
+                recipients: &recipients,
+                subject: &subject,
+                bytes: &bytes,
+                rate_key: Some(rate_key),
+            },
+            now,
+        )?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// Holds the sendable notifications among `plans` when one under the same key was planned

@@ -161,16 +161,6 @@ impl async_imap::Authenticator for Xoauth2 {
     }
 }
 
-/// Whether the server lists this folder.
-async fn listed(session: &mut Session, folder: &str) -> Result<bool, async_imap::error::Error> {
-    let names: Vec<async_imap::types::Name> = session
-        .list(Some(""), Some(folder))
-        .await?
-        .try_collect()
-        .await?;
-    Ok(names.iter().any(|n| n.name() == folder))
-}
-
 /// Reads the server's greeting; a connection closed before it is an error naming the server.
 async fn read_greeting<T>(client: &mut async_imap::Client<T>, server: &str) -> Result<(), ImapError>
 where
@@ -238,6 +228,21 @@ fn refusal_parts(
         }
     }
     (None, text.to_string())
+}
+
+/// How an error names a command: a folder command with its folder (`CREATE "INBOX.Drafts"`),
+/// others by their first two words (`UID FETCH`), never a search's whole criteria.
+fn command_name(command: &str) -> String {
+    let verb = command.split(' ').next().unwrap_or("");
+    if ["LIST", "CREATE", "SUBSCRIBE"].contains(&verb) {
+        let end = [" (", " RETURN "]
+            .iter()
+            .filter_map(|cut| command.find(cut))
+            .min()
+            .unwrap_or(command.len());
+        return command[..end].to_string();
+    }
+    command.split(' ').take(2).collect::<Vec<_>>().join(" ")
 }
 
 /// A command's tagged completion: OK, or the refusal with the server's code and words.
@@ -322,6 +327,95 @@ async fn guarded<T>(
     }
 }
 
+/// Where the server keeps the user's own folders (RFC 2342 NAMESPACE) and how it separates
+/// their levels: Dovecot answers `(("" "/"))`, Debian's Cyrus `(("INBOX." "."))` (or `(("" "/"))`
+/// with `altnamespace`). Folder names in the config are written with `/` and mapped to it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Namespace {
+    pub prefix: String,
+    /// `None`: a flat server, or one that did not say.
+    pub delimiter: Option<char>,
+}
+
+impl Namespace {
+    /// The server's name for a folder the config names the plain way: `postmaster-bot/Review`
+    /// becomes `INBOX.postmaster-bot.Review` under Cyrus' default namespace. INBOX, and a name
+    /// that already starts with the personal prefix (`INBOX.Drafts`), are used as given.
+    pub fn folder(&self, configured: &str) -> String {
+        let head_is = |p: &str| {
+            configured
+                .get(..p.len())
+                .is_some_and(|h| h.eq_ignore_ascii_case(p))
+        };
+        if configured.eq_ignore_ascii_case("INBOX")
+            || (!self.prefix.is_empty() && head_is(&self.prefix))
+        {
+            return configured.to_string();
+        }
+        let path = match self.delimiter {
+            Some(d) if d != '/' => configured.replace('/', &d.to_string()),
+            _ => configured.to_string(),
+        };
+        // INBOX's own children (`INBOX/Postmaster`) are named from INBOX on every server.
+        if head_is("INBOX/") {
+            return path;
+        }
+        format!("{}{}", self.prefix, path)
+    }
+
+    /// A folder below one already in the server's terms.
+    pub fn child(&self, parent: &str, name: &str) -> String {
+        format!("{parent}{}{name}", self.delimiter.unwrap_or('/'))
+    }
+}
+
+/// The first personal namespace of an untagged `* NAMESPACE` line; `None` for a server with
+/// none, or an answer this reader does not understand (a literal, say): the caller then falls
+/// back to the hierarchy delimiter alone.
+pub fn parse_namespace(line: &[u8]) -> Option<Namespace> {
+    let line = std::str::from_utf8(line).ok()?.trim_end();
+    let rest = line
+        .get(..12)
+        .filter(|h| h.eq_ignore_ascii_case("* NAMESPACE "))
+        .map(|_| &line[12..])?;
+    let rest = rest.strip_prefix("((")?;
+    let (prefix, rest) = quoted(rest)?;
+    let rest = rest.strip_prefix(' ')?;
+    let delimiter = if rest.len() >= 3 && rest[..3].eq_ignore_ascii_case("NIL") {
+        None
+    } else {
+        let (d, _) = quoted(rest)?;
+        let mut chars = d.chars();
+        match (chars.next(), chars.next()) {
+            (Some(c), None) => Some(c),
+            _ => return None,
+        }
+    };
+    Some(Namespace { prefix, delimiter })
+}
+
+/// An IMAP quoted string at the start of `s` (backslash escapes `\\` and `\"`), and what follows.
+fn quoted(s: &str) -> Option<(String, &str)> {
+    let mut chars = s.strip_prefix('"')?.char_indices();
+    let mut out = String::new();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '"' => return Some((out, &s[i + 2..])),
+            '\\' => out.push(chars.next()?.1),
+            c => out.push(c),
+        }
+    }
+    None
+}
+
+/// One line of a LIST answer: the folder's name and its attributes (`\Drafts`, `\Noselect`...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub name: String,
+    pub delimiter: Option<char>,
+    pub attributes: Vec<String>,
+}
+
 /// One message of a FETCH response: its UID, its RFC822.SIZE and the body section asked for
 /// (a whole message, a part of it or some header fields), as far as the server sent them.
 #[derive(Debug, Clone, Copy)]
@@ -362,6 +456,8 @@ pub struct Imap {
     unreliable: Option<String>,
     /// New mail announced (EXISTS, RECENT) during a command read by `Imap::run_checked`.
     announced: bool,
+    /// Where the user's folders live on this server, learned at login.
+    namespace: Namespace,
 }
 
 impl Imap {
@@ -491,7 +587,7 @@ impl Imap {
             .collect();
         info!(server = %server, user = %cfg.username, "imap logged in");
         debug!(?capabilities, "imap capabilities");
-        Ok(Imap {
+        let mut imap = Imap {
             session: Some(session),
             server,
             capabilities,
@@ -499,7 +595,108 @@ impl Imap {
             selected: None,
             unreliable: None,
             announced: false,
+            namespace: Namespace::default(),
+        };
+        imap.namespace = imap.learn_namespace().await?;
+        debug!(prefix = %imap.namespace.prefix, delimiter = ?imap.namespace.delimiter, "personal namespace");
+        Ok(imap)
+    }
+
+    /// The personal namespace (RFC 2342) where the server announces NAMESPACE, and the
+    /// hierarchy delimiter from `LIST "" ""` (RFC 3501 6.3.8) where it does not say.
+    async fn learn_namespace(&mut self) -> Result<Namespace, ImapError> {
+        let mut learned = None;
+        if self.has_capability("NAMESPACE") {
+            learned = self.ask_namespace().await?;
+        }
+        if let Some(ns) = learned.as_ref().filter(|ns| ns.delimiter.is_some()) {
+            return Ok(ns.clone());
+        }
+        let delimiter = match self.list_answer("LIST \"\" \"\"").await {
+            Ok(root) => root.first().and_then(|l| l.delimiter),
+            Err(e) if e.is_refusal() => None,
+            Err(e) => return Err(e),
+        };
+        Ok(Namespace {
+            prefix: learned.map(|ns| ns.prefix).unwrap_or_default(),
+            delimiter,
         })
+    }
+
+    /// NAMESPACE, exchanged on the raw stream: async-imap's parser (imap-proto 0.17) does not
+    /// know the answer and would stop at it. Right after login nothing else is in flight, so
+    /// the exchange is ours alone; it is read a byte at a time up to the end of our tagged line,
+    /// leaving nothing buffered that async-imap would miss.
+    async fn ask_namespace(&mut self) -> Result<Option<Namespace>, ImapError> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        const TAG: &[u8] = b"pmbns ";
+        const MOST: usize = 16 * 1024;
+        let server = self.server.clone();
+        let timeout = self.timeout;
+        let session = self.session()?;
+        let exchange = async {
+            let stream = session.get_mut();
+            stream.write_all(b"pmbns NAMESPACE\r\n").await?;
+            stream.flush().await?;
+            let (mut line, mut read, mut found) = (Vec::new(), 0usize, None);
+            loop {
+                line.push(stream.read_u8().await?);
+                read += 1;
+                if read > MOST {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "the NAMESPACE answer is longer than 16 KiB",
+                    ));
+                }
+                if !line.ends_with(b"\r\n") {
+                    continue;
+                }
+                if let Some(done) = line.strip_prefix(TAG) {
+                    let ok = done.len() >= 2 && done[..2].eq_ignore_ascii_case(b"OK");
+                    return Ok(found.filter(|_| ok));
+                }
+                if found.is_none() {
+                    found = parse_namespace(&line);
+                }
+                line.clear();
+            }
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(Ok(found)) => Ok(found),
+            Ok(Err(e)) => Err(ImapError::Command {
+                server,
+                command: "NAMESPACE".into(),
+                source: async_imap::error::Error::Io(e),
+            }),
+            Err(_) => Err(ImapError::Timeout {
+                server,
+                command: "NAMESPACE".into(),
+            }),
+        }
+    }
+
+    /// Where the user's folders live on this server.
+    pub fn namespace(&self) -> &Namespace {
+        &self.namespace
+    }
+
+    /// The mailbox settings with every configured folder in this server's terms (see
+    /// `Namespace::folder`).
+    pub fn localized(&self, mailbox: &MailboxConfig) -> MailboxConfig {
+        let ns = &self.namespace;
+        let mut m = mailbox.clone();
+        m.folder = ns.folder(&m.folder);
+        m.review_folder = ns.folder(&m.review_folder);
+        m.approved_folder = ns.folder(&m.approved_folder);
+        for f in [
+            &mut m.drafts_folder,
+            &mut m.sent_folder,
+            &mut m.handled_folder,
+            &mut m.teach_folder,
+        ] {
+            *f = f.as_deref().map(|name| ns.folder(name));
+        }
+        m
     }
 
     /// Set after a command that may have left the server and the client out of step (an
@@ -647,7 +844,7 @@ impl Imap {
         use async_imap::error::Error;
         let timeout = self.timeout;
         let server = self.server.clone();
-        let name = command.split(' ').take(2).collect::<Vec<_>>().join(" ");
+        let name = command_name(command);
         let mut announced = false;
         let session = self.session()?;
         let tag = guarded(&server, timeout, &name, session.run_command(command)).await?;
@@ -743,57 +940,126 @@ impl Imap {
         .await
     }
 
-    /// The first folder carrying a SPECIAL-USE attribute such as `\Drafts`.
-    pub async fn special_use(&mut self, attribute: &str) -> Result<Option<String>, ImapError> {
-        let timeout = self.timeout;
-        let server = self.server.clone();
-        let session = self.session()?;
-        let names: Vec<async_imap::types::Name> = guarded(&server, timeout, "LIST", async {
-            session
-                .list(Some(""), Some("*"))
-                .await?
-                .try_collect::<Vec<_>>()
-                .await
-        })
-        .await?;
-        Ok(names
-            .iter()
-            .find(|n| {
-                n.attributes().iter().any(|a| {
-                    format!("{a:?}")
-                        .to_ascii_lowercase()
-                        .contains(&attribute.trim_start_matches('\\').to_ascii_lowercase())
-                })
-            })
-            .map(|n| n.name().to_string()))
+    /// `LIST "" pattern`, asking for the SPECIAL-USE attributes where the server wants to be
+    /// asked (RFC 6154 with LIST-EXTENDED); other servers give them with a plain LIST, if at all.
+    pub async fn list(&mut self, pattern: &str) -> Result<Vec<Listed>, ImapError> {
+        let quoted = self.quoted("LIST", pattern)?;
+        let ask = if self.has_capability("SPECIAL-USE") && self.has_capability("LIST-EXTENDED") {
+            " RETURN (SPECIAL-USE)"
+        } else {
+            ""
+        };
+        self.list_answer(&format!("LIST \"\" {quoted}{ask}")).await
     }
 
-    /// Creates a folder unless it exists.
-    pub async fn ensure_folder(&mut self, folder: &str) -> Result<(), ImapError> {
-        let server = self.server.clone();
-        let timeout = self.timeout;
-        let session = self.session()?;
-        let list = format!("LIST {folder}");
-        let exists = guarded(&server, timeout, &list, listed(session, folder)).await?;
-        if exists {
+    async fn list_answer(&mut self, command: &str) -> Result<Vec<Listed>, ImapError> {
+        let mut out = Vec::new();
+        self.run_checked(command, |response| {
+            if let Response::MailboxData(MailboxDatum::List(data)) = response {
+                out.push(Listed {
+                    name: data.name.to_string(),
+                    delimiter: data.delimiter.as_deref().and_then(|d| d.chars().next()),
+                    attributes: data
+                        .name_attributes
+                        .iter()
+                        .map(|a| format!("{a:?}"))
+                        .collect(),
+                });
+            }
+            Ok::<(), ImapError>(())
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// A folder name as a quoted string, or a refusal of our own naming the command.
+    fn quoted(&self, command: &str, name: &str) -> Result<String, ImapError> {
+        quote(name).ok_or_else(|| ImapError::Refused {
+            server: self.server.clone(),
+            command: command.to_string(),
+            code: None,
+            text: format!("{name:?} cannot be written as an IMAP folder name"),
+        })
+    }
+
+    /// The first folder carrying a SPECIAL-USE attribute such as `\Drafts`.
+    pub async fn special_use(&mut self, attribute: &str) -> Result<Option<String>, ImapError> {
+        let wanted = attribute.trim_start_matches('\\').to_ascii_lowercase();
+        Ok(self
+            .list("*")
+            .await?
+            .into_iter()
+            .find(|l| {
+                l.attributes
+                    .iter()
+                    .any(|a| a.to_ascii_lowercase().contains(&wanted))
+            })
+            .map(|l| l.name))
+    }
+
+    /// Whether the server lists this folder.
+    pub async fn folder_exists(&mut self, folder: &str) -> Result<bool, ImapError> {
+        let quoted = self.quoted("LIST", folder)?;
+        let listed = self.list_answer(&format!("LIST \"\" {quoted}")).await?;
+        Ok(listed.iter().any(|l| {
+            l.name == folder
+                && !l
+                    .attributes
+                    .iter()
+                    .any(|a| a.eq_ignore_ascii_case("NoSelect") || a.contains("NonExistent"))
+        }))
+    }
+
+    /// Creates a folder unless it exists, with its SPECIAL-USE attribute (`\Drafts`, `\Sent`)
+    /// where the server takes one at creation (RFC 6154 CREATE-SPECIAL-USE), and subscribes
+    /// it, so that mail clients showing subscribed folders only show it too.
+    pub async fn ensure_folder(
+        &mut self,
+        folder: &str,
+        special_use: Option<&str>,
+    ) -> Result<(), ImapError> {
+        if self.folder_exists(folder).await? {
             return Ok(());
         }
-        let create = format!("CREATE {folder}");
-        match guarded(&server, timeout, &create, session.create(folder)).await {
-            Ok(()) => Ok(()),
-            // Another client may have created it in the meantime: that is not a failure.
-            Err(e @ ImapError::Command { .. }) => {
-                let now_exists = guarded(&server, timeout, &list, listed(session, folder))
-                    .await
-                    .unwrap_or(false);
-                if now_exists {
-                    Ok(())
-                } else {
-                    Err(e)
+        let quoted = self.quoted("CREATE", folder)?;
+        let mut created = false;
+        if let Some(attribute) = special_use.filter(|_| self.has_capability("CREATE-SPECIAL-USE")) {
+            let command = format!("CREATE {quoted} (USE ({attribute}))");
+            match self
+                .run_checked(&command, |_| Ok::<(), ImapError>(()))
+                .await
+            {
+                Ok(()) => created = true,
+                // A server that will not flag this folder (USEATTR) may still make it.
+                Err(e) if e.is_refusal() => {
+                    debug!(folder, error = %e, "creating it without its SPECIAL-USE attribute");
                 }
+                Err(e) => return Err(e),
             }
-            Err(e) => Err(e),
         }
+        if !created {
+            let command = format!("CREATE {quoted}");
+            match self
+                .run_checked(&command, |_| Ok::<(), ImapError>(()))
+                .await
+            {
+                Ok(()) => {}
+                // Another client may have created it in the meantime: that is not a failure.
+                Err(e) if e.is_refusal() && self.folder_exists(folder).await? => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        info!(folder, "folder created");
+        if let Err(e) = self
+            .run_checked(&format!("SUBSCRIBE {quoted}"), |_| Ok::<(), ImapError>(()))
+            .await
+        {
+            if !e.is_refusal() {
+                return Err(e);
+            }
+            info!(folder, error = %e, "the new folder could not be subscribed");
+        }
+        Ok(())
     }
 
     /// How many messages a folder holds (STATUS, without selecting it); `None` when the server
@@ -939,7 +1205,7 @@ impl Imap {
         match self.append(folder, flags, bytes).await {
             Err(e) if e.refusal_code() == Some("TRYCREATE") => {
                 info!(folder, "the server says the folder is missing: creating it");
-                self.ensure_folder(folder).await?;
+                self.ensure_folder(folder, None).await?;
                 self.append(folder, flags, bytes).await
             }
             other => other,
@@ -1106,6 +1372,95 @@ impl Imap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_personal_namespace_is_read_from_the_answer() {
+        let ns = |line: &str| parse_namespace(line.as_bytes());
+        assert_eq!(
+            ns("* NAMESPACE ((\"INBOX.\" \".\")) NIL ((\"\" \".\"))\r\n"),
+            Some(Namespace {
+                prefix: "INBOX.".into(),
+                delimiter: Some('.')
+            })
+        );
+        assert_eq!(
+            ns("* namespace ((\"\" \"/\" \"X-PARAM\" (\"A\"))) NIL NIL\r\n"),
+            Some(Namespace {
+                prefix: String::new(),
+                delimiter: Some('/')
+            })
+        );
+        assert_eq!(
+            ns("* NAMESPACE ((\"\" NIL)) NIL NIL\r\n"),
+            Some(Namespace::default())
+        );
+        assert_eq!(
+            ns("* NAMESPACE ((\"a\\\\b\\\"\" \"\\\\\")) NIL NIL"),
+            Some(Namespace {
+                prefix: "a\\b\"".into(),
+                delimiter: Some('\\')
+            })
+        );
+        for odd in [
+            "* NAMESPACE NIL NIL NIL\r\n",
+            "* NAMESPACE (({5}\r\n",
+            "* NAMESPACE ((\"INBOX.",
+            "* NAMESPACE ((\"\" \"ab\")) NIL NIL",
+            "* NAMESPACE ",
+            "* NAMESPACE ((\"é",
+            "",
+        ] {
+            assert_eq!(ns(odd), None, "{odd:?}");
+        }
+    }
+
+    #[test]
+    fn folders_written_the_plain_way_take_the_server_s_prefix_and_delimiter() {
+        let cyrus = Namespace {
+            prefix: "INBOX.".into(),
+            delimiter: Some('.'),
+        };
+        let dovecot = Namespace {
+            prefix: String::new(),
+            delimiter: Some('/'),
+        };
+        let dotted = Namespace {
+            prefix: String::new(),
+            delimiter: Some('.'),
+        };
+        for (name, on_cyrus, on_dovecot, on_dotted) in [
+            ("INBOX", "INBOX", "INBOX", "INBOX"),
+            ("inbox", "inbox", "inbox", "inbox"),
+            ("Drafts", "INBOX.Drafts", "Drafts", "Drafts"),
+            (
+                "postmaster-bot/Review",
+                "INBOX.postmaster-bot.Review",
+                "postmaster-bot/Review",
+                "postmaster-bot.Review",
+            ),
+            (
+                "INBOX.Drafts",
+                "INBOX.Drafts",
+                "INBOX.Drafts",
+                "INBOX.Drafts",
+            ),
+            (
+                "INBOX/Postmaster",
+                "INBOX.Postmaster",
+                "INBOX/Postmaster",
+                "INBOX.Postmaster",
+            ),
+            ("Sent Items", "INBOX.Sent Items", "Sent Items", "Sent Items"),
+        ] {
+            assert_eq!(cyrus.folder(name), on_cyrus, "{name}");
+            assert_eq!(dovecot.folder(name), on_dovecot, "{name}");
+            assert_eq!(dotted.folder(name), on_dotted, "{name}");
+        }
+        assert_eq!(cyrus.child("INBOX.Teach", "jmrp"), "INBOX.Teach.jmrp");
+        assert_eq!(Namespace::default().child("Teach", "jmrp"), "Teach/jmrp");
+        // Any bytes: no panic on a name that splits a character.
+        assert_eq!(cyrus.folder("IN\u{e9}"), "INBOX.IN\u{e9}");
+    }
 
     #[test]
     fn a_refusal_keeps_the_server_s_code_and_words() {

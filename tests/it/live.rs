@@ -60,16 +60,29 @@ fn unique() -> String {
     format!("{:05}{:02}{:03}", t, n, std::process::id() % 1000)
 }
 
+/// Where the bot's mailbox lives: this user on this IMAPS port (Dovecot's, or a Cyrus
+/// instance's with its own fresh user). The Microsoft side is always on Dovecot.
+pub(crate) struct Mailbox {
+    pub(crate) port: u16,
+    pub(crate) user: String,
+    pub(crate) ca: String,
+}
+
+/// The user name tests pass to `Case::connect` and `Case::messages` for the bot's own mailbox,
+/// wherever it lives.
+pub(crate) const MAILBOX: &str = "postmaster@example.net";
+
 pub(crate) struct Case {
     pub(crate) dir: tempfile::TempDir,
+    pub(crate) mailbox: Mailbox,
     pub(crate) config: PathBuf,
     pub(crate) folder: String,
     pub(crate) drafts: String,
-    review: String,
-    approved: String,
+    pub(crate) review: String,
+    pub(crate) approved: String,
     /// Where the bot files sent replies: this test's own folder, so that tests sharing the
     /// mailbox never see each other's replies as earlier ones.
-    sent: String,
+    pub(crate) sent: String,
     ticket: String,
     pub(crate) stack: Stack,
 }
@@ -78,15 +91,153 @@ pub(crate) fn setup(mode: &str, extra: &str) -> Case {
     let stack = stack();
     let tag = unique();
     let folder = format!("t{tag}");
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("config.toml");
     let extra = if extra.contains("sent_folder") {
         extra.to_string()
     } else {
         format!("sent_folder = \"{folder}-Sent\"\n{extra}")
     };
-    let text = format!(
-        r#"mode = "{mode}"
+    let mailbox = Mailbox {
+        port: stack.imaps_port,
+        user: MAILBOX.to_string(),
+        ca: stack.ca.clone(),
+    };
+    let folders = format!(
+        r#"folder = "{folder}"
+drafts_folder = "{folder}-Drafts"
+review_folder = "{folder}-Review"
+approved_folder = "{folder}-Approved"
+teach_folder = "{folder}-Teach"
+{extra}"#
+    );
+    let case = Case {
+        dir: tempfile::tempdir().expect("temp dir"),
+        config: PathBuf::new(),
+        mailbox,
+        drafts: format!("{folder}-Drafts"),
+        review: format!("{folder}-Review"),
+        approved: format!("{folder}-Approved"),
+        sent: format!("{folder}-Sent"),
+        folder,
+        ticket: format!("SRX{}ID", &format!("17{tag}")[..10]),
+        stack,
+    };
+    let case = case.with_config(mode, &folders);
+    block_on(async {
+        let mut imap = case.connect(MAILBOX).await;
+        for f in [&case.folder, &case.drafts, &case.review, &case.approved] {
+            imap.ensure_folder(f, None).await.expect("create folder");
+        }
+        imap.logout().await;
+    });
+    case
+}
+
+/// A Cyrus instance of `scripts/cyrus`, by its namespace layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cyrus {
+    /// `altnamespace: no`: personal folders are `INBOX.x`, `.` separates levels.
+    Standard,
+    /// `altnamespace: yes` with `unixhierarchysep`: folders beside INBOX, `/` separates.
+    Alternative,
+    /// As `Standard`, with MOVE hidden from CAPABILITY.
+    WithoutMove,
+}
+
+impl Cyrus {
+    /// The server's name for a folder the config writes the plain way.
+    pub(crate) fn name(self, plain: &str) -> String {
+        match self {
+            Cyrus::Alternative => plain.to_string(),
+            _ if plain == "INBOX" => plain.to_string(),
+            _ => format!("INBOX.{}", plain.replace('/', ".")),
+        }
+    }
+
+    fn port_key(self) -> &'static str {
+        match self {
+            Cyrus::Standard => "CYRUS_STD_IMAPS_PORT",
+            Cyrus::Alternative => "CYRUS_ALT_IMAPS_PORT",
+            Cyrus::WithoutMove => "CYRUS_NOMOVE_IMAPS_PORT",
+        }
+    }
+}
+
+/// Cyrus tests' users are created one at a time: they share one SASL database.
+static CYRUS_USERS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A test on a fresh Cyrus user (only INBOX exists) whose config names every folder the plain
+/// way (`Drafts`, `postmaster-bot/Review`...) and leaves Drafts and Sent to the server.
+pub(crate) fn setup_on_cyrus(layout: Cyrus, mode: &str, extra: &str) -> Case {
+    let stack = stack();
+    let dir = std::env::var("POSTMASTER_BOT_CYRUS")
+        .unwrap_or_else(|_| "/tmp/postmaster-bot-cyrus".to_string());
+    let env_file = PathBuf::from(&dir).join("env");
+    let start =
+        "start it with `scripts/cyrus up` (as root), or run `scripts/test`, which starts it";
+    let text = std::fs::read_to_string(&env_file).unwrap_or_else(|_| {
+        panic!(
+            "Cyrus IMAP is not running ({} is missing): {start}",
+            env_file.display()
+        )
+    });
+    let get = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("{key} missing in {}", env_file.display()))
+            .to_string()
+    };
+    let port: u16 = get(layout.port_key()).parse().expect("port");
+    if std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        panic!("Cyrus IMAP ({layout:?}) is not answering on 127.0.0.1:{port}: {start}");
+    }
+    let tag = unique();
+    let user = format!("t{tag}@example.net");
+    {
+        let _one_at_a_time = CYRUS_USERS.lock().unwrap_or_else(|e| e.into_inner());
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/cyrus");
+        let made = Command::new(&script)
+            .args(["reset-user", &user, &dir])
+            .output()
+            .expect("scripts/cyrus runs");
+        assert!(
+            made.status.success(),
+            "scripts/cyrus reset-user {user} failed (it needs root): {}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+    }
+    let case = Case {
+        dir: tempfile::tempdir().expect("temp dir"),
+        config: PathBuf::new(),
+        mailbox: Mailbox {
+            port,
+            user,
+            ca: get("CYRUS_CA_CERT"),
+        },
+        folder: "INBOX".to_string(),
+        drafts: layout.name("Drafts"),
+        review: layout.name("postmaster-bot/Review"),
+        approved: layout.name("postmaster-bot/Approved"),
+        sent: layout.name("Sent"),
+        ticket: format!("SRX{}ID", &format!("17{tag}")[..10]),
+        stack,
+    };
+    case.with_config(mode, extra)
+}
+
+pub(crate) fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(f)
+}
+
+impl Case {
+    /// Writes the config: `mailbox_settings` are this test's folder settings and extras.
+    fn with_config(mut self, mode: &str, mailbox_settings: &str) -> Case {
+        self.config = self.dir.path().join("config.toml");
+        let text = format!(
+            r#"mode = "{mode}"
 [identity]
 from = "Dana Whitfield <postmaster@example.net>"
 operator = "noc@example.net"
@@ -102,15 +253,10 @@ notify_on_close_case = false
 host = "127.0.0.1"
 port = {imaps}
 tls = "implicit"
-username = "postmaster@example.net"
+username = "{user}"
 password_env = "PMB_TEST_PASSWORD"
-ca_file = "{ca}"
-folder = "{folder}"
-drafts_folder = "{folder}-Drafts"
-review_folder = "{folder}-Review"
-approved_folder = "{folder}-Approved"
-teach_folder = "{folder}-Teach"
-{extra}
+ca_file = "{mailbox_ca}"
+{mailbox_settings}
 [smtp]
 host = "127.0.0.1"
 port = {smtps}
@@ -119,51 +265,35 @@ username = "postmaster@example.net"
 password_env = "PMB_TEST_PASSWORD"
 ca_file = "{ca}"
 "#,
-        imaps = stack.imaps_port,
-        smtps = stack.smtps_port,
-        ca = stack.ca,
-    );
-    std::fs::write(&config, text).expect("write config");
-    let case = Case {
-        dir,
-        config,
-        drafts: format!("{folder}-Drafts"),
-        review: format!("{folder}-Review"),
-        approved: format!("{folder}-Approved"),
-        sent: format!("{folder}-Sent"),
-        folder,
-        ticket: format!("SRX{}ID", &format!("17{tag}")[..10]),
-        stack,
-    };
-    block_on(async {
-        let mut imap = case.connect("postmaster@example.net").await;
-        for f in [&case.folder, &case.drafts, &case.review, &case.approved] {
-            imap.ensure_folder(f).await.expect("create folder");
-        }
-        imap.logout().await;
-    });
-    case
-}
+            imaps = self.mailbox.port,
+            user = self.mailbox.user,
+            mailbox_ca = self.mailbox.ca,
+            smtps = self.stack.smtps_port,
+            ca = self.stack.ca,
+        );
+        std::fs::write(&self.config, text).expect("write config");
+        self
+    }
 
-pub(crate) fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(f)
-}
-
-impl Case {
     /// The test stack's CA file (its folder also holds the server certificate and key).
     pub(crate) fn stack_ca(&self) -> String {
         self.stack.ca.clone()
     }
 
+    /// Logs in as `user` on Dovecot, or, for `MAILBOX`, wherever the bot's mailbox lives.
     pub(crate) async fn connect(&self, user: &str) -> Imap {
+        let (port, user, ca) = if user == MAILBOX {
+            (
+                self.mailbox.port,
+                self.mailbox.user.as_str(),
+                &self.mailbox.ca,
+            )
+        } else {
+            (self.stack.imaps_port, user, &self.stack.ca)
+        };
         let cfg = config::parse(
             &format!(
-                "[mailbox]\nhost = \"127.0.0.1\"\nport = {}\nusername = \"{user}\"\npassword_env = \"X\"\nca_file = \"{}\"\n",
-                self.stack.imaps_port, self.stack.ca
+                "[mailbox]\nhost = \"127.0.0.1\"\nport = {port}\nusername = \"{user}\"\npassword_env = \"X\"\nca_file = \"{ca}\"\n"
             ),
             "test",
         )
@@ -207,7 +337,11 @@ impl Case {
         block_on(async {
             let mut imap = self.connect("postmaster@example.net").await;
             for f in files {
-                imap.append(&self.folder, "()", &self.fixture(f))
+                // As an MTA delivers it: CRLF line ends (Cyrus refuses bare newlines).
+                let text = String::from_utf8_lossy(&self.fixture(f))
+                    .replace("\r\n", "\n")
+                    .replace('\n', "\r\n");
+                imap.append(&self.folder, "()", text.as_bytes())
                     .await
                     .expect("append");
             }
@@ -310,6 +444,20 @@ impl Case {
         })
     }
 
+    /// How many messages in one of the bot's folders carry no \\Seen flag.
+    pub(crate) fn unread(&self, folder: &str) -> usize {
+        block_on(async {
+            let mut imap = self.connect(MAILBOX).await;
+            imap.select(folder).await.expect("select");
+            let flags = imap.flags().await.expect("flags");
+            imap.logout().await;
+            flags
+                .iter()
+                .filter(|(_, f)| !f.iter().any(|f| f.contains("Seen")))
+                .count()
+        })
+    }
+
     /// Replies to this test's ticket that reached the Microsoft side's INBOX.
     pub(crate) fn delivered_replies(&self) -> Vec<mail_parser::Message<'static>> {
         self.messages("support@microsoft.com", "INBOX")
@@ -355,12 +503,12 @@ fn draft_mode_produces_exactly_one_threaded_draft() {
     case.run_once();
     // And after the state file is lost: the draft in the Drafts folder is the witness.
     case.lose_state();
-    case.run_once();
+    let log = case.run_once_logged();
     let drafts = case.messages("postmaster@example.net", &case.drafts);
     assert_eq!(
         drafts.len(),
         1,
-        "one draft, even after a second run and a lost state file"
+        "one draft, even after a second run and a lost state file: {log}"
     );
     let draft = mail_parser::MessageParser::default()
         .parse(&drafts[0])
@@ -899,7 +1047,9 @@ fn new_uidvalidity_rescans_without_a_second_reply() {
     block_on(async {
         let mut imap = case.connect("postmaster@example.net").await;
         imap.delete_folder(&case.folder).await.expect("delete");
-        imap.ensure_folder(&case.folder).await.expect("create");
+        imap.ensure_folder(&case.folder, None)
+            .await
+            .expect("create");
         imap.logout().await;
     });
     case.deliver(&THREAD);
@@ -1489,4 +1639,82 @@ fn a_template_taught_by_cli_or_by_folder_move_answers_the_next_ticket() {
         1,
         "back where it was"
     );
+}
+
+/// The logins of `user` the test stack's Dovecot has logged so far.
+fn dovecot_logins(user: &str) -> usize {
+    let dir = std::env::var("POSTMASTER_BOT_MAILSTACK")
+        .unwrap_or_else(|_| "/tmp/postmaster-bot-mailstack".to_string());
+    let log = std::fs::read_to_string(Path::new(&dir).join("log/dovecot.log")).unwrap_or_default();
+    let needle = format!("Login: user=<{user}>");
+    log.lines().filter(|l| l.contains(&needle)).count()
+}
+
+/// A test on the stack's `overquota@example.net`, whose mailbox takes mail in INBOX only (see
+/// `scripts/mailstack`): folders named the plain way, INBOX emptied of earlier runs' mail.
+fn setup_over_quota(mode: &str) -> Case {
+    let mut case = setup(mode, "");
+    case.mailbox.user = "overquota@example.net".to_string();
+    case.folder = "INBOX".to_string();
+    case.review = "postmaster-bot/Review".to_string();
+    case.approved = "postmaster-bot/Approved".to_string();
+    case.drafts = "Drafts".to_string();
+    case.sent = "Sent".to_string();
+    let case = case.with_config(mode, "");
+    block_on(async {
+        let mut imap = case.connect(MAILBOX).await;
+        imap.select("INBOX").await.expect("select");
+        let uids = imap.uids_after(0).await.expect("search");
+        if !uids.is_empty() {
+            let set = uids
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
+            imap.delete_uids(&set).await.expect("expunge");
+        }
+        imap.logout().await;
+    });
+    case
+}
+
+/// The issue's quota case: the review copy's APPEND is refused with [OVERQUOTA]. The row is held
+/// with the server's words, the operator is told once, and the daemon goes on watching on the
+/// connection it has: one login, however long it runs (no reconnect loop).
+#[test]
+fn a_mailbox_over_quota_holds_the_row_tells_the_operator_once_and_keeps_watching() {
+    let case = setup_over_quota("approve");
+    case.deliver(&THREAD);
+    let logins = dovecot_logins("overquota@example.net");
+    let (mut daemon, log) = case.daemon_logging_to_file("info");
+    daemon.wait_in_log(&log, "copy refused");
+    // Time enough for a reconnect loop (its first retry comes after a second) to show.
+    std::thread::sleep(Duration::from_secs(5));
+    let text = daemon.wait_in_log(&log, "OVERQUOTA");
+    assert!(daemon.stop().success(), "{text}");
+    assert_eq!(
+        dovecot_logins("overquota@example.net") - logins,
+        1,
+        "one login: a refusal is not a lost connection\n{text}"
+    );
+    assert!(!text.contains("reconnecting"), "{text}");
+    let config = case.config.display().to_string();
+    let listed = case.bot(&["queue", "list", "--config", &config]);
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.contains("held") && listed.contains("[OVERQUOTA]"),
+        "held with the server's words: {listed}"
+    );
+    // Told once, by mail, with the server's words; another run says nothing more.
+    case.run_once();
+    std::thread::sleep(Duration::from_millis(1500));
+    let told: Vec<String> = case
+        .messages("noc@example.net", "INBOX")
+        .iter()
+        .map(|m| String::from_utf8_lossy(m).into_owned())
+        .filter(|m| m.contains(&case.ticket) && m.contains("OVERQUOTA"))
+        .collect();
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert!(told[0].contains("queue release"), "{}", told[0]);
+    assert!(case.delivered_replies().is_empty(), "nothing was approved");
 }

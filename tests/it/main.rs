@@ -2,6 +2,7 @@
 
 mod cli;
 mod corpus;
+mod cyrus;
 mod dkim;
 mod fake_imap;
 mod faults;
