@@ -1460,34 +1460,39 @@ async fn collect_approvals(
         }
         Err(e) => return Err(e.into()),
     }
+    // Header first, as the watched folder: only a draft that approves a waiting reply is
+    // fetched whole, so a folder full of other mail costs a header read per pass, not a download.
     let uids = imap.uids_after(0).await?;
+    let fields = witness::header_fields("");
+    let mut approving: Vec<(u32, i64)> = Vec::new();
+    for chunk in uids.chunks(APPROVED_HEADER_CHUNK) {
+        for (uid, header) in imap.header_fields(&uid_set(chunk), &fields).await? {
+            let row = witness::read_copy(&header, "").and_then(|c| approved_row(&c, &waiting));
+            if let Some(row) = row {
+                approving.push((uid, row.id));
+            }
+        }
+    }
+    if approving.is_empty() {
+        return Ok(());
+    }
+    let wanted: Vec<u32> = approving.iter().map(|(uid, _)| *uid).collect();
     let now = crate::clock::now();
-    for (_, raw) in imap.fetch(&uids).await? {
+    for (uid, raw) in imap.fetch(&wanted).await? {
+        let Some(row) = approving
+            .iter()
+            .find(|(u, _)| *u == uid)
+            .and_then(|(_, id)| waiting.iter().find(|w| w.id == *id))
+        else {
+            continue;
+        };
+        // The whole draft is read again: what is sent is what is in it now.
         let Some(copy) = witness::read_copy(&raw, "") else {
             continue;
         };
-        let is_row = |w: &&OutboxItem, id: &str| {
-            w.message_id == id || w.review_message_id.as_deref() == Some(id)
-        };
-        // Our token first (clients keep unknown headers), then the Message-ID, then the
-        // Microsoft message it answers.
-        let row = copy
-            .review_token
-            .as_deref()
-            .and_then(|t| waiting.iter().find(|w| is_row(w, t)))
-            .or_else(|| {
-                let id = copy.message_id.as_deref()?;
-                waiting.iter().find(|w| is_row(w, id))
-            })
-            .or_else(|| {
-                waiting.iter().find(|w| {
-                    w.template != "operator_notification"
-                        && w.inbound_message_id
-                            .as_ref()
-                            .is_some_and(|p| copy.in_reply_to.contains(p))
-                })
-            });
-        let Some(row) = row else { continue };
+        if approved_row(&copy, &waiting).map(|r| r.id) != Some(row.id) {
+            continue;
+        }
         if let Some(id) = &copy.message_id {
             store.replace_outbox_bytes(row.id, id, &witness::strip_review_token(&raw))?;
         }
@@ -1503,6 +1508,32 @@ async fn collect_approvals(
         }
     }
     Ok(())
+}
+
+/// UIDs per header FETCH in the approved folder.
+const APPROVED_HEADER_CHUNK: usize = 500;
+
+/// The waiting reply a draft in the approved folder approves: by our token first (clients keep
+/// unknown headers), then by its Message-ID, then by the Microsoft message it answers.
+fn approved_row<'a>(copy: &witness::Copy, waiting: &'a [OutboxItem]) -> Option<&'a OutboxItem> {
+    let is_row = |w: &&OutboxItem, id: &str| {
+        w.message_id == id || w.review_message_id.as_deref() == Some(id)
+    };
+    copy.review_token
+        .as_deref()
+        .and_then(|t| waiting.iter().find(|w| is_row(w, t)))
+        .or_else(|| {
+            let id = copy.message_id.as_deref()?;
+            waiting.iter().find(|w| is_row(w, id))
+        })
+        .or_else(|| {
+            waiting.iter().find(|w| {
+                w.template != "operator_notification"
+                    && w.inbound_message_id
+                        .as_ref()
+                        .is_some_and(|p| copy.in_reply_to.contains(p))
+            })
+        })
 }
 
 fn note(store: &Store, item: &OutboxItem, now: i64, summary: &str) -> Result<(), StoreError> {

@@ -1218,7 +1218,8 @@ impl Imap {
         let server = self.server.clone();
         let session = self.session()?;
         let query = format!("+FLAGS.SILENT ({keyword})");
-        guarded(&server, timeout, "UID STORE", async {
+        let command = format!("UID STORE {query}");
+        guarded(&server, timeout, &command, async {
             session
                 .uid_store(set, &query)
                 .await?
@@ -1239,7 +1240,8 @@ impl Imap {
         let timeout = self.timeout;
         let session = self.session()?;
         if has_move {
-            guarded(&server, timeout, "UID MOVE", session.uid_mv(set, folder)).await?;
+            let command = format!("UID MOVE to {folder}");
+            guarded(&server, timeout, &command, session.uid_mv(set, folder)).await?;
             return Ok(true);
         }
         // Without UIDPLUS only a plain EXPUNGE could remove the originals, and it would remove
@@ -1247,7 +1249,8 @@ impl Imap {
         if !has_uidplus {
             return Ok(false);
         }
-        guarded(&server, timeout, "UID COPY", session.uid_copy(set, folder)).await?;
+        let command = format!("UID COPY to {folder}");
+        guarded(&server, timeout, &command, session.uid_copy(set, folder)).await?;
         self.delete_uids(set).await?;
         Ok(true)
     }

@@ -18,9 +18,12 @@ pub enum SmtpError {
     Setup { server: String, message: String },
     #[error("bad address in outgoing message: {0}")]
     Address(String),
-    #[error("SMTP {server}: {source}")]
+    /// What the server answered (lettre's words carry its code and text), and what we were
+    /// doing: "connecting and logging in", or sending to whom.
+    #[error("SMTP {server}: {doing} failed: {source}")]
     Send {
         server: String,
+        doing: String,
         #[source]
         source: lettre::transport::smtp::Error,
     },
@@ -114,6 +117,7 @@ impl Smtp {
             }),
             Err(source) => Err(SmtpError::Send {
                 server: self.server.clone(),
+                doing: "connecting and logging in".to_string(),
                 source,
             }),
         }
@@ -121,6 +125,7 @@ impl Smtp {
 
     /// Sends exactly these bytes from `from` to `to`.
     pub async fn send(&self, from: &str, to: &[String], bytes: &[u8]) -> Result<(), SmtpError> {
+        let doing = format!("sending from {from} to {}", to.join(", "));
         let from = from
             .parse()
             .map_err(|_| SmtpError::Address(from.to_string()))?;
@@ -136,6 +141,7 @@ impl Smtp {
             .map(drop)
             .map_err(|source| SmtpError::Send {
                 server: self.server.clone(),
+                doing,
                 source,
             })
     }

@@ -69,8 +69,13 @@ fn approve_by_moving_the_edited_draft(layout: Cyrus) {
     let review = case.messages(MAILBOX, &case.review);
     assert_eq!(review.len(), 1, "mirrored for review in {}", case.review);
     let edited = String::from_utf8_lossy(&review[0]).replace("Kind regards,", "Edited on Cyrus,");
+    // Beside it, a message that approves nothing: read by its header only, and left alone.
+    let unrelated = "From: someone@example.org\r\nTo: postmaster@example.net\r\nSubject: lunch\r\nMessage-ID: <lunch.1@example.org>\r\n\r\nNoon?\r\n";
     block_on(async {
         let mut imap = case.connect(MAILBOX).await;
+        imap.append(&case.approved, "()", unrelated.as_bytes())
+            .await
+            .expect("append");
         imap.append(&case.approved, "(\\Draft)", edited.as_bytes())
             .await
             .expect("append");
@@ -88,12 +93,13 @@ fn approve_by_moving_the_edited_draft(layout: Cyrus) {
         .body_text(0)
         .is_some_and(|b| b.contains("Edited on Cyrus")));
     assert_eq!(case.replies_after_another_run(), 1, "sent once");
-    for folder in [&case.review, &case.approved] {
-        assert!(
-            case.messages(MAILBOX, folder).is_empty(),
-            "{folder}: the drafts of a sent reply are gone"
-        );
-    }
+    assert!(
+        case.messages(MAILBOX, &case.review).is_empty(),
+        "the review draft of a sent reply is gone"
+    );
+    let left = case.messages(MAILBOX, &case.approved);
+    assert_eq!(left.len(), 1, "only the unrelated message is left");
+    assert!(String::from_utf8_lossy(&left[0]).contains("lunch.1@example.org"));
     assert_inbox_untouched(&case);
 }
 
@@ -188,4 +194,13 @@ fn cyrus_handled_mail_is_moved_with_move() {
 #[test]
 fn cyrus_handled_mail_is_moved_without_move() {
     handled_mail_is_moved(Cyrus::WithoutMove);
+}
+
+/// With `idled` running, Cyrus pushes new mail to an idling client at once: the draft comes in
+/// seconds, not on Cyrus' 60-second IDLE poll (and not on the bot's hour-long poll).
+#[test]
+fn cyrus_with_idled_wakes_the_daemon() {
+    let case = setup_on_cyrus(Cyrus::Standard, "draft", "poll_seconds = 3600");
+    let took = crate::live::time_until_draft(&case, Duration::from_millis(1500));
+    assert!(took < Duration::from_secs(20), "took {took:?}");
 }

@@ -979,7 +979,7 @@ impl Drop for Daemon {
     }
 }
 
-fn time_until_draft(case: &Case, extra_wait: Duration) -> Duration {
+pub(crate) fn time_until_draft(case: &Case, extra_wait: Duration) -> Duration {
     let mut child = Daemon(
         Command::new(env!("CARGO_BIN_EXE_postmaster-bot"))
             .args(["run", "--config", &case.config.display().to_string()])
