@@ -111,6 +111,17 @@ pub enum Command {
         #[command(subcommand)]
         command: AuthCommand,
     },
+    /// Serve the operator's console (the `[web]` section) against the state store, beside a
+    /// daemon that runs elsewhere (`run` serves it itself when `[web]` is set).
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// The console's users (the `[web]` section's `users_file`).
+    Web {
+        #[command(subcommand)]
+        command: WebCommand,
+    },
     /// Print the shell completion script for SHELL (bash, zsh, fish, elvish, powershell).
     Completions {
         #[arg(value_enum)]
@@ -118,6 +129,17 @@ pub enum Command {
     },
     /// Print the man page (roff), made from this command line's own definition.
     Man,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebCommand {
+    /// Add a console user (or set a user's password): prompts for the password, or reads one
+    /// line from standard input when it is not a terminal. Stored as an argon2 hash, mode 600.
+    Adduser {
+        name: String,
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

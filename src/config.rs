@@ -13,6 +13,7 @@ use crate::pipeline::decide::{Mode, NotifyOn};
 use crate::pipeline::parse::Limits;
 
 mod oauth;
+pub mod web;
 pub use oauth::{Flow, OAuth2Config, Provider, RawOAuth2, RefreshTokenStore};
 
 /// A config that cannot be used, naming the file and the key or line at fault.
@@ -55,6 +56,7 @@ pub struct RawConfig {
     pub mailbox: Option<RawMailbox>,
     pub smtp: Option<RawSmtp>,
     pub oauth2: Option<RawOAuth2>,
+    pub web: Option<web::RawWeb>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -566,6 +568,8 @@ pub struct Config {
     pub oauth2: Option<OAuth2Config>,
     /// DKIM is verified again by the bot itself (DNS), as a second check beside our MX's.
     pub verify_dkim: Option<DkimCheck>,
+    /// The operator's console (`run` serves it when set; `serve` needs it).
+    pub web: Option<web::WebConfig>,
 }
 
 /// How the bot's own DKIM check reaches DNS.
@@ -641,15 +645,12 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
     }
     let mut our_networks = Vec::new();
     for (i, n) in raw.identity.our_networks.iter().enumerate() {
-        let net = n
-            .parse::<IpNet>()
-            .or_else(|_| n.parse::<std::net::IpAddr>().map(IpNet::from))
-            .map_err(|_| {
-                invalid(
-                    &format!("identity.our_networks[{i}]"),
-                    format!("`{n}` is not an IP address or CIDR range"),
-                )
-            })?;
+        let net = parse_net(n).ok_or_else(|| {
+            invalid(
+                &format!("identity.our_networks[{i}]"),
+                format!("`{n}` is not an IP address or CIDR range"),
+            )
+        })?;
         our_networks.push(net);
     }
     for (i, id) in raw.trust.authserv_ids.iter().enumerate() {
@@ -862,6 +863,11 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
             new_case_notice_minutes: p.new_case_notice_minutes.unwrap_or(10),
         },
         verify_dkim,
+        web: raw
+            .web
+            .as_ref()
+            .map(|w| web::parse(w, origin))
+            .transpose()?,
         mailbox,
         smtp,
         origin: origin.to_string(),
@@ -891,6 +897,13 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         notify_on,
         limits,
     })
+}
+
+/// A CIDR range, or one address as a range of one.
+pub(crate) fn parse_net(text: &str) -> Option<IpNet> {
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
+        .ok()
 }
 
 /// Reads and validates a config file; relative paths in it are taken from its folder.
@@ -928,6 +941,15 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         }
         if let Some(SecretSource::File(p)) = s.password.as_mut() {
             resolve(p);
+        }
+    }
+    if let Some(w) = config.web.as_mut() {
+        for p in w.users_file.iter_mut() {
+            resolve(p);
+        }
+        if let Some((cert, key)) = w.tls.as_mut() {
+            resolve(cert);
+            resolve(key);
         }
     }
     if let Some(o) = config.oauth2.as_mut() {

@@ -17,6 +17,7 @@ use postmaster_bot::pipeline::render::{self, IdentityView, MessageView};
 use postmaster_bot::shell::engine::Engine;
 use postmaster_bot::shell::logging;
 use postmaster_bot::shell::oauth::{OAuthError, TokenProvider};
+use postmaster_bot::shell::queue;
 use postmaster_bot::shell::replay::{self, Format};
 use postmaster_bot::shell::secret::Credential;
 use postmaster_bot::shell::store::Store;
@@ -25,6 +26,7 @@ mod cli;
 
 use cli::{
     AuthCommand, CasesCommand, Cli, Command, LogFormat, ModeArg, QueueCommand, TemplatesCommand,
+    WebCommand,
 };
 
 /// An error the user fixes in the config or the command line (exit code 2).
@@ -344,6 +346,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Run { config, once, mode } => run_daemon(&config, once, mode),
         Command::CheckConfig { config } => check_config(&config, &mut out),
         Command::Auth { command } => auth(command, &mut out),
+        Command::Serve { config } => serve(&config),
+        Command::Web { command } => web(command, &mut out),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "postmaster-bot", &mut out);
@@ -505,22 +509,114 @@ fn run_daemon(path: &Path, once: bool, mode: Option<ModeArg>) -> Result<ExitCode
     let _instance = postmaster_bot::shell::instance::lock(&config.state_path)?;
     let mut store = Store::open(&config.state_path)?;
     let engine = std::sync::Arc::new(Engine::new(config)?);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    service_runtime()?.block_on(async {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let tx = std::sync::Arc::new(tx);
+        let signals = tokio::spawn({
+            let tx = tx.clone();
+            async move {
+                wait_for_signal().await;
+                tracing::info!("signal received: finishing the message in hand, then stopping");
+                let _ = tx.send(true);
+            }
+        });
+        // The console runs beside the daemon; if it cannot, the daemon stops too, cleanly.
+        let console = engine.config.web.clone().filter(|_| !once).map(|web| {
+            let config = std::sync::Arc::new(engine.config.clone());
+            let (tx, rx) = (tx.clone(), rx.clone());
+            tokio::spawn(async move {
+                let served = postmaster_bot::shell::web::serve(config, web, rx).await;
+                if served.is_err() {
+                    let _ = tx.send(true);
+                }
+                served
+            })
+        });
+        let result = postmaster_bot::shell::daemon::run(&engine, &mut store, once, rx).await;
+        let _ = tx.send(true);
+        signals.abort();
+        if let Some(console) = console {
+            console
+                .await
+                .context("the console task failed")?
+                .context("the operator's console")?;
+        }
+        anyhow::Ok(result?)
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The runtime of a long-running command (the daemon, the console): two worker threads.
+fn service_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .context("failed to start the async runtime")?;
-    runtime.block_on(async {
+        .context("failed to start the async runtime")
+}
+
+/// `serve`: the console alone, against the store a daemon elsewhere works on.
+fn serve(path: &Path) -> Result<ExitCode> {
+    let config = config::load(path)?;
+    let Some(web) = config.web.clone() else {
+        return Err(UsageError(format!(
+            "config {}: serve needs a [web] section (listen = \"127.0.0.1:8025\")",
+            path.display()
+        ))
+        .into());
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    service_runtime()?.block_on(async {
         let (tx, rx) = tokio::sync::watch::channel(false);
         let signals = tokio::spawn(async move {
             wait_for_signal().await;
-            tracing::info!("signal received: finishing the message in hand, then stopping");
             let _ = tx.send(true);
         });
-        let result = postmaster_bot::shell::daemon::run(&engine, &mut store, once, rx).await;
+        let served = postmaster_bot::shell::web::serve(std::sync::Arc::new(config), web, rx).await;
         signals.abort();
-        result
+        served
     })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn web(command: WebCommand, out: &mut dyn Write) -> Result<ExitCode> {
+    match command {
+        WebCommand::Adduser { name, config } => {
+            let cfg = config::load(&config)?;
+            let Some(path) = cfg.web.as_ref().and_then(|w| w.users_file.clone()) else {
+                return Err(UsageError(format!(
+                    "config {}: web.users_file is not set; set it to where the console's users are kept",
+                    config.display()
+                ))
+                .into());
+            };
+            let password = if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                let first = rpassword::prompt_password(format!("password for {name}: "))?;
+                let again = rpassword::prompt_password("the same again: ")?;
+                if first != again {
+                    return Err(UsageError("the two passwords differ".to_string()).into());
+                }
+                first
+            } else {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line)?;
+                line.trim_end_matches(['\r', '\n']).to_string()
+            };
+            postmaster_bot::shell::web::auth::add_user(&path, &name, &password).map_err(
+                |e| match e {
+                    postmaster_bot::shell::web::auth::UsersError::Invalid(why) => {
+                        anyhow::Error::from(UsageError(why))
+                    }
+                    other => other.into(),
+                },
+            )?;
+            writeln!(
+                out,
+                "user {name} can log in to the console ({})",
+                path.display()
+            )?;
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -599,107 +695,31 @@ fn queue(command: QueueCommand, out: &mut dyn Write) -> Result<ExitCode> {
                 None => cfg.clone().unwrap_or_default().state_path,
             };
             let mut store = open_existing(&path)?;
-            release(&mut store, cfg.as_ref(), id, now)?;
+            let defaults = Config::default();
+            let cfg = cfg.as_ref().unwrap_or(&defaults);
+            queue::release(&mut store, cfg, id, &queue::Actor::command_line(), now)
+                .map_err(usage_or_store)?;
             writeln!(
                 out,
                 "outbox #{id} released: the daemon delivers it on its next pass"
             )?;
         }
         QueueCommand::Reject { id, config, state } => {
-            let store = open_existing(&state_path(config.as_deref(), state)?)?;
-            let rejected = ["awaiting_approval", "held"].iter().any(|from| {
-                store
-                    .transition_outbox(
-                        id,
-                        from,
-                        "rejected",
-                        Some("rejected from the command line"),
-                        now,
-                    )
-                    .unwrap_or(false)
-            });
-            if !rejected {
-                return Err(UsageError(format!(
-                    "outbox #{id} is neither waiting for approval nor held"
-                ))
-                .into());
-            }
-            if let Some(case) = store.outbox_item(id)?.and_then(|i| i.case_id) {
-                store.note(case, now, "delivery", "rejected from the command line")?;
-            }
+            let mut store = open_existing(&state_path(config.as_deref(), state)?)?;
+            queue::reject(&mut store, id, &queue::Actor::command_line(), now)
+                .map_err(usage_or_store)?;
             writeln!(out, "outbox #{id} rejected: it will never be sent")?;
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// Approves a waiting reply or releases a held one. A released reply to Microsoft still goes
-/// only to Microsoft's domains, and counts as the escalation it is (refused when the ticket has
-/// had all the escalations the policy allows since).
-fn release(store: &mut Store, cfg: Option<&Config>, id: i64, now: i64) -> Result<()> {
-    let Some(item) = store.outbox_item(id)? else {
-        return Err(UsageError(format!("no outbox entry #{id}")).into());
-    };
-    if !matches!(item.status.as_str(), "held" | "awaiting_approval") {
-        return Err(UsageError(format!(
-            "outbox #{id} is {}: only a held or waiting message can be released",
-            item.status
-        ))
-        .into());
+/// A refused act on the queue is the user's to fix (exit 2); a store failure is not.
+fn usage_or_store(e: queue::QueueError) -> anyhow::Error {
+    match e {
+        queue::QueueError::Store(e) => e.into(),
+        other => UsageError(other.to_string()).into(),
     }
-    if item.bytes.is_empty() {
-        return Err(UsageError(format!(
-            "outbox #{id} has no message (it could not be written: {})",
-            item.reason.unwrap_or_default()
-        ))
-        .into());
-    }
-    let is_reply = item.template != "operator_notification";
-    let defaults = Config::default();
-    let cfg = cfg.unwrap_or(&defaults);
-    if is_reply {
-        let domains = &cfg.classify.microsoft_domains;
-        if let Some(bad) = item
-            .recipients
-            .iter()
-            .find(|r| !postmaster_bot::pipeline::decide::recipient_allowed(r, domains))
-        {
-            return Err(UsageError(format!(
-                "outbox #{id} goes to {bad}, outside trust.microsoft_domains ({}): it is never sent",
-                domains.join(", ")
-            ))
-            .into());
-        }
-    }
-    // A held reply did not count as an escalation; released, it does.
-    let mut case = match (is_reply && item.status == "held", item.case_id) {
-        (true, Some(case_id)) => store.case(case_id)?,
-        _ => None,
-    };
-    if let Some(c) = case.as_mut() {
-        postmaster_bot::pipeline::case::reply_released(
-            c,
-            item.template == "followup",
-            &cfg.policy,
-            now,
-        )
-        .map_err(|why| UsageError(format!("outbox #{id} is not released: {why}")))?;
-    }
-    let how = if item.status == "held" {
-        "released from the command line"
-    } else {
-        "approved from the command line"
-    };
-    if !store.release_outbox(id, how, now)? {
-        return Err(UsageError(format!("outbox #{id} changed meanwhile; try again")).into());
-    }
-    if let Some(c) = case.as_mut() {
-        store.update_case(c)?;
-    }
-    if let Some(case_id) = item.case_id {
-        store.note(case_id, now, "delivery", how)?;
-    }
-    Ok(())
 }
 
 fn teach(

@@ -8,6 +8,7 @@ pub mod candidate;
 pub mod case;
 pub mod classify;
 pub mod compose;
+pub mod console;
 pub mod decide;
 pub mod extract;
 pub mod features;

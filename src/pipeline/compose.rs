@@ -282,6 +282,45 @@ pub fn extend_thread_index(parent: &str, now: i64, seed: &str) -> Option<String>
     Some(engine.encode(bytes))
 }
 
+/// The most text a person's edit of a reply may hold.
+pub const MAX_EDITED_BODY: usize = 64 * 1024;
+
+/// A produced message with its text replaced by a person's edit: every header of ours stays
+/// (recipients, thread, Message-ID), the body is encoded anew as UTF-8 text. The edit cannot
+/// reach the headers: it is the body of a MIME part that mail-builder encodes.
+pub fn with_body(message: &[u8], body: &str) -> Result<Vec<u8>, String> {
+    if body.len() > MAX_EDITED_BODY {
+        return Err(format!(
+            "{} bytes, more than the {MAX_EDITED_BODY} an edit may hold",
+            body.len()
+        ));
+    }
+    if body.trim().is_empty() {
+        return Err("the text is empty".to_string());
+    }
+    let end = message
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("the message has no header block")?;
+    let mut out = Vec::with_capacity(end + body.len() + 256);
+    let mut dropping = false;
+    for line in message[..end + 2].split_inclusive(|b| *b == b'\n') {
+        let folded = line.first().is_some_and(|b| *b == b' ' || *b == b'\t');
+        if !folded {
+            let name = line.split(|b| *b == b':').next().unwrap_or_default();
+            dropping = name.eq_ignore_ascii_case(b"Content-Type")
+                || name.eq_ignore_ascii_case(b"Content-Transfer-Encoding");
+        }
+        if !dropping {
+            out.extend_from_slice(line);
+        }
+    }
+    // Browsers send a textarea with CRLF; the encoder writes its own line ends.
+    let text = body.replace("\r\n", "\n");
+    mail_builder::mime::MimePart::new("text/plain", text.as_str()).write_part(&mut out);
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,6 +335,32 @@ mod tests {
         assert_eq!(after.len(), before.len() + 5);
         assert_eq!(&after[..before.len()], &before[..]);
         assert!(extend_thread_index("bm90IGFuIGluZGV4", 0, "s").is_none());
+    }
+
+    #[test]
+    fn an_edit_replaces_the_text_and_keeps_every_header_of_ours() {
+        let original = b"From: Dana <postmaster@example.net>\r\nTo: support@microsoft.com\r\nSubject: RE: SRX1\r\nMessage-ID: <pmb.1@x>\r\nIn-Reply-To: <p@m>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain;\r\n charset=\"utf-8\"\r\nContent-Transfer-Encoding: 7bit\r\n\r\nold text\r\n";
+        let edited = with_body(
+            original,
+            "Bonjour,\r\nle blocage persiste. \u{e9}\r\nBcc: evil@example.org\r\n",
+        )
+        .expect("edits");
+        let parsed = mail_parser::MessageParser::default()
+            .parse(&edited)
+            .expect("parses");
+        assert_eq!(parsed.message_id(), Some("pmb.1@x"));
+        assert_eq!(parsed.in_reply_to().as_text(), Some("p@m"));
+        assert_eq!(parsed.subject(), Some("RE: SRX1"));
+        let text = parsed.body_text(0).expect("text");
+        assert!(text.contains("le blocage persiste. \u{e9}"), "{text}");
+        assert!(!text.contains("old text"));
+        // The edit is body, never a header.
+        assert!(parsed.bcc().is_none());
+        let head = String::from_utf8_lossy(&edited);
+        assert_eq!(head.matches("Content-Type").count(), 1, "{head}");
+        assert!(with_body(original, " \r\n").is_err());
+        assert!(with_body(b"no header block", "x").is_err());
+        assert!(with_body(original, &"x".repeat(MAX_EDITED_BODY + 1)).is_err());
     }
 
     #[test]

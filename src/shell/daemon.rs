@@ -58,6 +58,9 @@ impl DaemonError {
     }
 }
 
+/// How often a waiting daemon looks in the store for replies approved elsewhere.
+const APPROVAL_CHECK: Duration = Duration::from_secs(2);
+
 /// Flags for the IMAP folders the bot writes to.
 const DRAFT_FLAGS: &str = "(\\Draft \\Seen)";
 const REVIEW_FLAGS: &str = "(\\Draft)";
@@ -170,6 +173,10 @@ async fn session_loop(
             Err(e) if e.is_transient() && !once => {
                 refresh = true;
                 retried_login = false;
+                let now = crate::clock::now();
+                // For the console and the metrics: a store that cannot take it changes nothing.
+                let _ = store.count_health("imap_reconnects", now);
+                let _ = store.set_health("last_error", &e.to_string(), now);
                 // A session that ran for a while was healthy: start the backoff over.
                 if started.elapsed() > Duration::from_secs(60) {
                     delay = Duration::from_secs(1);
@@ -353,6 +360,14 @@ async fn work(
     loop {
         collect_teachings(engine, store, mailbox, imap).await?;
         catch_up(engine, store, mailbox, imap, &mut classifier, shutdown).await?;
+        let now = crate::clock::now();
+        store.set_health("last_sync", &mailbox.folder, now)?;
+        let waiting = if mailbox.idle && imap.has_capability("IDLE") {
+            format!("IDLE (renewed every {} s)", mailbox.idle_renew.as_secs())
+        } else {
+            format!("polling every {} s", mailbox.poll_interval.as_secs())
+        };
+        store.set_health("waiting", &waiting, now)?;
         if *shutdown.borrow() {
             info!("shutting down");
             imap.logout().await;
@@ -391,7 +406,24 @@ async fn work(
             .map(|t| Duration::from_secs(t.saturating_sub(crate::clock::now()).max(1) as u64));
         let renew = until_retry.map_or(mailbox.idle_renew, |d| d.min(mailbox.idle_renew));
         let poll = until_retry.map_or(mailbox.poll_interval, |d| d.min(mailbox.poll_interval));
-        match imap.wait(mailbox.idle, renew, poll, shutdown).await? {
+        // An approval or release given while the bot waits (console, command line) is sent
+        // within seconds, not at the next wake-up.
+        let store_ref: &Store = store;
+        let approved = async {
+            loop {
+                tokio::time::sleep(APPROVAL_CHECK).await;
+                if store_ref
+                    .has_approved_ready(crate::clock::now())
+                    .unwrap_or(false)
+                {
+                    return;
+                }
+            }
+        };
+        match imap
+            .wait(mailbox.idle, renew, poll, shutdown, approved)
+            .await?
+        {
             Wake::Shutdown => {
                 info!("shutting down");
                 imap.logout().await;
@@ -460,6 +492,11 @@ async fn catch_up(
     let body_items = format!("(UID RFC822.SIZE BODY.PEEK[]<0.{limit}>)");
     let span = last - after;
     let mut progress = Progress::new(u64::from(span.min(estimate)));
+    store.set_health(
+        "backlog",
+        &span.min(estimate).to_string(),
+        crate::clock::now(),
+    )?;
     // A pass that failed ended its session and its worker: nothing is left pending here.
     debug_assert!(classifier.idle());
     let mut from = after.saturating_add(1);
@@ -595,6 +632,7 @@ async fn catch_up(
         }
     }
     progress.finish();
+    store.set_health("backlog", "0", crate::clock::now())?;
     Ok(())
 }
 
@@ -1504,6 +1542,14 @@ async fn collect_approvals(
             now,
         )? {
             note(store, row, now, "approved in the mail client")?;
+            store.add_audit(
+                "mail-client",
+                "approve_by_move",
+                Some(row.id),
+                row.case_id,
+                &row.subject,
+                now,
+            )?;
             info!(outbox = row.id, "approved by folder move");
         }
     }

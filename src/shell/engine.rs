@@ -506,6 +506,7 @@ impl Engine {
                 evidence_json: &evidence_json,
                 damage_json: &serde_json::to_string(&damage_of(inbound, verdict))
                     .unwrap_or_else(|_| "[]".into()),
+                excerpt: &crate::pipeline::console::excerpt(&inbound.headers, &inbound.body),
             },
             now,
         )?;

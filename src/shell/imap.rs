@@ -1305,6 +1305,7 @@ impl Imap {
         renew: Duration,
         poll: Duration,
         shutdown: &mut tokio::sync::watch::Receiver<bool>,
+        nudge: impl std::future::Future<Output = ()>,
     ) -> Result<Wake, ImapError> {
         if *shutdown.borrow() {
             return Ok(Wake::Shutdown);
@@ -1313,6 +1314,7 @@ impl Imap {
             tokio::select! {
                 _ = tokio::time::sleep(poll) => return self.noop().await.map(|_| Wake::Timeout),
                 _ = shutdown.changed() => return Ok(Wake::Shutdown),
+                _ = nudge => return Ok(Wake::Changed),
             }
         }
         let session = self.session.take().ok_or_else(|| ImapError::Closed {
@@ -1332,6 +1334,9 @@ impl Imap {
                 IdleResponse::ManualInterrupt => Wake::Shutdown,
             }),
             _ = shutdown.changed() => Ok(Wake::Shutdown),
+            // Something for the bot to do that is not in the mailbox (an approval given in the
+            // console or on the command line): IDLE ends with DONE like any other wake.
+            _ = nudge => Ok(Wake::Changed),
         };
         drop(stop);
         let outcome = outcome.map_err(self.cmd_err("IDLE"))?;

@@ -35,6 +35,9 @@ use serde::Serialize;
 use crate::pipeline::case::{Action, Case, CaseId, Lookup, Topic};
 use crate::pipeline::learned::Learned;
 
+mod console;
+pub use console::{AuditEntry, CaseFilter, CaseLine, Health, MessageLine, Quarantined, Weekly};
+
 /// A store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -189,6 +192,27 @@ ALTER TABLE outbox ADD COLUMN review_message_id TEXT;
 CREATE INDEX outbox_review_message_id ON outbox(review_message_id)
     WHERE review_message_id IS NOT NULL;
 "#,
+    r#"
+CREATE TABLE audit (
+    id INTEGER PRIMARY KEY,
+    at INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    outbox_id INTEGER,
+    case_id INTEGER,
+    detail TEXT NOT NULL
+);
+CREATE TABLE health (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL,
+    at INTEGER NOT NULL
+);
+CREATE INDEX cases_state ON cases(state, updated_at);
+CREATE INDEX cases_opened ON cases(opened_at);
+CREATE INDEX cases_closed ON cases(closed_at) WHERE closed_at IS NOT NULL;
+CREATE INDEX messages_case ON messages(case_id) WHERE case_id IS NOT NULL;
+ALTER TABLE messages ADD COLUMN excerpt TEXT NOT NULL DEFAULT '';
+"#,
 ];
 
 /// How a failed delivery attempt is retried.
@@ -333,6 +357,8 @@ pub struct ProcessedMessage<'a> {
     pub evidence_json: &'a str,
     /// What parsing or fetching could not do (JSON list), e.g. a body fetched only in part.
     pub damage_json: &'a str,
+    /// The message's header fields and text, cut short, for a person to read in the console.
+    pub excerpt: &'a str,
 }
 
 fn sql(path: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
@@ -598,6 +624,8 @@ pub struct OutboxItem {
     /// The Message-ID its review copy was appended with, when an approved draft came back
     /// under another one (the review copy is still found and removed by it).
     pub review_message_id: Option<String>,
+    /// When the row last changed status (queued, held...).
+    pub updated_at: i64,
 }
 
 impl Store {
@@ -659,7 +687,8 @@ impl Store {
             .conn
             .prepare(&format!(
                 "SELECT id, message_id, case_id, inbound_message_id, template, disposition, status,
-                        recipients, subject, bytes, reason, next_attempt_at, review_message_id
+                        recipients, subject, bytes, reason, next_attempt_at, review_message_id,
+                        updated_at
                  FROM outbox WHERE {filter} ORDER BY id"
             ))
             .map_err(sql(&self.path))?;
@@ -680,6 +709,7 @@ impl Store {
                     reason: r.get(10)?,
                     next_attempt_at: r.get(11)?,
                     review_message_id: r.get(12)?,
+                    updated_at: r.get(13)?,
                 })
             })
             .map_err(sql(&self.path))?;
@@ -1292,8 +1322,9 @@ impl StoreTx<'_> {
         self.tx
             .run(
                 "INSERT INTO messages (message_id, content_hash, source, processed_at, kind, ticket_id,
-                                       ips, trusted, case_id, action, reason, evidence, damage)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                                       ips, trusted, case_id, action, reason, evidence, damage,
+                                       excerpt)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
                 params![
                     m.message_id,
                     m.content_hash,
@@ -1307,7 +1338,8 @@ impl StoreTx<'_> {
                     m.action.as_str(),
                     m.reason,
                     m.evidence_json,
-                    m.damage_json
+                    m.damage_json,
+                    m.excerpt
                 ],
             )
             .map_err(sql(&self.path))?;

@@ -333,6 +333,17 @@ ca_file = "{ca}"
         out.into_bytes()
     }
 
+    /// Appends these messages, as they are, to the watched folder.
+    pub(crate) fn deliver_raw(&self, messages: &[Vec<u8>]) {
+        block_on(async {
+            let mut imap = self.connect(MAILBOX).await;
+            for raw in messages {
+                imap.append(&self.folder, "()", raw).await.expect("append");
+            }
+            imap.logout().await;
+        });
+    }
+
     pub(crate) fn deliver(&self, files: &[&str]) {
         block_on(async {
             let mut imap = self.connect("postmaster@example.net").await;
@@ -929,7 +940,7 @@ pub(crate) struct Daemon(pub(crate) std::process::Child);
 impl Case {
     /// Starts the daemon on this case with its log (at `level`) written to a file; the daemon
     /// and the log's path.
-    fn daemon_logging_to_file(&self, level: &str) -> (Daemon, PathBuf) {
+    pub(crate) fn daemon_logging_to_file(&self, level: &str) -> (Daemon, PathBuf) {
         let log = self.dir.path().join("daemon.log");
         let daemon = Daemon(
             Command::new(env!("CARGO_BIN_EXE_postmaster-bot"))
@@ -947,7 +958,7 @@ impl Case {
 
 impl Daemon {
     /// Waits (30 s at most) until the log holds `needle`, the daemon still running; the log.
-    fn wait_in_log(&mut self, log: &Path, needle: &str) -> String {
+    pub(crate) fn wait_in_log(&mut self, log: &Path, needle: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let text = std::fs::read_to_string(log).unwrap_or_default();

@@ -1,6 +1,7 @@
 //! The one integration-test binary: corpus, snapshots, the command line and code tidiness.
 
 mod cli;
+mod console;
 mod corpus;
 mod cyrus;
 mod dkim;

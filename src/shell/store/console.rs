@@ -1,0 +1,439 @@
+//! What the console and the metrics read, and the two records only people and the daemon's
+//! health write: the audit trail and the mailbox health. Every query is bounded (a page of
+//! rows, or a count), so a page costs the same with ten cases or ten thousand.
+
+use rusqlite::params;
+use serde::Serialize;
+
+use super::{sql, Cached, Store, StoreError};
+use crate::pipeline::case::CaseId;
+
+/// One act of a person on the outbox or the templates.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditEntry {
+    pub at: i64,
+    pub actor: String,
+    pub action: String,
+    pub outbox_id: Option<i64>,
+    pub case_id: Option<CaseId>,
+    pub detail: String,
+}
+
+/// A case as a list shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct CaseLine {
+    pub id: CaseId,
+    pub topic: String,
+    pub state: String,
+    pub ticket_id: Option<String>,
+    pub ips: Vec<String>,
+    pub opened_at: i64,
+    pub updated_at: i64,
+    pub closed_at: Option<i64>,
+}
+
+/// What a case list is narrowed to.
+#[derive(Debug, Clone, Default)]
+pub struct CaseFilter {
+    pub state: Option<String>,
+    pub ip: Option<String>,
+    pub ticket: Option<String>,
+    pub limit: u32,
+}
+
+/// A handled message as a case page shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct MessageLine {
+    pub message_id: Option<String>,
+    pub source: String,
+    pub processed_at: i64,
+    pub kind: String,
+    pub ticket_id: Option<String>,
+    pub trusted: bool,
+    pub action: String,
+    pub reason: String,
+    pub evidence: Vec<String>,
+    /// Header fields and text as kept (see `pipeline::console::excerpt`).
+    pub excerpt: String,
+}
+
+/// A message that could not be handled.
+#[derive(Debug, Clone, Serialize)]
+pub struct Quarantined {
+    pub at: i64,
+    pub source: String,
+    pub message_id: Option<String>,
+    pub error: String,
+}
+
+/// One value of the daemon's health, with when it was written.
+#[derive(Debug, Clone, Serialize)]
+pub struct Health {
+    pub key: String,
+    pub value: String,
+    pub at: i64,
+}
+
+/// The week-by-week numbers the dashboard draws.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Weekly {
+    /// (week start, cases opened, cases closed)
+    pub cases: Vec<(i64, u32, u32)>,
+    /// Days from a block to its delisting, for the cases closed in the window.
+    pub days_to_delisting: Vec<f64>,
+    /// (week start, IPs of cases open at the end of that week)
+    pub blocked_ips: Vec<(i64, u32)>,
+}
+
+const WEEK: i64 = 7 * 24 * 3600;
+
+impl Store {
+    pub fn add_audit(
+        &self,
+        actor: &str,
+        action: &str,
+        outbox_id: Option<i64>,
+        case_id: Option<CaseId>,
+        detail: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .run(
+                "INSERT INTO audit (at, actor, action, outbox_id, case_id, detail)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![now, actor, action, outbox_id, case_id, detail],
+            )
+            .map_err(sql(&self.path))?;
+        Ok(())
+    }
+
+    /// The newest acts first, at most `limit`.
+    pub fn audit(&self, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT at, actor, action, outbox_id, case_id, detail FROM audit
+                 ORDER BY id DESC LIMIT ?1",
+            )
+            .map_err(sql(&self.path))?;
+        let rows = stmt
+            .query_map([limit], |r| {
+                Ok(AuditEntry {
+                    at: r.get(0)?,
+                    actor: r.get(1)?,
+                    action: r.get(2)?,
+                    outbox_id: r.get(3)?,
+                    case_id: r.get(4)?,
+                    detail: r.get(5)?,
+                })
+            })
+            .map_err(sql(&self.path))?;
+        rows.collect::<Result<_, _>>().map_err(sql(&self.path))
+    }
+
+    /// Replaces the message of a row that still waits for approval; `false` when it no longer
+    /// waits (approved or rejected meanwhile).
+    pub fn replace_waiting_bytes(&self, id: i64, bytes: &[u8]) -> Result<bool, StoreError> {
+        let changed = self
+            .conn
+            .run(
+                "UPDATE outbox SET bytes = ?2 WHERE id = ?1 AND status = 'awaiting_approval'",
+                params![id, bytes],
+            )
+            .map_err(sql(&self.path))?;
+        Ok(changed == 1)
+    }
+
+    /// Whether an approved or released row is ready to be delivered.
+    pub fn has_approved_ready(&self, now: i64) -> Result<bool, StoreError> {
+        self.conn
+            .row(
+                "SELECT EXISTS(SELECT 1 FROM outbox WHERE status = 'approved' AND next_attempt_at <= ?1)",
+                [now],
+                |r| r.get(0),
+            )
+            .map_err(sql(&self.path))
+    }
+
+    pub fn set_health(&self, key: &str, value: &str, now: i64) -> Result<(), StoreError> {
+        self.conn
+            .run(
+                "INSERT INTO health (key, value, at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value, at = excluded.at",
+                params![key, value, now],
+            )
+            .map_err(sql(&self.path))?;
+        Ok(())
+    }
+
+    /// Adds to a counter kept in the health table (IMAP reconnects).
+    pub fn count_health(&self, key: &str, now: i64) -> Result<(), StoreError> {
+        self.conn
+            .run(
+                "INSERT INTO health (key, value, at) VALUES (?1, '1', ?2)
+                 ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1, at = excluded.at",
+                params![key, now],
+            )
+            .map_err(sql(&self.path))?;
+        Ok(())
+    }
+
+    pub fn health(&self) -> Result<Vec<Health>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT key, value, at FROM health ORDER BY key")
+            .map_err(sql(&self.path))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(Health {
+                    key: r.get(0)?,
+                    value: r.get(1)?,
+                    at: r.get(2)?,
+                })
+            })
+            .map_err(sql(&self.path))?;
+        rows.collect::<Result<_, _>>().map_err(sql(&self.path))
+    }
+
+    /// Cases, those that need a person first, then those waiting on Microsoft (longest
+    /// waiting first), then the closed ones (newest first).
+    pub fn case_lines(&self, filter: &CaseFilter) -> Result<Vec<CaseLine>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT c.id, c.topic, c.state, c.ticket_id, c.opened_at, c.updated_at, c.closed_at,
+                        (SELECT group_concat(ip, ' ') FROM case_ips WHERE case_id = c.id)
+                 FROM cases c
+                 WHERE (?1 IS NULL OR c.state = ?1)
+                   AND (?2 IS NULL OR c.id IN (SELECT case_id FROM case_ips WHERE ip = ?2))
+                   AND (?3 IS NULL OR c.ticket_id = ?3 COLLATE NOCASE)
+                 ORDER BY CASE c.state WHEN 'needs_operator' THEN 0 WHEN 'closed' THEN 2 ELSE 1 END,
+                          CASE WHEN c.state = 'closed' THEN -c.updated_at ELSE c.updated_at END
+                 LIMIT ?4",
+            )
+            .map_err(sql(&self.path))?;
+        let rows = stmt
+            .query_map(
+                params![filter.state, filter.ip, filter.ticket, filter.limit],
+                |r| {
+                    let ips: Option<String> = r.get(7)?;
+                    Ok(CaseLine {
+                        id: r.get(0)?,
+                        topic: r.get(1)?,
+                        state: r.get(2)?,
+                        ticket_id: r.get(3)?,
+                        opened_at: r.get(4)?,
+                        updated_at: r.get(5)?,
+                        closed_at: r.get(6)?,
+                        ips: ips
+                            .map(|s| s.split(' ').map(str::to_string).collect())
+                            .unwrap_or_default(),
+                    })
+                },
+            )
+            .map_err(sql(&self.path))?;
+        rows.collect::<Result<_, _>>().map_err(sql(&self.path))
+    }
+
+    /// How many cases are in each state.
+    pub fn cases_by_state(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        self.counts("SELECT state, count(*) FROM cases GROUP BY state ORDER BY state")
+    }
+
+    /// How many outbox rows are in each status.
+    pub fn outbox_by_status(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        self.counts("SELECT status, count(*) FROM outbox GROUP BY status ORDER BY status")
+    }
+
+    /// How many replies to Microsoft (not notifications) are in each outbox status.
+    pub fn replies_by_status(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        self.counts(
+            "SELECT status, count(*) FROM outbox WHERE template != 'operator_notification'
+             GROUP BY status ORDER BY status",
+        )
+    }
+
+    /// How many messages were handled of each kind.
+    pub fn messages_by_kind(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        self.counts("SELECT kind, count(*) FROM messages GROUP BY kind ORDER BY kind")
+    }
+
+    /// How many people's acts of each kind the audit holds (approvals, rejections...).
+    pub fn audit_by_action(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        self.counts("SELECT action, count(*) FROM audit GROUP BY action ORDER BY action")
+    }
+
+    fn counts(&self, query: &str) -> Result<Vec<(String, i64)>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(query).map_err(sql(&self.path))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(sql(&self.path))?;
+        rows.collect::<Result<_, _>>().map_err(sql(&self.path))
+    }
+
+    /// The messages a case was built from, oldest first, at most `limit`.
+    pub fn case_messages(&self, case: CaseId, limit: u32) -> Result<Vec<MessageLine>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT message_id, source, processed_at, kind, ticket_id, trusted, action, reason,
+                        evidence, excerpt
+                 FROM messages WHERE case_id = ?1 ORDER BY id LIMIT ?2",
+            )
+            .map_err(sql(&self.path))?;
+        let rows = stmt
+            .query_map(params![case, limit], |r| {
+                let evidence: String = r.get(8)?;
+                Ok(MessageLine {
+                    message_id: r.get(0)?,
+                    source: r.get(1)?,
+                    processed_at: r.get(2)?,
+                    kind: r.get(3)?,
+                    ticket_id: r.get(4)?,
+                    trusted: r.get(5)?,
+                    action: r.get(6)?,
+                    reason: r.get(7)?,
+                    evidence: evidence_lines(&evidence),
+                    excerpt: r.get(9)?,
+                })
+            })
+            .map_err(sql(&self.path))?;
+        rows.collect::<Result<_, _>>().map_err(sql(&self.path))
+    }
+
+    /// The newest timeline lines of a case, at most `limit`, oldest first.
+    pub fn timeline_page(
+        &self,
+        case: CaseId,
+        limit: u32,
+    ) -> Result<Vec<super::TimelineEntry>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT at, kind, action, state, message_id, summary FROM (
+                     SELECT id, at, kind, action, state, message_id, summary FROM timeline
+                     WHERE case_id = ?1 ORDER BY at DESC, id DESC LIMIT ?2
+                 ) ORDER BY at, id",
+            )
+            .map_err(sql(&self.path))?;
+        let rows = stmt
+            .query_map(params![case, limit], |r| {
+                Ok(super::TimelineEntry {
+                    at: r.get(0)?,
+                    kind: r.get(1)?,
+                    action: r.get(2)?,
+                    state: r.get(3)?,
+                    message_id: r.get(4)?,
+                    summary: r.get(5)?,
+                })
+            })
+            .map_err(sql(&self.path))?;
+        rows.collect::<Result<_, _>>().map_err(sql(&self.path))
+    }
+
+    /// Messages quarantined (not handled: a person must look), newest first.
+    pub fn quarantined(&self, limit: u32) -> Result<Vec<Quarantined>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT at, source, message_id, error FROM quarantine ORDER BY id DESC LIMIT ?1",
+            )
+            .map_err(sql(&self.path))?;
+        let rows = stmt
+            .query_map([limit], |r| {
+                Ok(Quarantined {
+                    at: r.get(0)?,
+                    source: r.get(1)?,
+                    message_id: r.get(2)?,
+                    error: r.get(3)?,
+                })
+            })
+            .map_err(sql(&self.path))?;
+        rows.collect::<Result<_, _>>().map_err(sql(&self.path))
+    }
+
+    /// The weekly numbers of the last `weeks` weeks up to `now`.
+    pub fn weekly(&self, now: i64, weeks: i64) -> Result<Weekly, StoreError> {
+        let start = (now / WEEK - weeks + 1) * WEEK;
+        let mut out = Weekly::default();
+        let mut opened = self
+            .conn
+            .prepare_cached(
+                "SELECT (opened_at / ?1) * ?1 AS w, count(*) FROM cases
+                 WHERE opened_at >= ?2 AND topic IN ('outlook_block', 'm365_block') GROUP BY w",
+            )
+            .map_err(sql(&self.path))?;
+        let opened: Vec<(i64, u32)> = opened
+            .query_map(params![WEEK, start], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(sql(&self.path))?
+            .collect::<Result<_, _>>()
+            .map_err(sql(&self.path))?;
+        let mut closed = self
+            .conn
+            .prepare_cached(
+                "SELECT (closed_at / ?1) * ?1 AS w, count(*) FROM cases
+                 WHERE closed_at >= ?2 AND topic IN ('outlook_block', 'm365_block') GROUP BY w",
+            )
+            .map_err(sql(&self.path))?;
+        let closed: Vec<(i64, u32)> = closed
+            .query_map(params![WEEK, start], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(sql(&self.path))?
+            .collect::<Result<_, _>>()
+            .map_err(sql(&self.path))?;
+        let mut days = self
+            .conn
+            .prepare_cached(
+                "SELECT (closed_at - opened_at) / 86400.0 FROM cases
+                 WHERE closed_at >= ?1 AND topic IN ('outlook_block', 'm365_block')
+                 ORDER BY closed_at LIMIT 1000",
+            )
+            .map_err(sql(&self.path))?;
+        out.days_to_delisting = days
+            .query_map([start], |r| r.get(0))
+            .map_err(sql(&self.path))?
+            .collect::<Result<_, _>>()
+            .map_err(sql(&self.path))?;
+        let mut ips = self
+            .conn
+            .prepare_cached(
+                "SELECT count(*) FROM case_ips i JOIN cases c ON c.id = i.case_id
+                 WHERE c.topic IN ('outlook_block', 'm365_block')
+                   AND c.opened_at < ?1 AND (c.closed_at IS NULL OR c.closed_at >= ?1)",
+            )
+            .map_err(sql(&self.path))?;
+        for i in 0..weeks {
+            let week = start + i * WEEK;
+            let count =
+                |list: &[(i64, u32)]| list.iter().find(|(w, _)| *w == week).map_or(0, |(_, n)| *n);
+            out.cases.push((week, count(&opened), count(&closed)));
+            let end = (week + WEEK).min(now);
+            let n: u32 = ips
+                .query_row([end], |r| r.get(0))
+                .map_err(sql(&self.path))?;
+            out.blocked_ips.push((week, n));
+        }
+        Ok(out)
+    }
+}
+
+/// The evidence column (a JSON list of strings, or of `{rule, matched}` objects) as lines.
+fn evidence_lines(json: &str) -> Vec<String> {
+    match serde_json::from_str::<serde_json::Value>(json) {
+        Ok(serde_json::Value::Array(items)) => items
+            .into_iter()
+            .map(|v| match v {
+                serde_json::Value::String(s) => s,
+                serde_json::Value::Object(o) => {
+                    let text = |k: &str| o.get(k).and_then(|v| v.as_str()).unwrap_or("");
+                    match (text("rule"), text("matched")) {
+                        ("", _) => serde_json::Value::Object(o.clone()).to_string(),
+                        (rule, "") => rule.to_string(),
+                        (rule, matched) => format!("{rule}: \u{201c}{matched}\u{201d}"),
+                    }
+                }
+                other => other.to_string(),
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
