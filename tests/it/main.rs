@@ -1,5 +1,6 @@
 //! The one integration-test binary: corpus, snapshots, the command line and code tidiness.
 
+mod browser;
 mod cli;
 mod console;
 mod corpus;
