@@ -12,6 +12,7 @@ use crate::pipeline::compose::Identity;
 use crate::pipeline::decide::{Mode, NotifyOn};
 use crate::pipeline::parse::Limits;
 
+pub mod notify;
 mod oauth;
 pub mod web;
 pub use oauth::{Flow, OAuth2Config, Provider, RawOAuth2, RefreshTokenStore};
@@ -57,6 +58,8 @@ pub struct RawConfig {
     pub smtp: Option<RawSmtp>,
     pub oauth2: Option<RawOAuth2>,
     pub web: Option<web::RawWeb>,
+    #[serde(default)]
+    pub notify: notify::RawNotify,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -570,6 +573,8 @@ pub struct Config {
     pub verify_dkim: Option<DkimCheck>,
     /// The operator's console (`run` serves it when set; `serve` needs it).
     pub web: Option<web::WebConfig>,
+    /// Webhooks told what the operator is told.
+    pub webhooks: Vec<notify::WebhookConfig>,
 }
 
 /// How the bot's own DKIM check reaches DNS.
@@ -868,6 +873,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
             .as_ref()
             .map(|w| web::parse(w, origin))
             .transpose()?,
+        webhooks: notify::parse(&raw.notify, origin)?,
         mailbox,
         smtp,
         origin: origin.to_string(),
@@ -940,6 +946,11 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             resolve(p);
         }
         if let Some(SecretSource::File(p)) = s.password.as_mut() {
+            resolve(p);
+        }
+    }
+    for w in config.webhooks.iter_mut() {
+        if let notify::WebhookFormat::Template(p) = &mut w.format {
             resolve(p);
         }
     }

@@ -18,4 +18,5 @@ pub mod render;
 pub mod rules;
 pub mod score;
 pub mod sync;
+pub mod webhook;
 pub mod witness;

@@ -21,4 +21,5 @@ pub mod store;
 pub mod teach;
 pub mod tls;
 pub mod web;
+pub mod webhook;
 pub mod witness;

@@ -138,7 +138,7 @@ fn preset(provider: Provider, tenant: &str, flow: Flow) -> Preset {
 }
 
 /// Only HTTPS, except on loopback where tests and local helpers listen.
-fn check_endpoint(url: &str) -> Result<(), String> {
+pub(super) fn check_endpoint(url: &str) -> Result<(), String> {
     let parsed = url::Url::parse(url).map_err(|e| format!("`{url}` is not a URL: {e}"))?;
     let loopback = match parsed.host() {
         Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),

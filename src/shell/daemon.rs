@@ -747,6 +747,7 @@ async fn deliver(
     // review, and before any APPEND of this pass can leave the session out of step.
     let mut cleared = std::collections::HashSet::new();
     let mut known = std::collections::HashSet::new();
+    let mut hooks = None;
     for item in store.outbox_items("pending")? {
         known.insert(item.id);
         if item.next_attempt_at > now || !automatic_reply(&item) || imap.unreliable().is_some() {
@@ -765,6 +766,7 @@ async fn deliver(
                 let copy = Copy::draft(drafts);
                 copy_row(store, imap, &item, "pending", &copy, engine).await?;
             }
+            "webhook" => deliver_webhook(engine, store, &item, &mut hooks).await?,
             // A row from an older version or another mode: approve mode is what mirrors it.
             "queue" if mode != Mode::Approve => {
                 hold(
@@ -803,6 +805,10 @@ async fn deliver(
         if item.next_attempt_at > now {
             continue;
         }
+        if item.disposition == "webhook" {
+            deliver_webhook(engine, store, &item, &mut hooks).await?;
+            continue;
+        }
         if mode == Mode::Draft {
             // Released in draft mode: it becomes a draft, never a sent message.
             let copy = Copy::draft(drafts);
@@ -817,7 +823,14 @@ async fn deliver(
     // A notification this pass produced (a row the server would not store) goes out now, not
     // after the next wake-up, which may be minutes away.
     for item in store.outbox_items("pending")? {
-        if known.contains(&item.id) || item.template != "operator_notification" {
+        if known.contains(&item.id) {
+            continue;
+        }
+        if item.disposition == "webhook" {
+            deliver_webhook(engine, store, &item, &mut hooks).await?;
+            continue;
+        }
+        if item.template != "operator_notification" {
             continue;
         }
         if item.disposition == "draft" {
@@ -828,6 +841,29 @@ async fn deliver(
             )
             .await?;
         }
+    }
+    Ok(())
+}
+
+/// Delivers one webhook row, with one HTTP client per pass (made when the first is needed).
+async fn deliver_webhook(
+    engine: &Engine,
+    store: &mut Store,
+    item: &OutboxItem,
+    client: &mut Option<reqwest::Client>,
+) -> Result<(), DaemonError> {
+    if client.is_none() {
+        match crate::shell::webhook::client() {
+            Ok(c) => *client = Some(c),
+            Err(e) => {
+                warn!(error = %e, "no HTTP client for webhooks; they wait");
+                return Ok(());
+            }
+        }
+    }
+    if let Some(c) = client.as_ref() {
+        crate::shell::webhook::deliver(&engine.config.webhooks, c, store, item, &item.status)
+            .await?;
     }
     Ok(())
 }
@@ -1350,6 +1386,15 @@ async fn settle_uncertain(
     }
     let now = crate::clock::now();
     for item in uncertain {
+        if item.disposition == "webhook" {
+            let reason = "fate uncertain: the bot stopped during the delivery; release it to send it again if the receiver does not have it";
+            store.transition_outbox(item.id, "sending", "held", Some(reason), now)?;
+            warn!(
+                outbox = item.id,
+                "uncertain webhook delivery held; never resent automatically"
+            );
+            continue;
+        }
         let mut found = false;
         if imap.select(places.sent()).await.is_ok() {
             found = present_or_refused(imap.has_message_id(&item.message_id).await)?;

@@ -17,6 +17,7 @@ use crate::pipeline::learned::Learned;
 use crate::pipeline::parse::{self, Inbound};
 use crate::pipeline::render::{self, IdentityView, MessageView, RenderError, Templates};
 use crate::pipeline::rules::{Rules, RulesError};
+use crate::pipeline::webhook;
 use crate::shell::dkim::DkimVerifier;
 use crate::shell::store::{
     NewOutbox, OutboxItem, ProcessedMessage, Store, StoreError, StoreTx, TimelineEntry,
@@ -37,6 +38,8 @@ pub enum SetupError {
     Templates(#[from] RenderError),
     #[error(transparent)]
     Dkim(#[from] crate::shell::dkim::DkimSetupError),
+    #[error("webhook template {path}: {message}")]
+    Webhook { path: String, message: String },
 }
 
 /// Handling one message failed; nothing of it was stored.
@@ -63,6 +66,8 @@ pub struct Engine {
     dkim: Option<DkimVerifier>,
     /// Built-in exemplars and the operator's learned templates.
     learned: RwLock<Vec<Learned>>,
+    /// The operator's webhook templates (`webhook{i}` for `config.webhooks[i]`).
+    webhook_templates: handlebars::Handlebars<'static>,
 }
 
 /// A parsed and classified message, not yet applied to any state.
@@ -86,6 +91,9 @@ pub struct Produced {
     /// The rate-limit group of a notification.
     #[serde(skip)]
     pub rate_key: Option<String>,
+    /// What the message is about, as webhooks name it (`open_case`, `notify_operator`...).
+    #[serde(skip)]
+    pub event: &'static str,
 }
 
 /// The outcome of applying one message.
@@ -142,12 +150,14 @@ impl Engine {
             .as_ref()
             .map(DkimVerifier::start)
             .transpose()?;
+        let webhook_templates = webhook_registry(&config)?;
         Ok(Engine {
             config,
             rules,
             templates,
             dkim,
             learned: RwLock::new(exemplars()),
+            webhook_templates,
         })
     }
 
@@ -445,6 +455,27 @@ impl Engine {
             )?;
         }
 
+        // Webhooks are told what the operator is told, in the same transaction.
+        for (n, p) in produced.iter().enumerate() {
+            let (Template::OperatorNotification, Some(o)) = (p.template, &p.outgoing) else {
+                continue;
+            };
+            if matches!(p.disposition, Disposition::Hold(_)) {
+                continue;
+            }
+            self.add_webhooks(
+                &tx,
+                &WebhookCall {
+                    event: p.event,
+                    subject: &o.subject,
+                    text: &p.body,
+                    case: transition.case.as_ref(),
+                    seed: &format!("{seed}/{n}"),
+                },
+                now,
+            )?;
+        }
+
         if let Some(c) = transition.case.as_mut() {
             for p in &produced {
                 if let (true, Some(o)) = (p.template.is_reply(), &p.outgoing) {
@@ -623,6 +654,19 @@ impl Engine {
             (_, Err(e)) => Some(format!("the notification cannot be composed: {e}")),
             _ => None,
         };
+        if held.is_none() {
+            self.add_webhooks(
+                &tx,
+                &WebhookCall {
+                    event: "held",
+                    subject: &subject,
+                    text: &draft.body,
+                    case: transition.case.as_ref(),
+                    seed: &format!("{}/held/{}", item.message_id, item.id),
+                },
+                now,
+            )?;
+        }
         tx.add_outbox(
             &NewOutbox {
                 message_id: &message_id,
@@ -640,6 +684,75 @@ impl Engine {
             now,
         )?;
         tx.commit()?;
+        Ok(())
+    }
+
+    /// One outbox row per webhook that wants this event: the body in the webhook's format, to
+    /// its URL, delivered by the daemon like mail (retried, never twice).
+    fn add_webhooks(
+        &self,
+        tx: &StoreTx<'_>,
+        call: &WebhookCall<'_>,
+        now: i64,
+    ) -> Result<(), HandleError> {
+        let headline = call
+            .subject
+            .strip_prefix("[postmaster-bot] ")
+            .unwrap_or(call.subject);
+        let mode = self.config.mode.to_string();
+        let no_ips: Vec<String> = Vec::new();
+        let event = webhook::Event {
+            event: call.event,
+            headline,
+            text: call.text,
+            case: call.case.map(|c| c.id),
+            ticket: call.case.and_then(|c| c.ticket_id.as_deref()),
+            ips: call.case.map_or(&no_ips, |c| &c.ips),
+            at: now,
+            mode: &mode,
+        };
+        for (i, hook) in self.config.webhooks.iter().enumerate() {
+            if !hook.wants(call.event) {
+                continue;
+            }
+            let bytes = match webhook::body(&hook.format, &event) {
+                Some(b) => Ok(b),
+                None => self
+                    .webhook_templates
+                    .render(&format!("webhook{i}"), &event)
+                    .map(String::into_bytes)
+                    .map_err(|e| e.to_string()),
+            };
+            let (status, reason, bytes) = match bytes {
+                Ok(b) => ("pending", None, b),
+                Err(e) => (
+                    "held",
+                    Some(format!("the webhook template failed: {e}")),
+                    Vec::new(),
+                ),
+            };
+            let message_id = compose::message_id(
+                &format!("{}/webhook/{i}/{}", call.seed, call.event),
+                now,
+                &self.config.identity.message_id_domain,
+            );
+            tx.add_outbox(
+                &NewOutbox {
+                    message_id: &message_id,
+                    case_id: call.case.map(|c| c.id),
+                    inbound_message_id: None,
+                    template: "webhook",
+                    disposition: "webhook",
+                    status,
+                    reason: reason.as_deref(),
+                    recipients: std::slice::from_ref(&hook.url),
+                    subject: call.event,
+                    bytes: &bytes,
+                    rate_key: None,
+                },
+                now,
+            )?;
+        }
         Ok(())
     }
 
@@ -748,8 +861,42 @@ impl Engine {
             body: draft.body,
             note: None,
             rate_key: None,
+            event: transition.action.as_str(),
         })
     }
+}
+
+/// A notification that webhooks are told about.
+struct WebhookCall<'a> {
+    event: &'static str,
+    subject: &'a str,
+    text: &'a str,
+    case: Option<&'a case::Case>,
+    /// Makes each webhook row's id its own.
+    seed: &'a str,
+}
+
+/// The operator's webhook templates, checked at start: a template that does not compile is a
+/// setup error naming its file. Their output is JSON, not HTML: nothing is HTML-escaped, and
+/// `{{json value}}` writes a value as a JSON string, list or number.
+fn webhook_registry(config: &Config) -> Result<handlebars::Handlebars<'static>, SetupError> {
+    handlebars::handlebars_helper!(json: |v: Json| serde_json::to_string(v).unwrap_or_default());
+    let mut registry = handlebars::Handlebars::new();
+    registry.set_strict_mode(true);
+    registry.register_escape_fn(handlebars::no_escape);
+    registry.register_helper("json", Box::new(json));
+    for (i, hook) in config.webhooks.iter().enumerate() {
+        if let crate::config::notify::WebhookFormat::Template(path) = &hook.format {
+            let text = read(path)?;
+            registry
+                .register_template_string(&format!("webhook{i}"), text)
+                .map_err(|e| SetupError::Webhook {
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                })?;
+        }
+    }
+    Ok(registry)
 }
 
 /// What was wrong with a message, for the operator: the parser's notes and the work it was

@@ -80,7 +80,7 @@ pub fn release(
             reason: item.reason.unwrap_or_default(),
         });
     }
-    let is_reply = item.template != "operator_notification";
+    let is_reply = !matches!(item.template.as_str(), "operator_notification" | "webhook");
     if is_reply {
         let domains = &cfg.classify.microsoft_domains;
         if let Some(bad) = item

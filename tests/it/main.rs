@@ -17,3 +17,4 @@ mod rule_cost;
 mod snapshots;
 mod support;
 mod tidy;
+mod webhook;

@@ -155,6 +155,17 @@ impl Store {
             .map_err(sql(&self.path))
     }
 
+    /// Sets a row's reason without changing its status (an uncertain delivery's why).
+    pub fn set_reason(&self, id: i64, reason: &str) -> Result<(), StoreError> {
+        self.conn
+            .run(
+                "UPDATE outbox SET reason = ?2 WHERE id = ?1",
+                params![id, reason],
+            )
+            .map_err(sql(&self.path))?;
+        Ok(())
+    }
+
     pub fn set_health(&self, key: &str, value: &str, now: i64) -> Result<(), StoreError> {
         self.conn
             .run(
@@ -248,7 +259,15 @@ impl Store {
     /// How many replies to Microsoft (not notifications) are in each outbox status.
     pub fn replies_by_status(&self) -> Result<Vec<(String, i64)>, StoreError> {
         self.counts(
-            "SELECT status, count(*) FROM outbox WHERE template != 'operator_notification'
+            "SELECT status, count(*) FROM outbox WHERE template IN ('escalation_reply', 'followup')
+             GROUP BY status ORDER BY status",
+        )
+    }
+
+    /// How many webhook deliveries are in each outbox status.
+    pub fn webhooks_by_status(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        self.counts(
+            "SELECT status, count(*) FROM outbox WHERE template = 'webhook'
              GROUP BY status ORDER BY status",
         )
     }

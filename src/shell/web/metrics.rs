@@ -24,6 +24,7 @@ struct Snapshot {
     states: Vec<(String, i64)>,
     outbox: Vec<(String, i64)>,
     replies: Vec<(String, i64)>,
+    webhooks: Vec<(String, i64)>,
     acts: Vec<(String, i64)>,
     health: Vec<Health>,
 }
@@ -34,6 +35,7 @@ fn snapshot(store: &Store) -> Result<Snapshot, StoreError> {
         states: store.cases_by_state()?,
         outbox: store.outbox_by_status()?,
         replies: store.replies_by_status()?,
+        webhooks: store.webhooks_by_status()?,
         acts: store.audit_by_action()?,
         health: store.health()?,
     })
@@ -91,6 +93,27 @@ fn registry(s: &Snapshot, now: i64) -> Registry {
             .inc_by(u64::try_from(n).unwrap_or(0));
     }
     registry.register("replies", "Replies to Microsoft, by outcome", replies);
+    let sum = |pairs: &[(String, i64)], statuses: &[&str]| -> u64 {
+        pairs
+            .iter()
+            .filter(|(st, _)| statuses.contains(&st.as_str()))
+            .map(|(_, n)| u64::try_from(*n).unwrap_or(0))
+            .sum()
+    };
+    let deliveries = Counter::<u64>::default();
+    deliveries.inc_by(sum(&s.webhooks, &["sent"]));
+    registry.register(
+        "webhook_deliveries",
+        "Webhook notifications delivered (a 2xx answer)",
+        deliveries,
+    );
+    let failures = Counter::<u64>::default();
+    failures.inc_by(sum(&s.webhooks, &["failed", "held"]));
+    registry.register(
+        "webhook_failures",
+        "Webhook notifications refused, held after retries, or of uncertain fate",
+        failures,
+    );
     let approvals = Counter::<u64>::default();
     approvals.inc_by(
         s.acts
