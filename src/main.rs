@@ -522,10 +522,10 @@ fn run_daemon(path: &Path, once: bool, mode: Option<ModeArg>) -> Result<ExitCode
         });
         // The console runs beside the daemon; if it cannot, the daemon stops too, cleanly.
         let console = engine.config.web.clone().filter(|_| !once).map(|web| {
-            let config = std::sync::Arc::new(engine.config.clone());
+            let engine = std::sync::Arc::clone(&engine);
             let (tx, rx) = (tx.clone(), rx.clone());
             tokio::spawn(async move {
-                let served = postmaster_bot::shell::web::serve(config, web, rx).await;
+                let served = postmaster_bot::shell::web::serve(engine, web, rx).await;
                 if served.is_err() {
                     let _ = tx.send(true);
                 }
@@ -566,13 +566,14 @@ fn serve(path: &Path) -> Result<ExitCode> {
         .into());
     };
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let engine = Engine::new(config)?;
     service_runtime()?.block_on(async {
         let (tx, rx) = tokio::sync::watch::channel(false);
         let signals = tokio::spawn(async move {
             wait_for_signal().await;
             let _ = tx.send(true);
         });
-        let served = postmaster_bot::shell::web::serve(std::sync::Arc::new(config), web, rx).await;
+        let served = postmaster_bot::shell::web::serve(std::sync::Arc::new(engine), web, rx).await;
         signals.abort();
         served
     })?;

@@ -358,6 +358,8 @@ async fn work(
     settle_uncertain(store, mailbox, &places, &drafts, imap).await?;
     let mut again = 0;
     loop {
+        // Templates taught elsewhere (the console, the command line) count from this pass on.
+        engine.load_templates(store)?;
         collect_teachings(engine, store, mailbox, imap).await?;
         catch_up(engine, store, mailbox, imap, &mut classifier, shutdown).await?;
         let now = crate::clock::now();

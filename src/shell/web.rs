@@ -28,6 +28,7 @@ use tracing::{info, warn};
 
 use crate::config::web::WebConfig;
 use crate::config::Config;
+use crate::shell::engine::Engine;
 use crate::shell::queue::{self, Actor, QueueError};
 use crate::shell::store::{Store, StoreError};
 use auth::{Sessions, Users, UsersError};
@@ -49,6 +50,8 @@ pub enum WebError {
     Store(#[from] StoreError),
     #[error("the console stopped: {0}")]
     Serve(std::io::Error),
+    #[error(transparent)]
+    Setup(#[from] crate::shell::engine::SetupError),
     #[error("web TLS: {0}")]
     Tls(String),
 }
@@ -71,7 +74,7 @@ impl Connected<IncomingStream<'_, tls::TlsListener>> for Peer {
 
 /// What every request handler shares.
 pub struct Console {
-    config: Arc<Config>,
+    engine: Arc<Engine>,
     web: WebConfig,
     store: Mutex<Store>,
     users: Option<Users>,
@@ -81,7 +84,7 @@ pub struct Console {
 
 /// Serves the console until `shutdown` turns true.
 pub async fn serve(
-    config: Arc<Config>,
+    engine: Arc<Engine>,
     web: WebConfig,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), WebError> {
@@ -95,10 +98,10 @@ pub async fn serve(
         }
         None => None,
     };
-    let store = Store::open(&config.state_path)?;
+    let store = Store::open(&engine.config.state_path)?;
     let console = Arc::new(Console {
         secure_cookies: web.tls.is_some(),
-        config,
+        engine,
         store: Mutex::new(store),
         users,
         sessions: Sessions::default(),
@@ -140,6 +143,9 @@ fn router(console: Arc<Console>) -> Router {
         .route("/queue/{id}", get(pages::queue_item))
         .route("/queue/{id}/decide", post(decide))
         .route("/inbox", get(pages::inbox))
+        .route("/teach", post(teach))
+        .route("/templates", get(pages::templates))
+        .route("/templates/{id}/remove", post(remove_template))
         .route("/audit", get(pages::audit))
         .route("/login", get(pages::login_page).post(login))
         .route("/logout", post(logout))
@@ -285,7 +291,7 @@ impl Console {
         let console = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
             let mut store = console.store.lock().unwrap_or_else(|e| e.into_inner());
-            f(&mut store, &console.config)
+            f(&mut store, &console.engine.config)
         })
         .await
         .unwrap_or_else(|e| {
@@ -406,6 +412,123 @@ async fn decide(
             Redirect::to(&format!("/queue/{id}")).into_response()
         }
         Ok(Err(why)) => failure(StatusCode::CONFLICT, &why),
+        Err(e) => store_failure(e),
+    }
+}
+
+/// "This is a ...": teaches the template of a message the bot handed to a person. The message
+/// is fetched from the mailbox by its Message-ID (the store keeps only an excerpt), learned,
+/// and decided again, exactly as `postmaster-bot teach --message-id` does.
+async fn teach(
+    State(console): State<Arc<Console>>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let visitor = match checked_form(&console, &headers, peer, &form) {
+        Ok(v) => v,
+        Err(r) => return r.into_response(),
+    };
+    let kind_name = form.get("kind").cloned().unwrap_or_default();
+    let Ok(kind) = serde_json::from_value::<crate::pipeline::classify::Kind>(
+        serde_json::Value::String(kind_name.clone()),
+    ) else {
+        return failure(StatusCode::BAD_REQUEST, "not a kind");
+    };
+    let message_id = form
+        .get("message_id")
+        .map(|m| {
+            m.trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_string()
+        })
+        .unwrap_or_default();
+    if message_id.is_empty() || message_id.len() > 998 {
+        return failure(StatusCode::BAD_REQUEST, "no Message-ID");
+    }
+    let raw = match crate::shell::daemon::fetch_message(&console.engine, &message_id).await {
+        Ok(Some(raw)) => raw,
+        Ok(None) => {
+            return failure(
+                StatusCode::NOT_FOUND,
+                "that message is no longer in the watched or handled folder",
+            )
+        }
+        Err(e) => {
+            warn!(error = %e, "console: the mailbox could not be read for teaching");
+            return failure(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("the mailbox could not be read: {e}"),
+            );
+        }
+    };
+    let engine = Arc::clone(&console.engine);
+    let actor = format!("web:{}", visitor.user);
+    let result = console
+        .with_store(move |store, _| {
+            let now = crate::clock::now();
+            let source = format!("<{message_id}>");
+            match crate::shell::teach::teach(&engine, store, kind, &raw, &source, now) {
+                Ok(taught) => {
+                    store.add_audit(
+                        &actor,
+                        "teach",
+                        None,
+                        None,
+                        &format!("{source} is {kind_name} (template #{})", taught.template),
+                        now,
+                    )?;
+                    Ok(Ok(()))
+                }
+                Err(crate::shell::teach::TeachError::Store(e)) => Err(e),
+                Err(e) => Ok(Err(e.to_string())),
+            }
+        })
+        .await;
+    match result {
+        Ok(Ok(())) => {
+            info!(user = %visitor.user, "console: template taught");
+            Redirect::to("/templates").into_response()
+        }
+        Ok(Err(why)) => failure(StatusCode::UNPROCESSABLE_ENTITY, &why),
+        Err(e) => store_failure(e),
+    }
+}
+
+async fn remove_template(
+    State(console): State<Arc<Console>>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let visitor = match checked_form(&console, &headers, peer, &form) {
+        Ok(v) => v,
+        Err(r) => return r.into_response(),
+    };
+    let engine = Arc::clone(&console.engine);
+    let actor = format!("web:{}", visitor.user);
+    let result = console
+        .with_store(move |store, _| {
+            let removed = store.remove_template(id)?;
+            if removed {
+                engine.load_templates(store)?;
+                store.add_audit(
+                    &actor,
+                    "remove_template",
+                    None,
+                    None,
+                    &format!("template #{id}"),
+                    crate::clock::now(),
+                )?;
+            }
+            Ok(removed)
+        })
+        .await;
+    match result {
+        Ok(true) => Redirect::to("/templates").into_response(),
+        Ok(false) => failure(StatusCode::NOT_FOUND, &format!("no template #{id}")),
         Err(e) => store_failure(e),
     }
 }

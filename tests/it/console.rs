@@ -193,6 +193,7 @@ pub(crate) fn start_serve(case: &Case) -> Daemon {
         Command::new(env!("CARGO_BIN_EXE_postmaster-bot"))
             .args(["serve", "--config", &case.config.display().to_string()])
             .current_dir(case.dir.path())
+            .env("PMB_TEST_PASSWORD", "password")
             .stderr(Stdio::null())
             .spawn()
             .expect("serve starts"),
@@ -637,5 +638,72 @@ fn a_trusted_proxy_names_the_user_and_nobody_else_can() {
     let mut visitor = Visitor::new(port);
     visitor.wait_up();
     assert_eq!(visitor.get_with("/", "X-Forwarded-User", "bob").status, 403);
+    assert!(server.stop().success());
+}
+
+/// "This is a ...": an answer in a wording no rule knows, taught from the console, is decided
+/// again and answered; the template is listed, and removed again, and both acts are audited.
+#[test]
+fn a_message_handed_to_a_person_is_taught_from_the_console() {
+    let case = setup("draft", "");
+    let port = with_console(&case, "");
+    case.deliver(&["d006.eml", "d007.eml", "learned/t1-new-wording-refusal.eml"]);
+    case.run_once();
+    let mut server = start_serve(&case);
+    let mut visitor = Visitor::new(port);
+    visitor.wait_up();
+    let inbox = visitor.get("/inbox");
+    assert!(inbox.body.contains("id=\"handed\""), "{}", inbox.body);
+    let csrf = hidden(&inbox.body, "csrf");
+    let id = "LRN0000000000000000000000000000000000001@CH3PR21MB9986.namprd21.prod.outlook.com";
+    assert!(
+        inbox.body.contains(id),
+        "the unknown wording is listed: {}",
+        inbox.body
+    );
+    let taught = visitor.post(
+        "/teach",
+        &[
+            ("csrf", &csrf),
+            ("message_id", id),
+            ("kind", "ms_not_qualified"),
+        ],
+    );
+    assert_eq!(taught.status, 303, "{}", taught.body);
+    let templates = visitor.get("/templates");
+    assert!(
+        templates.body.contains("ms_not_qualified"),
+        "{}",
+        templates.body
+    );
+    // Decided again: the escalation reply is drafted on the next pass.
+    assert!(server.stop().success());
+    case.run_once();
+    let replies = case
+        .messages(crate::live::MAILBOX, &case.drafts)
+        .iter()
+        .filter(|d| {
+            let t = String::from_utf8_lossy(d);
+            t.contains("please escalate") || t.contains("escalate this ticket")
+        })
+        .count();
+    assert_eq!(replies, 1, "the taught refusal is answered");
+    let mut server = start_serve(&case);
+    visitor.wait_up();
+    let page = visitor.get("/templates");
+    let remove = page
+        .body
+        .split_once("action=\"/templates/")
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .map(|(path, _)| format!("/templates/{path}"))
+        .expect("a remove form");
+    let csrf = hidden(&page.body, "csrf");
+    assert_eq!(visitor.post(&remove, &[("csrf", &csrf)]).status, 303);
+    assert!(!visitor.get("/templates").body.contains("ms_not_qualified"));
+    let audit = visitor.get("/audit").body;
+    assert!(
+        audit.contains("teach") && audit.contains("remove_template"),
+        "{audit}"
+    );
     assert!(server.stop().success());
 }

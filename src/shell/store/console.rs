@@ -301,21 +301,7 @@ impl Store {
             )
             .map_err(sql(&self.path))?;
         let rows = stmt
-            .query_map(params![case, limit], |r| {
-                let evidence: String = r.get(8)?;
-                Ok(MessageLine {
-                    message_id: r.get(0)?,
-                    source: r.get(1)?,
-                    processed_at: r.get(2)?,
-                    kind: r.get(3)?,
-                    ticket_id: r.get(4)?,
-                    trusted: r.get(5)?,
-                    action: r.get(6)?,
-                    reason: r.get(7)?,
-                    evidence: evidence_lines(&evidence),
-                    excerpt: r.get(9)?,
-                })
-            })
+            .query_map(params![case, limit], message_line)
             .map_err(sql(&self.path))?;
         rows.collect::<Result<_, _>>().map_err(sql(&self.path))
     }
@@ -346,6 +332,24 @@ impl Store {
                     summary: r.get(5)?,
                 })
             })
+            .map_err(sql(&self.path))?;
+        rows.collect::<Result<_, _>>().map_err(sql(&self.path))
+    }
+
+    /// Messages handed to a person (an answer no rule knows, or one a person must act on),
+    /// newest first, at most `limit`.
+    pub fn handed_to_operator(&self, limit: u32) -> Result<Vec<MessageLine>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT message_id, source, processed_at, kind, ticket_id, trusted, action, reason,
+                        evidence, excerpt
+                 FROM messages WHERE kind = 'ms_other' OR action = 'notify_operator'
+                 ORDER BY id DESC LIMIT ?1",
+            )
+            .map_err(sql(&self.path))?;
+        let rows = stmt
+            .query_map([limit], message_line)
             .map_err(sql(&self.path))?;
         rows.collect::<Result<_, _>>().map_err(sql(&self.path))
     }
@@ -433,6 +437,24 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// A `messages` row selected as message_id, source, processed_at, kind, ticket_id, trusted,
+/// action, reason, evidence, excerpt.
+fn message_line(r: &rusqlite::Row<'_>) -> rusqlite::Result<MessageLine> {
+    let evidence: String = r.get(8)?;
+    Ok(MessageLine {
+        message_id: r.get(0)?,
+        source: r.get(1)?,
+        processed_at: r.get(2)?,
+        kind: r.get(3)?,
+        ticket_id: r.get(4)?,
+        trusted: r.get(5)?,
+        action: r.get(6)?,
+        reason: r.get(7)?,
+        evidence: evidence_lines(&evidence),
+        excerpt: r.get(9)?,
+    })
 }
 
 /// The evidence column (a JSON list of strings, or of `{rule, matched}` objects) as lines.

@@ -566,12 +566,38 @@ pub struct InboxLine {
     pub why: String,
 }
 
+/// A message handed to a person, with what they can teach it as.
+pub struct HandedLine {
+    pub at: String,
+    pub message_id: String,
+    pub kind: String,
+    pub case: String,
+    pub subject: String,
+    pub reason: String,
+    pub teachable: bool,
+}
+
 #[derive(Template)]
 #[template(path = "web/inbox.html")]
 pub struct InboxPage {
     pub nav: Nav,
     pub quarantined: Vec<InboxLine>,
     pub needs_operator: Vec<CaseRow>,
+    pub handed: Vec<HandedLine>,
+    pub kinds: Vec<&'static str>,
+}
+
+/// The Subject line of a stored excerpt.
+fn excerpt_subject(excerpt: &str) -> String {
+    excerpt
+        .lines()
+        .take_while(|l| !l.is_empty())
+        .find_map(|l| {
+            l.get(..8)
+                .filter(|h| h.eq_ignore_ascii_case("subject:"))
+                .map(|_| l[8..].trim().to_string())
+        })
+        .unwrap_or_default()
 }
 
 pub async fn inbox(
@@ -594,10 +620,23 @@ pub async fn inbox(
                 })
                 .collect();
             let cases = case_rows(store, "needs_operator", 200, now)?;
-            Ok((quarantined, cases, waiting_count(store)?))
+            let handed = store
+                .handed_to_operator(200)?
+                .into_iter()
+                .map(|m| HandedLine {
+                    at: timestamp(m.processed_at),
+                    teachable: m.trusted && m.message_id.is_some(),
+                    message_id: m.message_id.unwrap_or_default(),
+                    kind: m.kind,
+                    case: m.ticket_id.unwrap_or_default(),
+                    subject: excerpt_subject(&m.excerpt),
+                    reason: m.reason,
+                })
+                .collect();
+            Ok((quarantined, cases, handed, waiting_count(store)?))
         })
         .await;
-    let (quarantined, needs_operator, waiting) = match data {
+    let (quarantined, needs_operator, handed, waiting) = match data {
         Ok(d) => d,
         Err(e) => return store_failure(e),
     };
@@ -605,6 +644,10 @@ pub async fn inbox(
         nav: nav(&visitor, &console, waiting),
         quarantined,
         needs_operator,
+        handed,
+        kinds: crate::shell::teach::teachable()
+            .map(|k| k.as_str())
+            .collect(),
     };
     render(&console, &visitor, page)
 }
@@ -674,4 +717,49 @@ pub async fn login_page(State(console): State<Arc<Console>>) -> Response {
         csrf: session.csrf.clone(),
     };
     render(&console, &visitor, LoginPage { csrf: session.csrf })
+}
+
+/// A learned template as the list shows it.
+pub struct TemplateLine {
+    pub id: i64,
+    pub kind: String,
+    pub source: String,
+    pub created: String,
+    pub sample: String,
+}
+
+#[derive(Template)]
+#[template(path = "web/templates.html")]
+pub struct TemplatesPage {
+    pub nav: Nav,
+    pub templates: Vec<TemplateLine>,
+}
+
+pub async fn templates(
+    State(console): State<Arc<Console>>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    headers: HeaderMap,
+) -> Response {
+    let visitor = visitor_or_deny!(console, headers, peer);
+    let data = console
+        .with_store(|store, _| Ok((store.templates()?, waiting_count(store)?)))
+        .await;
+    let (learned, waiting) = match data {
+        Ok(d) => d,
+        Err(e) => return store_failure(e),
+    };
+    let page = TemplatesPage {
+        nav: nav(&visitor, &console, waiting),
+        templates: learned
+            .into_iter()
+            .map(|t| TemplateLine {
+                id: t.id,
+                kind: t.kind.as_str().to_string(),
+                source: t.source,
+                created: timestamp(t.created_at),
+                sample: t.sample,
+            })
+            .collect(),
+    };
+    render(&console, &visitor, page)
 }
