@@ -4,6 +4,69 @@
 
 use std::fmt::Write;
 
+const WEEK: i64 = 7 * 24 * 3600;
+
+/// A block case's life, as the charts need it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BlockSpan {
+    pub opened_at: i64,
+    pub closed_at: Option<i64>,
+    pub ips: u32,
+}
+
+/// The week-by-week numbers the dashboard draws.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Weekly {
+    /// (week start, cases opened, cases closed)
+    pub cases: Vec<(i64, u32, u32)>,
+    /// Days from a block to its delisting, for the cases closed in the window.
+    pub days_to_delisting: Vec<f64>,
+    /// (week start, IPs of cases open at the end of that week, or now for this week)
+    pub blocked_ips: Vec<(i64, u32)>,
+}
+
+/// The first second of the oldest of the last `weeks` weeks up to `now`.
+pub fn weeks_start(now: i64, weeks: i64) -> i64 {
+    (now / WEEK - weeks + 1) * WEEK
+}
+
+/// The last `weeks` weeks up to `now`, from the block cases open in that time.
+pub fn weekly(spans: &[BlockSpan], now: i64, weeks: i64) -> Weekly {
+    let start = weeks_start(now, weeks);
+    let index = |t: i64| {
+        usize::try_from((t - start) / WEEK)
+            .ok()
+            .filter(|&i| i < weeks as usize)
+    };
+    let mut out = Weekly {
+        cases: (0..weeks).map(|i| (start + i * WEEK, 0, 0)).collect(),
+        days_to_delisting: Vec::new(),
+        blocked_ips: (0..weeks).map(|i| (start + i * WEEK, 0)).collect(),
+    };
+    for span in spans {
+        if let Some(i) = (span.opened_at >= start)
+            .then(|| index(span.opened_at))
+            .flatten()
+        {
+            out.cases[i].1 += 1;
+        }
+        if let Some(closed) = span.closed_at.filter(|c| *c >= start) {
+            if let Some(i) = index(closed) {
+                out.cases[i].2 += 1;
+            }
+            out.days_to_delisting
+                .push((closed - span.opened_at) as f64 / 86_400.0);
+        }
+        for (week, ips) in out.blocked_ips.iter_mut() {
+            let end = (*week + WEEK).min(now);
+            if span.opened_at < end && span.closed_at.is_none_or(|c| c >= end) {
+                *ips += span.ips;
+            }
+        }
+    }
+    out
+}
+
 /// A span of seconds as a person reads it: `45 s`, `12 min`, `5 h 20 min`, `3 d 4 h`.
 pub fn duration_words(secs: i64) -> String {
     let secs = secs.max(0);
@@ -311,6 +374,48 @@ mod tests {
         assert_eq!(duration_words(3 * 86_400 + 4 * 3600 + 59), "3 d 4 h");
         assert_eq!(duration_words(2 * 86_400 + 30), "2 d");
         assert_eq!(timestamp(0), "1970-01-01 00:00 UTC");
+    }
+
+    #[test]
+    fn weeks_count_opened_closed_and_blocked_ips() {
+        let now = 100 * WEEK + 3 * 86_400;
+        let spans = [
+            // Opened two weeks ago, closed last week after 3 days.
+            BlockSpan {
+                opened_at: 98 * WEEK + 86_400,
+                closed_at: Some(98 * WEEK + 4 * 86_400),
+                ips: 2,
+            },
+            // Opened before the window, still open.
+            BlockSpan {
+                opened_at: 80 * WEEK,
+                closed_at: None,
+                ips: 5,
+            },
+            // Opened this week.
+            BlockSpan {
+                opened_at: 100 * WEEK + 86_400,
+                closed_at: None,
+                ips: 1,
+            },
+        ];
+        let w = weekly(&spans, now, 4);
+        assert_eq!(w.cases.len(), 4);
+        assert_eq!(w.cases[0].0, 97 * WEEK);
+        assert_eq!(
+            w.cases.iter().map(|c| c.1).collect::<Vec<_>>(),
+            [0, 1, 0, 1]
+        );
+        assert_eq!(
+            w.cases.iter().map(|c| c.2).collect::<Vec<_>>(),
+            [0, 1, 0, 0]
+        );
+        assert_eq!(w.days_to_delisting, vec![3.0]);
+        assert_eq!(
+            w.blocked_ips.iter().map(|b| b.1).collect::<Vec<_>>(),
+            [5, 5, 5, 6],
+            "the closed case was closed by the end of its week"
+        );
     }
 
     #[test]

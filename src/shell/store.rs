@@ -36,7 +36,7 @@ use crate::pipeline::case::{Action, Case, CaseId, Lookup, Topic};
 use crate::pipeline::learned::Learned;
 
 mod console;
-pub use console::{AuditEntry, CaseFilter, CaseLine, Health, MessageLine, Quarantined, Weekly};
+pub use console::{AuditEntry, CaseFilter, CaseLine, Health, MessageLine, Quarantined};
 
 /// A store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -211,6 +211,10 @@ CREATE INDEX cases_state ON cases(state, updated_at);
 CREATE INDEX cases_opened ON cases(opened_at);
 CREATE INDEX cases_closed ON cases(closed_at) WHERE closed_at IS NOT NULL;
 CREATE INDEX messages_case ON messages(case_id) WHERE case_id IS NOT NULL;
+CREATE INDEX outbox_case ON outbox(case_id) WHERE case_id IS NOT NULL;
+CREATE INDEX cases_topic_times ON cases(topic, closed_at, opened_at);
+CREATE INDEX messages_kind ON messages(kind);
+CREATE INDEX outbox_template_status ON outbox(template, status);
 ALTER TABLE messages ADD COLUMN excerpt TEXT NOT NULL DEFAULT '';
 "#,
 ];

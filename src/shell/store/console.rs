@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::{sql, Cached, Store, StoreError};
 use crate::pipeline::case::CaseId;
+pub use crate::pipeline::console::BlockSpan;
 
 /// One act of a person on the outbox or the templates.
 #[derive(Debug, Clone, Serialize)]
@@ -73,19 +74,6 @@ pub struct Health {
     pub value: String,
     pub at: i64,
 }
-
-/// The week-by-week numbers the dashboard draws.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Weekly {
-    /// (week start, cases opened, cases closed)
-    pub cases: Vec<(i64, u32, u32)>,
-    /// Days from a block to its delisting, for the cases closed in the window.
-    pub days_to_delisting: Vec<f64>,
-    /// (week start, IPs of cases open at the end of that week)
-    pub blocked_ips: Vec<(i64, u32)>,
-}
-
-const WEEK: i64 = 7 * 24 * 3600;
 
 impl Store {
     pub fn add_audit(
@@ -375,67 +363,30 @@ impl Store {
         rows.collect::<Result<_, _>>().map_err(sql(&self.path))
     }
 
-    /// The weekly numbers of the last `weeks` weeks up to `now`.
-    pub fn weekly(&self, now: i64, weeks: i64) -> Result<Weekly, StoreError> {
-        let start = (now / WEEK - weeks + 1) * WEEK;
-        let mut out = Weekly::default();
-        let mut opened = self
+    /// Every block case open at some time since `since`: when it opened, when it closed, and
+    /// how many IPs it holds (what the dashboard's charts are drawn from, in one read of an
+    /// index, not of the cases themselves).
+    pub fn block_spans(&self, since: i64) -> Result<Vec<BlockSpan>, StoreError> {
+        let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT (opened_at / ?1) * ?1 AS w, count(*) FROM cases
-                 WHERE opened_at >= ?2 AND topic IN ('outlook_block', 'm365_block') GROUP BY w",
-            )
-            .map_err(sql(&self.path))?;
-        let opened: Vec<(i64, u32)> = opened
-            .query_map(params![WEEK, start], |r| Ok((r.get(0)?, r.get(1)?)))
-            .map_err(sql(&self.path))?
-            .collect::<Result<_, _>>()
-            .map_err(sql(&self.path))?;
-        let mut closed = self
-            .conn
-            .prepare_cached(
-                "SELECT (closed_at / ?1) * ?1 AS w, count(*) FROM cases
-                 WHERE closed_at >= ?2 AND topic IN ('outlook_block', 'm365_block') GROUP BY w",
-            )
-            .map_err(sql(&self.path))?;
-        let closed: Vec<(i64, u32)> = closed
-            .query_map(params![WEEK, start], |r| Ok((r.get(0)?, r.get(1)?)))
-            .map_err(sql(&self.path))?
-            .collect::<Result<_, _>>()
-            .map_err(sql(&self.path))?;
-        let mut days = self
-            .conn
-            .prepare_cached(
-                "SELECT (closed_at - opened_at) / 86400.0 FROM cases
-                 WHERE closed_at >= ?1 AND topic IN ('outlook_block', 'm365_block')
-                 ORDER BY closed_at LIMIT 1000",
-            )
-            .map_err(sql(&self.path))?;
-        out.days_to_delisting = days
-            .query_map([start], |r| r.get(0))
-            .map_err(sql(&self.path))?
-            .collect::<Result<_, _>>()
-            .map_err(sql(&self.path))?;
-        let mut ips = self
-            .conn
-            .prepare_cached(
-                "SELECT count(*) FROM case_ips i JOIN cases c ON c.id = i.case_id
+                "SELECT c.opened_at, c.closed_at,
+                        (SELECT count(*) FROM case_ips WHERE case_id = c.id)
+                 FROM cases c INDEXED BY cases_topic_times
                  WHERE c.topic IN ('outlook_block', 'm365_block')
-                   AND c.opened_at < ?1 AND (c.closed_at IS NULL OR c.closed_at >= ?1)",
+                   AND (c.closed_at IS NULL OR c.closed_at >= ?1)",
             )
             .map_err(sql(&self.path))?;
-        for i in 0..weeks {
-            let week = start + i * WEEK;
-            let count =
-                |list: &[(i64, u32)]| list.iter().find(|(w, _)| *w == week).map_or(0, |(_, n)| *n);
-            out.cases.push((week, count(&opened), count(&closed)));
-            let end = (week + WEEK).min(now);
-            let n: u32 = ips
-                .query_row([end], |r| r.get(0))
-                .map_err(sql(&self.path))?;
-            out.blocked_ips.push((week, n));
-        }
-        Ok(out)
+        let rows = stmt
+            .query_map([since], |r| {
+                Ok(BlockSpan {
+                    opened_at: r.get(0)?,
+                    closed_at: r.get(1)?,
+                    ips: r.get(2)?,
+                })
+            })
+            .map_err(sql(&self.path))?;
+        rows.collect::<Result<_, _>>().map_err(sql(&self.path))
     }
 }
 

@@ -182,7 +182,8 @@ pub async fn dashboard(
             on_microsoft.extend(cases("blocked")?);
             let quarantined = store.quarantined(1000)?.len();
             let sync = health_lines(store, now)?;
-            let weekly = store.weekly(now, 12)?;
+            let spans = store.block_spans(crate::pipeline::console::weeks_start(now, 12))?;
+            let weekly = crate::pipeline::console::weekly(&spans, now, 12);
             Ok((
                 waiting,
                 held,
