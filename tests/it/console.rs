@@ -707,3 +707,59 @@ fn a_message_handed_to_a_person_is_taught_from_the_console() {
     );
     assert!(server.stop().success());
 }
+
+#[test]
+fn the_console_and_webhook_config_blocks_in_the_readme_are_valid() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README");
+    let section = readme
+        .split("\n## Console")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("the console section");
+    let blocks: Vec<&str> = section
+        .split("```toml\n")
+        .skip(1)
+        .filter_map(|rest| rest.split("```").next())
+        .collect();
+    assert!(blocks.len() >= 3, "{blocks:?}");
+    for block in blocks {
+        if let Err(e) = postmaster_bot::config::parse(block, "README.md") {
+            panic!("README block does not parse: {e}\n{block}");
+        }
+    }
+}
+
+/// A webhook's own template is checked when the bot starts: a broken one names its file.
+#[test]
+fn a_webhook_template_is_checked_at_start() {
+    let case = setup("draft", "");
+    std::fs::write(
+        case.dir.path().join("hook.json.hbs"),
+        "{\"say\": {{json headline}}, \"ips\": {{json ips}}}",
+    )
+    .expect("template");
+    case.edit_config(|t| {
+        format!("{t}\n[[notify.webhook]]\nurl = \"http://127.0.0.1:9/hook\"\ntemplate = \"hook.json.hbs\"\n")
+    });
+    let config = case.config.display().to_string();
+    let ok = case.bot(&["check-config", "--config", &config]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    std::fs::write(case.dir.path().join("hook.json.hbs"), "{{#if}").expect("template");
+    let bad = case.bot(&["check-config", "--config", &config]);
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(2), "{err}");
+    assert!(err.contains("hook.json.hbs"), "{err}");
+    case.edit_config(|t| t.replace("http://127.0.0.1:9/hook", "http://hooks.example.com/x"));
+    let plain = case.bot(&["check-config", "--config", &config]);
+    let err = String::from_utf8_lossy(&plain.stderr);
+    assert_eq!(plain.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("notify.webhook[0].url") && err.contains("https"),
+        "{err}"
+    );
+}
