@@ -362,14 +362,7 @@ async fn work(
         engine.load_templates(store)?;
         collect_teachings(engine, store, mailbox, imap).await?;
         catch_up(engine, store, mailbox, imap, &mut classifier, shutdown).await?;
-        let now = crate::clock::now();
-        store.set_health("last_sync", &mailbox.folder, now)?;
-        let waiting = if mailbox.idle && imap.has_capability("IDLE") {
-            format!("IDLE (renewed every {} s)", mailbox.idle_renew.as_secs())
-        } else {
-            format!("polling every {} s", mailbox.poll_interval.as_secs())
-        };
-        store.set_health("waiting", &waiting, now)?;
+        let synced_at = crate::clock::now();
         if *shutdown.borrow() {
             info!("shutting down");
             imap.logout().await;
@@ -379,6 +372,20 @@ async fn work(
             collect_approvals(engine, store, mailbox, imap).await?;
         }
         deliver(engine, store, mailbox, &places, &drafts, imap, mailer).await?;
+        // For the console and the metrics, once the pass's mail is out (one write, off the
+        // path from a new message to its reply).
+        let waiting = if mailbox.idle && imap.has_capability("IDLE") {
+            format!("IDLE (renewed every {} s)", mailbox.idle_renew.as_secs())
+        } else {
+            format!("polling every {} s", mailbox.poll_interval.as_secs())
+        };
+        store.set_healths(
+            &[
+                ("last_sync", mailbox.folder.as_str()),
+                ("waiting", &waiting),
+            ],
+            synced_at,
+        )?;
         if let Some(e) = imap.unreliable_error() {
             // The rows that failed are marked; a fresh connection delivers the rest.
             if once {
@@ -494,11 +501,15 @@ async fn catch_up(
     let body_items = format!("(UID RFC822.SIZE BODY.PEEK[]<0.{limit}>)");
     let span = last - after;
     let mut progress = Progress::new(u64::from(span.min(estimate)));
-    store.set_health(
-        "backlog",
-        &span.min(estimate).to_string(),
-        crate::clock::now(),
-    )?;
+    // Only a real catch-up is worth a word: a message or two after an IDLE wake is none.
+    let backlog = span.min(estimate) > mailbox.chunk_uids;
+    if backlog {
+        store.set_health(
+            "backlog",
+            &span.min(estimate).to_string(),
+            crate::clock::now(),
+        )?;
+    }
     // A pass that failed ended its session and its worker: nothing is left pending here.
     debug_assert!(classifier.idle());
     let mut from = after.saturating_add(1);
@@ -634,7 +645,9 @@ async fn catch_up(
         }
     }
     progress.finish();
-    store.set_health("backlog", "0", crate::clock::now())?;
+    if backlog {
+        store.set_health("backlog", "0", crate::clock::now())?;
+    }
     Ok(())
 }
 

@@ -165,6 +165,20 @@ impl Store {
         Ok(())
     }
 
+    /// Several health values at once, in one transaction.
+    pub fn set_healths(&mut self, values: &[(&str, &str)], now: i64) -> Result<(), StoreError> {
+        let tx = self.conn.transaction().map_err(sql(&self.path))?;
+        for (key, value) in values {
+            tx.run(
+                "INSERT INTO health (key, value, at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value, at = excluded.at",
+                params![key, value, now],
+            )
+            .map_err(sql(&self.path))?;
+        }
+        tx.commit().map_err(sql(&self.path))
+    }
+
     /// Adds to a counter kept in the health table (IMAP reconnects).
     pub fn count_health(&self, key: &str, now: i64) -> Result<(), StoreError> {
         self.conn
