@@ -253,10 +253,11 @@ impl Console {
         let (session_id, session, new_session) = match existing {
             // A proxied session belongs to the user the proxy names now.
             Some((id, s)) if proxied_user.is_none() || s.user == proxied_user => (id, s, false),
+            // With users, only the login page makes a session: a visitor who is not logged in
+            // is sent there, and costs nothing here.
+            _ if proxied_user.is_none() && self.users.is_some() => return Err(Denied::Login),
             _ => {
-                let user = proxied_user
-                    .clone()
-                    .or_else(|| self.users.is_none().then(|| "local".to_string()));
+                let user = proxied_user.clone().or_else(|| Some("local".to_string()));
                 let (id, s) = self.sessions.create(user, now);
                 (id, s, true)
             }

@@ -113,6 +113,23 @@ impl Browser {
         }
     }
 
+    /// Waits (10 s at most) until the text of `css` is one of `wanted` (a click's page load).
+    fn wait_text(&self, css: &str, wanted: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = self.text(css);
+            if wanted.contains(&text.as_str()) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{css} is {text:?}, not one of {wanted:?}: {}",
+                self.source()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Clicks every element `css` finds (opens every `<details>`).
     fn click_all(&self, css: &str) {
         self.runtime
@@ -308,12 +325,7 @@ fn in_a_browser_the_operator_edits_and_approves_once_rejects_and_no_stranger_s_s
         &text.replace("Kind regards,", "Edited in the browser,"),
     );
     browser.click("#approve");
-    let status = browser.text("#status");
-    assert!(
-        ["approved", "sending", "sent"].contains(&status.as_str()),
-        "{status}: {}",
-        browser.source()
-    );
+    browser.wait_text("#status", &["approved", "sending", "sent"]);
     let replies = case.wait_for_replies(1);
     assert_eq!(replies.len(), 1);
     assert!(replies[0]
@@ -361,7 +373,7 @@ fn in_a_browser_the_operator_edits_and_approves_once_rejects_and_no_stranger_s_s
     let id = queue_id_on(&browser, &console);
     browser.goto(&format!("{console}/queue/{id}"));
     browser.click("#reject");
-    assert_eq!(browser.text("#status"), "rejected");
+    browser.wait_text("#status", &["rejected"]);
     std::thread::sleep(Duration::from_secs(3));
     assert!(daemon.stop().success());
     assert_eq!(
@@ -394,7 +406,7 @@ fn in_a_browser_a_login_is_needed_and_a_wrong_password_is_refused() {
     browser.fill("#user", "alice");
     browser.fill("#password", "a long enough password");
     browser.click("#login");
-    assert_eq!(browser.text("nav .who"), "alice");
+    browser.wait_text("nav .who", &["alice"]);
     browser.click("nav form button");
     browser.wait_source("id=\"password\"");
     assert!(server.stop().success());
