@@ -233,8 +233,16 @@ fn refusal_parts(
 /// How an error names a command: a folder command with its folder (`CREATE "INBOX.Drafts"`),
 /// others by their first two words (`UID FETCH`), never a search's whole criteria.
 fn command_name(command: &str) -> String {
-    let verb = command.split(' ').next().unwrap_or("");
-    if ["LIST", "CREATE", "SUBSCRIBE"].contains(&verb) {
+    let words: Vec<&str> = command.splitn(4, ' ').collect();
+    match words.as_slice() {
+        ["UID", verb @ ("MOVE" | "COPY"), _set, folder] => {
+            return format!("UID {verb} to {folder}")
+        }
+        ["UID", "STORE", _set, flags] => return format!("UID STORE {flags}"),
+        _ => {}
+    }
+    let verb = words.first().copied().unwrap_or("");
+    if ["LIST", "CREATE", "SUBSCRIBE", "STATUS", "DELETE"].contains(&verb) {
         let end = [" (", " RETURN "]
             .iter()
             .filter_map(|cut| command.find(cut))
@@ -1065,18 +1073,22 @@ impl Imap {
     /// How many messages a folder holds (STATUS, without selecting it); `None` when the server
     /// does not know the folder.
     pub async fn message_count(&mut self, folder: &str) -> Result<Option<u32>, ImapError> {
-        let server = self.server.clone();
-        let timeout = self.timeout;
-        let session = self.session()?;
-        match guarded(
-            &server,
-            timeout,
-            &format!("STATUS {folder}"),
-            session.status(folder, "(MESSAGES)"),
-        )
-        .await
-        {
-            Ok(mailbox) => Ok(Some(mailbox.exists)),
+        let quoted = self.quoted("STATUS", folder)?;
+        let mut count = None;
+        let asked = self
+            .run_checked(&format!("STATUS {quoted} (MESSAGES)"), |response| {
+                if let Response::MailboxData(MailboxDatum::Status { status, .. }) = response {
+                    for attribute in status {
+                        if let async_imap::imap_proto::StatusAttribute::Messages(n) = attribute {
+                            count = Some(*n);
+                        }
+                    }
+                }
+                Ok::<(), ImapError>(())
+            })
+            .await;
+        match asked {
+            Ok(()) => Ok(Some(count.unwrap_or(0))),
             Err(e) if e.is_refusal() => Ok(None),
             Err(e) => Err(e),
         }
@@ -1084,16 +1096,9 @@ impl Imap {
 
     /// Deletes a folder (tests use it to force a new UIDVALIDITY).
     pub async fn delete_folder(&mut self, folder: &str) -> Result<(), ImapError> {
-        let server = self.server.clone();
-        let timeout = self.timeout;
-        let session = self.session()?;
-        guarded(
-            &server,
-            timeout,
-            &format!("DELETE {folder}"),
-            session.delete(folder),
-        )
-        .await
+        let quoted = self.quoted("DELETE", folder)?;
+        self.run_checked(&format!("DELETE {quoted}"), |_| Ok::<(), ImapError>(()))
+            .await
     }
 
     /// Flags of every message in the selected folder, by UID.
@@ -1214,43 +1219,34 @@ impl Imap {
 
     /// Sets a keyword on a set of UIDs (`1,5,9:12`) of the selected folder in one command.
     pub async fn add_keyword(&mut self, set: &str, keyword: &str) -> Result<(), ImapError> {
-        let timeout = self.timeout;
-        let server = self.server.clone();
-        let session = self.session()?;
-        let query = format!("+FLAGS.SILENT ({keyword})");
-        let command = format!("UID STORE {query}");
-        guarded(&server, timeout, &command, async {
-            session
-                .uid_store(set, &query)
-                .await?
-                .try_collect::<Vec<_>>()
-                .await
-        })
-        .await?;
-        Ok(())
+        self.run_checked(
+            &format!("UID STORE {set} +FLAGS.SILENT ({keyword})"),
+            |_| Ok::<(), ImapError>(()),
+        )
+        .await
     }
 
     /// Moves a set of UIDs of the selected folder: UID MOVE (RFC 6851), else UID COPY, then
     /// \Deleted and UID EXPUNGE of those UIDs only (RFC 4315); never a bare EXPUNGE, which would
     /// remove other clients' deleted mail.
     pub async fn move_uids(&mut self, set: &str, folder: &str) -> Result<bool, ImapError> {
-        let server = self.server.clone();
-        let has_move = self.has_capability("MOVE");
-        let has_uidplus = self.has_capability("UIDPLUS");
-        let timeout = self.timeout;
-        let session = self.session()?;
-        if has_move {
-            let command = format!("UID MOVE to {folder}");
-            guarded(&server, timeout, &command, session.uid_mv(set, folder)).await?;
+        let quoted = self.quoted("UID MOVE", folder)?;
+        if self.has_capability("MOVE") {
+            self.run_checked(&format!("UID MOVE {set} {quoted}"), |_| {
+                Ok::<(), ImapError>(())
+            })
+            .await?;
             return Ok(true);
         }
         // Without UIDPLUS only a plain EXPUNGE could remove the originals, and it would remove
         // whatever else someone flagged \Deleted in the watched folder.
-        if !has_uidplus {
+        if !self.has_capability("UIDPLUS") {
             return Ok(false);
         }
-        let command = format!("UID COPY to {folder}");
-        guarded(&server, timeout, &command, session.uid_copy(set, folder)).await?;
+        self.run_checked(&format!("UID COPY {set} {quoted}"), |_| {
+            Ok::<(), ImapError>(())
+        })
+        .await?;
         self.delete_uids(set).await?;
         Ok(true)
     }
@@ -1259,42 +1255,24 @@ impl Imap {
     /// the server can (UIDPLUS); without it a plain EXPUNGE, which also removes whatever else
     /// the folder holds flagged `\Deleted`, so it is only used on the bot's own folders.
     pub async fn delete_uids(&mut self, set: &str) -> Result<(), ImapError> {
-        let server = self.server.clone();
-        let timeout = self.timeout;
-        let has_uidplus = self.has_capability("UIDPLUS");
-        let session = self.session()?;
-        guarded(&server, timeout, "UID STORE", async {
-            session
-                .uid_store(set, "+FLAGS.SILENT (\\Deleted)")
-                .await?
-                .try_collect::<Vec<_>>()
-                .await
-        })
+        let ignore = |_: &Response<'_>| Ok::<(), ImapError>(());
+        self.run_checked(
+            &format!("UID STORE {set} +FLAGS.SILENT (\\Deleted)"),
+            ignore,
+        )
         .await?;
-        if has_uidplus {
-            guarded(&server, timeout, "UID EXPUNGE", async {
-                session
-                    .uid_expunge(set)
-                    .await?
-                    .try_collect::<Vec<_>>()
-                    .await
-            })
-            .await?;
+        if self.has_capability("UIDPLUS") {
+            self.run_checked(&format!("UID EXPUNGE {set}"), ignore)
+                .await
         } else {
-            guarded(&server, timeout, "EXPUNGE", async {
-                session.expunge().await?.try_collect::<Vec<_>>().await
-            })
-            .await?;
+            self.run_checked("EXPUNGE", ignore).await
         }
-        Ok(())
     }
 
-    /// Lets the server know we are alive and collects pending updates.
+    /// Lets the server know we are alive and collects pending updates (new mail announced in
+    /// its answer is noted for `drain_unsolicited`).
     pub async fn noop(&mut self) -> Result<(), ImapError> {
-        let timeout = self.timeout;
-        let server = self.server.clone();
-        let session = self.session()?;
-        guarded(&server, timeout, "NOOP", session.noop()).await
+        self.run_checked("NOOP", |_| Ok::<(), ImapError>(())).await
     }
 
     /// Waits for a change with IDLE (re-issued after `renew`), or sleeps `poll` when the server
@@ -1468,6 +1446,39 @@ mod tests {
         assert_eq!(Namespace::default().child("Teach", "jmrp"), "Teach/jmrp");
         // Any bytes: no panic on a name that splits a character.
         assert_eq!(cyrus.folder("IN\u{e9}"), "INBOX.IN\u{e9}");
+    }
+
+    #[test]
+    fn a_command_is_named_by_its_folder_or_flags_never_by_a_search() {
+        assert_eq!(
+            command_name("UID MOVE 1:5 \"Handled\""),
+            "UID MOVE to \"Handled\""
+        );
+        assert_eq!(
+            command_name("UID COPY 7 \"INBOX.Handled\""),
+            "UID COPY to \"INBOX.Handled\""
+        );
+        assert_eq!(
+            command_name("UID STORE 3 +FLAGS.SILENT (\\Deleted)"),
+            "UID STORE +FLAGS.SILENT (\\Deleted)"
+        );
+        assert_eq!(
+            command_name("STATUS \"Sent Items\" (MESSAGES)"),
+            "STATUS \"Sent Items\""
+        );
+        assert_eq!(
+            command_name("CREATE \"Drafts\" (USE (\\Drafts))"),
+            "CREATE \"Drafts\""
+        );
+        assert_eq!(
+            command_name("LIST \"\" \"*\" RETURN (SPECIAL-USE)"),
+            "LIST \"\" \"*\""
+        );
+        assert_eq!(
+            command_name("UID SEARCH OR HEADER X \"y\" FROM \"z\""),
+            "UID SEARCH"
+        );
+        assert_eq!(command_name("NOOP"), "NOOP");
     }
 
     #[test]
