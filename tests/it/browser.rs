@@ -318,6 +318,7 @@ fn in_a_browser_the_operator_edits_and_approves_once_rejects_and_no_stranger_s_s
     browser.wait_source("refused");
     browser.goto(&format!("{console}/queue/{id}"));
     assert_eq!(browser.text("#status"), "awaiting_approval");
+    browser.screenshot("queue-item");
     let text = browser.value("#body");
     assert!(text.contains("Kind regards,"), "{text}");
     browser.fill(
