@@ -1134,11 +1134,7 @@ fn sample_context(config: &Config) -> render::Context {
             date: render::rfc2822(1_700_000_000),
             message_id: Some("sample@example.com".into()),
         }),
-        IdentityView {
-            name: config.identity.name.clone(),
-            address: config.identity.address.clone(),
-            organization: config.identity.organization.clone(),
-        },
+        IdentityView::of(&config.identity),
         Mode::Draft,
         1_700_000_000,
     )

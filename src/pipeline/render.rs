@@ -291,6 +291,17 @@ pub struct IdentityView {
     pub organization: Option<String>,
 }
 
+impl IdentityView {
+    /// What templates may say of who writes (not the operator's address or our headers).
+    pub fn of(identity: &crate::pipeline::compose::Identity) -> IdentityView {
+        IdentityView {
+            name: identity.name.clone(),
+            address: identity.address.clone(),
+            organization: identity.organization.clone(),
+        }
+    }
+}
+
 /// Builds the template context for one transition.
 pub fn context(
     transition: &crate::pipeline::case::Transition,

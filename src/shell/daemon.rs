@@ -350,7 +350,8 @@ async fn work(
     } = Folders::plan(engine.config.mode, mailbox, imap, mailer.is_some()).await?;
     // A server that refuses to create one is told about once here; the rows for that folder
     // are then held with the server's words, and the rest of the work goes on.
-    for folder in &written {
+    // The handled folder is ensured by every catch-up pass, which needs the answer.
+    for folder in written.iter().filter(|w| w.role != "handled") {
         ensure_or_warn(imap, &folder.name, folder.special_use).await?;
     }
     let places = Places::new(mailbox, &sent, &drafts);

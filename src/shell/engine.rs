@@ -616,11 +616,7 @@ impl Engine {
             &transition,
             None,
             None,
-            IdentityView {
-                name: identity.name.clone(),
-                address: identity.address.clone(),
-                organization: identity.organization.clone(),
-            },
+            IdentityView::of(identity),
             self.config.mode,
             now,
         );
@@ -799,11 +795,7 @@ impl Engine {
             transition,
             Some(verdict),
             Some(message_view(inbound)),
-            IdentityView {
-                name: identity.name.clone(),
-                address: identity.address.clone(),
-                organization: identity.organization.clone(),
-            },
+            IdentityView::of(identity),
             self.config.mode,
             now,
         );

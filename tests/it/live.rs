@@ -21,22 +21,32 @@ pub(crate) struct Stack {
     ca: String,
 }
 
-fn stack() -> Stack {
-    let dir = std::env::var("POSTMASTER_BOT_MAILSTACK")
-        .unwrap_or_else(|_| "/tmp/postmaster-bot-mailstack".to_string());
-    let env_file = PathBuf::from(&dir).join("env");
+/// The `KEY=value` lines a test server's script wrote to DIR/env, as a lookup that fails the
+/// test (saying how to start `what`) when the file or a key is missing.
+fn server_env(dir: &str, what: &str, start: &str) -> impl Fn(&str) -> String {
+    let env_file = PathBuf::from(dir).join("env");
     let text = std::fs::read_to_string(&env_file).unwrap_or_else(|_| {
         panic!(
-            "the test mail stack is not running ({} is missing): start it with `scripts/mailstack up` (as root), or run `scripts/test`, which starts it",
+            "{what} is not running ({} is missing): {start}",
             env_file.display()
         )
     });
-    let get = |key: &str| {
+    move |key: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(&format!("{key}=")))
             .unwrap_or_else(|| panic!("{key} missing in {}", env_file.display()))
             .to_string()
-    };
+    }
+}
+
+fn stack() -> Stack {
+    let dir = std::env::var("POSTMASTER_BOT_MAILSTACK")
+        .unwrap_or_else(|_| "/tmp/postmaster-bot-mailstack".to_string());
+    let get = server_env(
+        &dir,
+        "the test mail stack",
+        "start it with `scripts/mailstack up` (as root), or run `scripts/test`, which starts it",
+    );
     let s = Stack {
         imaps_port: get("MAILSTACK_IMAPS_PORT").parse().expect("port"),
         smtps_port: get("MAILSTACK_SMTPS_PORT").parse().expect("port"),
@@ -171,21 +181,9 @@ pub(crate) fn setup_on_cyrus(layout: Cyrus, mode: &str, extra: &str) -> Case {
     let stack = stack();
     let dir = std::env::var("POSTMASTER_BOT_CYRUS")
         .unwrap_or_else(|_| "/tmp/postmaster-bot-cyrus".to_string());
-    let env_file = PathBuf::from(&dir).join("env");
     let start =
         "start it with `scripts/cyrus up` (as root), or run `scripts/test`, which starts it";
-    let text = std::fs::read_to_string(&env_file).unwrap_or_else(|_| {
-        panic!(
-            "Cyrus IMAP is not running ({} is missing): {start}",
-            env_file.display()
-        )
-    });
-    let get = |key: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{key}=")))
-            .unwrap_or_else(|| panic!("{key} missing in {}", env_file.display()))
-            .to_string()
-    };
+    let get = server_env(&dir, "Cyrus IMAP", start);
     let port: u16 = get(layout.port_key()).parse().expect("port");
     if std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         panic!("Cyrus IMAP ({layout:?}) is not answering on 127.0.0.1:{port}: {start}");
