@@ -122,6 +122,11 @@ pub enum Command {
         #[command(subcommand)]
         command: WebCommand,
     },
+    /// The state store itself (`state copy`: move it between SQLite and PostgreSQL).
+    State {
+        #[command(subcommand)]
+        command: StateCommand,
+    },
     /// Print the shell completion script for SHELL (bash, zsh, fish, elvish, powershell).
     Completions {
         #[arg(value_enum)]
@@ -129,6 +134,20 @@ pub enum Command {
     },
     /// Print the man page (roff), made from this command line's own definition.
     Man,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StateCommand {
+    /// Copy every row of one store (cases, timelines, messages, outbox, cursors, learned
+    /// templates, audit) into another that is empty, in one transaction. Each side is a SQLite
+    /// file or a postgres:// URL (`?schema=NAME` for a schema; the password from the URL or
+    /// PGPASSWORD). Stop the daemon first: rows it writes meanwhile are not copied.
+    Copy {
+        #[arg(long, value_name = "PATH_OR_URL")]
+        from: String,
+        #[arg(long, value_name = "PATH_OR_URL")]
+        to: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -273,6 +273,18 @@ pub struct SmtpConfig {
 }
 
 /// A secret's sources as written: `{name}_env`, `_file`, `_command`, `_credential`.
+/// The `password_env`, `_file`, `_command` and `_credential` keys of a section.
+macro_rules! password_keys {
+    ($raw:expr) => {
+        SecretKeys {
+            env: &$raw.password_env,
+            file: &$raw.password_file,
+            command: &$raw.password_command,
+            credential: &$raw.password_credential,
+        }
+    };
+}
+
 pub(crate) struct SecretKeys<'a> {
     pub(crate) env: &'a Option<String>,
     pub(crate) file: &'a Option<PathBuf>,
@@ -335,17 +347,7 @@ fn mailbox_config(raw: &RawMailbox, origin: &str) -> Result<MailboxConfig, Confi
         .ok_or_else(|| invalid("username", "is required"))?;
     let tls = raw.tls.unwrap_or(Tls::Implicit);
     let auth = raw.auth.unwrap_or_default();
-    let password = secret_source(
-        "mailbox",
-        "password",
-        SecretKeys {
-            env: &raw.password_env,
-            file: &raw.password_file,
-            command: &raw.password_command,
-            credential: &raw.password_credential,
-        },
-        origin,
-    )?;
+    let password = secret_source("mailbox", "password", password_keys!(raw), origin)?;
     if password.is_none() && auth == Auth::Password {
         return Err(invalid(
             "password_env",
@@ -447,17 +449,7 @@ fn smtp_config(raw: &RawSmtp, origin: &str) -> Result<SmtpConfig, ConfigError> {
         tls,
         auth: raw.auth.unwrap_or_default(),
         username: raw.username.clone(),
-        password: secret_source(
-            "smtp",
-            "password",
-            SecretKeys {
-                env: &raw.password_env,
-                file: &raw.password_file,
-                command: &raw.password_command,
-                credential: &raw.password_credential,
-            },
-            origin,
-        )?,
+        password: secret_source("smtp", "password", password_keys!(raw), origin)?,
         ca_file: raw.ca_file.clone(),
         retry: std::time::Duration::from_secs(raw.retry_seconds.unwrap_or(60).max(1)),
     })
@@ -506,6 +498,15 @@ pub struct RawTemplates {
 #[serde(deny_unknown_fields)]
 pub struct RawState {
     pub path: Option<PathBuf>,
+    pub url: Option<String>,
+    pub password_env: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub password_command: Option<String>,
+    pub password_credential: Option<String>,
+    pub schema: Option<String>,
+    pub sslmode: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    pub lease_seconds: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -556,7 +557,7 @@ pub struct Config {
     pub classify: Context,
     pub rules_file: Option<PathBuf>,
     pub templates_dir: Option<PathBuf>,
-    pub state_path: PathBuf,
+    pub state: StateConfig,
     pub policy: Policy,
     pub notify_on: NotifyOn,
     pub limits: Limits,
@@ -823,15 +824,11 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         .as_ref()
         .map(|m| smtp_config(m, origin))
         .transpose()?;
-    let state_path = raw
-        .state
-        .path
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("postmaster-bot.sqlite3"));
+    let state = state_config(&raw.state, origin)?;
     let oauth2 = raw
         .oauth2
         .as_ref()
-        .map(|o| oauth::oauth2_config(o, &state_path, origin))
+        .map(|o| oauth::oauth2_config(o, state.local_path(), origin))
         .transpose()?;
     let needs_oauth2 = |auth: Auth, password: &Option<SecretSource>| {
         auth == Auth::Xoauth2 && password.is_none() && oauth2.is_none()
@@ -898,11 +895,223 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         },
         rules_file: raw.rules.file,
         templates_dir: raw.templates.dir,
-        state_path,
+        state,
         policy,
         notify_on,
         limits,
     })
+}
+
+/// Where the state store lives.
+#[derive(Debug, Clone)]
+pub enum StateConfig {
+    /// An embedded SQLite file (the default, `postmaster-bot.sqlite3` beside the config).
+    Sqlite(PathBuf),
+    /// A PostgreSQL database several instances can share.
+    Postgres(PostgresConfig),
+}
+
+impl StateConfig {
+    /// The SQLite file; with PostgreSQL, a name beside the config that files kept locally
+    /// (the OAuth2 refresh token) are placed next to.
+    pub fn local_path(&self) -> &Path {
+        match self {
+            StateConfig::Sqlite(p) => p,
+            StateConfig::Postgres(_) => Path::new("postmaster-bot.state"),
+        }
+    }
+
+    /// A state given on the command line: a `postgres://` URL or a file.
+    pub fn from_argument(text: &str) -> Result<StateConfig, ConfigError> {
+        if is_postgres_url(text) {
+            let raw = RawState {
+                url: Some(text.to_string()),
+                ..RawState::default()
+            };
+            state_config(&raw, "--state")
+        } else {
+            Ok(StateConfig::Sqlite(PathBuf::from(text)))
+        }
+    }
+}
+
+/// How the connection to PostgreSQL is encrypted (libpq's `sslmode` names). Whenever TLS is
+/// used the server's certificate is checked against the trusted roots (and `ca_file`) and its
+/// host name: `require` and `verify-full` are the same here; `verify-ca` (a certificate for
+/// another name) is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PgSslMode {
+    Disable,
+    /// TLS when the server offers it (the default on loopback and Unix sockets only).
+    Prefer,
+    /// TLS or no connection (the default for any other host).
+    Require,
+}
+
+/// `[state] url = "postgres://..."`.
+#[derive(Debug, Clone)]
+pub struct PostgresConfig {
+    /// The URL as given, without `sslmode` (kept in `sslmode`).
+    pub url: String,
+    pub password: Option<SecretSource>,
+    /// The schema the tables live in (created when missing); default the user's search path.
+    pub schema: Option<String>,
+    pub sslmode: PgSslMode,
+    pub ca_file: Option<PathBuf>,
+    /// How long a mailbox lease lasts without renewal.
+    pub lease_seconds: u32,
+}
+
+pub(crate) fn is_postgres_url(text: &str) -> bool {
+    let lower = text.to_ascii_lowercase();
+    lower.starts_with("postgres://") || lower.starts_with("postgresql://")
+}
+
+fn state_config(raw: &RawState, origin: &str) -> Result<StateConfig, ConfigError> {
+    let invalid = |key: &str, message: String| ConfigError::Invalid {
+        path: origin.to_string(),
+        key: format!("state.{key}"),
+        message,
+    };
+    let Some(url) = &raw.url else {
+        for (key, given) in [
+            ("schema", raw.schema.is_some()),
+            ("sslmode", raw.sslmode.is_some()),
+            ("ca_file", raw.ca_file.is_some()),
+            ("lease_seconds", raw.lease_seconds.is_some()),
+            (
+                "password_env",
+                raw.password_env.is_some()
+                    || raw.password_file.is_some()
+                    || raw.password_command.is_some()
+                    || raw.password_credential.is_some(),
+            ),
+        ] {
+            if given {
+                return Err(invalid(
+                    key,
+                    "is for PostgreSQL: give `url` too".to_string(),
+                ));
+            }
+        }
+        return Ok(StateConfig::Sqlite(
+            raw.path
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("postmaster-bot.sqlite3")),
+        ));
+    };
+    if raw.path.is_some() {
+        return Err(invalid(
+            "url",
+            "give `path` (SQLite) or `url` (PostgreSQL), not both".into(),
+        ));
+    }
+    if !is_postgres_url(url) {
+        return Err(invalid(
+            "url",
+            "must start with postgres:// or postgresql://".into(),
+        ));
+    }
+    // tokio-postgres knows disable/prefer/require only; the stricter names are read here.
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut sslmode_in_url = None;
+    let mut schema_in_url = None;
+    let mut kept = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("sslmode", v)) => sslmode_in_url = Some(v.to_string()),
+            // As Prisma and others read it: the one PostgreSQL setting a URL must carry for a
+            // store to be named on the command line.
+            Some(("schema", v)) => schema_in_url = Some(v.to_string()),
+            Some(("sslrootcert", _)) => {
+                return Err(invalid(
+                    "url",
+                    "give the CA file as `ca_file`, not sslrootcert".into(),
+                ))
+            }
+            _ => kept.push(pair),
+        }
+    }
+    let url = if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    let parsed: postgres::Config = url
+        .parse()
+        .map_err(|e| invalid("url", format!("not a PostgreSQL URL: {e}")))?;
+    let password = secret_source("state", "password", password_keys!(raw), origin)?;
+    if password.is_some() && parsed.get_password().is_some() {
+        return Err(invalid(
+            "url",
+            "holds a password and password_* is set too: keep it in one place (better out of the URL)"
+                .into(),
+        ));
+    }
+    let loopback = parsed.get_hosts().iter().all(|h| match h {
+        postgres::config::Host::Tcp(name) => {
+            name == "localhost"
+                || name
+                    .trim_matches(['[', ']'])
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        #[cfg(unix)]
+        postgres::config::Host::Unix(_) => true,
+    });
+    let sslmode = match raw.sslmode.as_deref().or(sslmode_in_url.as_deref()) {
+        None if loopback => PgSslMode::Prefer,
+        None => PgSslMode::Require,
+        Some("disable") => PgSslMode::Disable,
+        Some("prefer" | "allow") => PgSslMode::Prefer,
+        Some("require" | "verify-full") => PgSslMode::Require,
+        Some("verify-ca") => return Err(invalid(
+            "sslmode",
+            "verify-ca is not offered: the certificate's name is always checked (use verify-full)"
+                .into(),
+        )),
+        Some(other) => {
+            return Err(invalid(
+                "sslmode",
+                format!("unknown mode {other:?} (disable, prefer, require or verify-full)"),
+            ))
+        }
+    };
+    if raw.schema.is_some() && schema_in_url.is_some() {
+        return Err(invalid(
+            "schema",
+            "given in the URL and as `schema`: give it once".into(),
+        ));
+    }
+    let schema = raw.schema.clone().or(schema_in_url);
+    if let Some(schema) = &schema {
+        let ok = !schema.is_empty()
+            && schema.len() <= 63
+            && schema
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            && !schema.starts_with(|c: char| c.is_ascii_digit())
+            && !schema.starts_with("pg_");
+        if !ok {
+            return Err(invalid(
+                "schema",
+                "must be lower-case letters, digits and _ (at most 63, not starting with a digit or pg_)"
+                    .into(),
+            ));
+        }
+    }
+    let lease_seconds = raw.lease_seconds.unwrap_or(30);
+    if !(5..=3600).contains(&lease_seconds) {
+        return Err(invalid("lease_seconds", "must be from 5 to 3600".into()));
+    }
+    Ok(StateConfig::Postgres(PostgresConfig {
+        url,
+        password,
+        schema,
+        sslmode,
+        ca_file: raw.ca_file.clone(),
+        lease_seconds,
+    }))
 }
 
 /// A CIDR range, or one address as a range of one.
@@ -932,7 +1141,17 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     if let Some(p) = config.templates_dir.as_mut() {
         resolve(p);
     }
-    resolve(&mut config.state_path);
+    match &mut config.state {
+        StateConfig::Sqlite(p) => resolve(p),
+        StateConfig::Postgres(pg) => {
+            if let Some(p) = pg.ca_file.as_mut() {
+                resolve(p);
+            }
+            if let Some(SecretSource::File(p)) = pg.password.as_mut() {
+                resolve(p);
+            }
+        }
+    }
     if let Some(m) = config.mailbox.as_mut() {
         if let Some(p) = m.ca_file.as_mut() {
             resolve(p);

@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result};
 use clap::Parser;
 use serde_json::json;
 
-use postmaster_bot::config::{self, Config};
+use postmaster_bot::config::{self, Config, StateConfig};
 use postmaster_bot::pipeline::case::{Case, Parent, State, Topic, Transition};
 use postmaster_bot::pipeline::classify::{Kind, Origin, Verdict};
 use postmaster_bot::pipeline::decide::Mode;
@@ -20,13 +20,13 @@ use postmaster_bot::shell::oauth::{OAuthError, TokenProvider};
 use postmaster_bot::shell::queue;
 use postmaster_bot::shell::replay::{self, Format};
 use postmaster_bot::shell::secret::Credential;
-use postmaster_bot::shell::store::Store;
+use postmaster_bot::shell::store::{open_state, Store};
 
 mod cli;
 
 use cli::{
-    AuthCommand, CasesCommand, Cli, Command, LogFormat, ModeArg, QueueCommand, TemplatesCommand,
-    WebCommand,
+    AuthCommand, CasesCommand, Cli, Command, LogFormat, ModeArg, QueueCommand, StateCommand,
+    TemplatesCommand, WebCommand,
 };
 
 /// An error the user fixes in the config or the command line (exit code 2).
@@ -202,11 +202,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let config = load_config(config.as_deref())?;
             warn_untrusted(&config);
-            let state_path = config.state_path.clone();
+            let state = config.state.clone();
             let engine = Engine::new(config)?;
             // The daemon's learned templates count here too, when its store exists.
-            if state_path.exists() {
-                engine.load_templates(&Store::open(&state_path)?)?;
+            match &state {
+                StateConfig::Sqlite(path) if !path.exists() => {}
+                state => {
+                    engine.load_templates(&open_state(state)?)?;
+                }
             }
             let mut failed = false;
             for file in files {
@@ -308,8 +311,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let engine = Engine::new(config)?;
             // A temporary store unless one is named: replay must never touch the daemon's.
             let temp = tempfile::tempdir().context("failed to create a temporary folder")?;
-            let state_path = state.unwrap_or_else(|| temp.path().join("replay.sqlite3"));
-            let mut store = Store::open(&state_path)?;
+            let state = match state {
+                Some(s) => state_argument(&s)?,
+                None => StateConfig::Sqlite(temp.path().join("replay.sqlite3")),
+            };
+            let mut store = open_state(&state)?;
             // Templates taught into that store count, as they would for the daemon.
             engine.load_templates(&store)?;
             let summary = replay::run(
@@ -348,6 +354,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Auth { command } => auth(command, &mut out),
         Command::Serve { config } => serve(&config),
         Command::Web { command } => web(command, &mut out),
+        Command::State {
+            command: StateCommand::Copy { from, to },
+        } => state_copy(&from, &to, &mut out),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "postmaster-bot", &mut out);
@@ -506,8 +515,11 @@ fn run_daemon(path: &Path, once: bool, mode: Option<ModeArg>) -> Result<ExitCode
     // One crypto provider for the whole process (rustls 0.23 needs it chosen).
     let _ = rustls::crypto::ring::default_provider().install_default();
     // Before the store is opened or migrated: a second daemon stops here, touching nothing.
-    let _instance = postmaster_bot::shell::instance::lock(&config.state_path)?;
-    let mut store = Store::open(&config.state_path)?;
+    let _instance = match &config.state {
+        StateConfig::Sqlite(path) => Some(postmaster_bot::shell::instance::lock(path)?),
+        StateConfig::Postgres(_) => None,
+    };
+    let mut store = open_state(&config.state)?;
     let engine = std::sync::Arc::new(Engine::new(config)?);
     service_runtime()?.block_on(async {
         let (tx, rx) = tokio::sync::watch::channel(false);
@@ -692,8 +704,8 @@ fn queue(command: QueueCommand, out: &mut dyn Write) -> Result<ExitCode> {
         | QueueCommand::Release { id, config, state } => {
             let cfg = config.as_deref().map(config::load).transpose()?;
             let path = match state {
-                Some(s) => s,
-                None => cfg.clone().unwrap_or_default().state_path,
+                Some(s) => state_argument(&s)?,
+                None => cfg.clone().unwrap_or_default().state,
             };
             let mut store = open_existing(&path)?;
             let defaults = Config::default();
@@ -734,7 +746,7 @@ fn teach(
         .map_err(|_| UsageError(format!("--kind {kind}: not a kind (ms_ack, ms_not_qualified, ms_conditionally_mitigated, ms_mitigated, ms_escalated, ms_info_requested, ms_resolved, ms_other)")))?;
     let cfg = config::load(config)?;
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut store = Store::open(&cfg.state_path)?;
+    let mut store = open_state(&cfg.state)?;
     let engine = Engine::new(cfg)?;
     engine.load_templates(&store)?;
     let mut messages: Vec<(String, Vec<u8>)> = Vec::new();
@@ -895,23 +907,52 @@ fn templates(command: TemplatesCommand, out: &mut dyn Write) -> Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
-fn state_path(config: Option<&Path>, state: Option<PathBuf>) -> Result<PathBuf> {
+fn state_path(config: Option<&Path>, state: Option<PathBuf>) -> Result<StateConfig> {
     if let Some(s) = state {
-        return Ok(s);
+        return state_argument(&s);
     }
     let config = load_config(config)?;
-    Ok(config.state_path)
+    Ok(config.state)
 }
 
-fn open_existing(path: &Path) -> Result<Store> {
-    if !path.exists() {
-        return Err(UsageError(format!(
-            "state store {} does not exist (give --state or --config)",
-            path.display()
-        ))
-        .into());
+/// `--state`: a store file, or a `postgres://` URL (its password from `PGPASSWORD`).
+fn state_argument(state: &Path) -> Result<StateConfig> {
+    Ok(StateConfig::from_argument(&state.to_string_lossy())?)
+}
+
+fn state_copy(from: &str, to: &str, out: &mut dyn Write) -> Result<ExitCode> {
+    let from = StateConfig::from_argument(from)?;
+    let to = StateConfig::from_argument(to)?;
+    let mut source = open_existing(&from)?;
+    let mut target = open_state(&to)?;
+    if source.location() == target.location() {
+        return Err(UsageError("--from and --to name the same store".to_string()).into());
     }
-    Ok(Store::open(path)?)
+    let report = postmaster_bot::shell::store::copy_store(&mut source, &mut target)?;
+    let total: u64 = report.tables.iter().map(|(_, n)| n).sum();
+    for (table, n) in &report.tables {
+        writeln!(out, "{table:<14} {n:>9}")?;
+    }
+    writeln!(
+        out,
+        "{total} row(s) copied from {} to {}",
+        source.location(),
+        target.location()
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn open_existing(state: &StateConfig) -> Result<Store> {
+    if let StateConfig::Sqlite(path) = state {
+        if !path.exists() {
+            return Err(UsageError(format!(
+                "state store {} does not exist (give --state or --config)",
+                path.display()
+            ))
+            .into());
+        }
+    }
+    Ok(open_state(state)?)
 }
 
 fn cases(command: CasesCommand, out: &mut dyn Write) -> Result<ExitCode> {
@@ -961,9 +1002,7 @@ fn cases(command: CasesCommand, out: &mut dyn Write) -> Result<ExitCode> {
         } => {
             let store = open_existing(&state_path(config.as_deref(), state)?)?;
             let Some(case) = store.case(id)? else {
-                return Err(
-                    UsageError(format!("no case #{id} in {}", store.path().display())).into(),
-                );
+                return Err(UsageError(format!("no case #{id} in {}", store.location())).into());
             };
             match format {
                 Format::Json => writeln!(
@@ -1001,7 +1040,16 @@ fn check_config(path: &Path, out: &mut dyn Write) -> Result<ExitCode> {
     engine.templates.check_all(&sample)?;
     writeln!(out, "config {}: ok", path.display())?;
     writeln!(out, "  mode: {}", config.mode)?;
-    writeln!(out, "  state: {}", config.state_path.display())?;
+    match &config.state {
+        StateConfig::Sqlite(path) => writeln!(out, "  state: {}", path.display())?,
+        StateConfig::Postgres(pg) => writeln!(
+            out,
+            "  state: {}",
+            postmaster_bot::shell::store::pg_connect(pg)
+                .map(|c| c.describe())
+                .unwrap_or_else(|_| "PostgreSQL (the URL does not parse)".to_string())
+        )?,
+    }
     writeln!(
         out,
         "  rules: {} ticket, {} phrase, {} heading, {} bounce rules{}",

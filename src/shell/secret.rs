@@ -42,36 +42,45 @@ fn credential_file(
 }
 
 /// Reads a password from its source; surrounding whitespace (a trailing newline) is dropped.
+/// A command runs on a blocking thread, so a slow vault never stalls the daemon's tasks.
 pub async fn resolve(source: &SecretSource) -> Result<SecretString, SecretError> {
+    let owned = source.clone();
+    match tokio::task::spawn_blocking(move || resolve_blocking(&owned)).await {
+        Ok(result) => result,
+        // The closure does not panic; a runtime shutting down is the only way here.
+        Err(e) => Err(SecretError::Command {
+            command: format!("{source:?}"),
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// [`resolve`] for code outside the runtime (opening the state store).
+pub fn resolve_blocking(source: &SecretSource) -> Result<SecretString, SecretError> {
     let text = match source {
         SecretSource::Env(name) => std::env::var(name)
             .ok()
             .filter(|v| !v.is_empty())
             .ok_or_else(|| SecretError::Env(name.clone()))?,
         SecretSource::File(path) => {
-            tokio::fs::read_to_string(path)
-                .await
-                .map_err(|source| SecretError::File {
-                    path: path.display().to_string(),
-                    source,
-                })?
+            std::fs::read_to_string(path).map_err(|source| SecretError::File {
+                path: path.display().to_string(),
+                source,
+            })?
         }
         SecretSource::Credential(name) => {
             let path = credential_file(std::env::var_os("CREDENTIALS_DIRECTORY").as_deref(), name)?;
-            tokio::fs::read_to_string(&path)
-                .await
-                .map_err(|e| SecretError::Credential {
-                    name: name.clone(),
-                    message: format!("{}: {e}", path.display()),
-                })?
+            std::fs::read_to_string(&path).map_err(|e| SecretError::Credential {
+                name: name.clone(),
+                message: format!("{}: {e}", path.display()),
+            })?
         }
         SecretSource::Command(command) => {
-            let out = tokio::process::Command::new("sh")
+            let out = std::process::Command::new("sh")
                 .arg("-c")
                 .arg(command)
                 .stdin(std::process::Stdio::null())
                 .output()
-                .await
                 .map_err(|e| SecretError::Command {
                     command: command.clone(),
                     message: e.to_string(),

@@ -98,7 +98,7 @@ pub async fn serve(
         }
         None => None,
     };
-    let store = Store::open(&engine.config.state_path)?;
+    let store = crate::shell::store::open_state(&engine.config.state)?;
     let console = Arc::new(Console {
         secure_cookies: web.tls.is_some(),
         engine,

@@ -2,7 +2,6 @@
 
 use postmaster_bot::pipeline::candidate;
 use postmaster_bot::shell::replay;
-use postmaster_bot::shell::store::Store;
 
 use crate::support::{apply_at_its_date, engine, fixtures, manifest};
 
@@ -41,7 +40,7 @@ pub(crate) fn check_classify(set: &str) {
 pub(crate) fn check_replay(set: &str, header_first: bool) {
     let engine = engine();
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut store = Store::open(&dir.path().join("state.sqlite3")).expect("store opens");
+    let mut store = crate::support::test_store(dir.path());
     let mut failures = Vec::new();
     for row in manifest(set) {
         let path = fixtures().join(set).join(&row.file);
@@ -110,7 +109,7 @@ fn variants_replay_gives_the_expected_actions() {
 fn replaying_the_same_folder_twice_changes_nothing() {
     let engine = engine();
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut store = Store::open(&dir.path().join("state.sqlite3")).expect("store opens");
+    let mut store = crate::support::test_store(dir.path());
     let corpus = vec![fixtures().join("corpus")];
     let mut sink = Vec::new();
     let first = replay::run(
@@ -163,7 +162,7 @@ struct Scores {
 fn score_set(set: &str) -> Scores {
     let engine = engine();
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut store = Store::open(&dir.path().join("state.sqlite3")).expect("store opens");
+    let mut store = crate::support::test_store(dir.path());
     let mut s = Scores::default();
     for row in manifest(set) {
         let raw = std::fs::read(fixtures().join(set).join(&row.file)).expect("fixture");

@@ -573,23 +573,14 @@ fn a_message_the_server_will_not_fetch_is_quarantined_and_the_rest_are_read() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("quarantined"), "{err}");
-    let db = rusqlite::Connection::open(case.dir.path().join("state.sqlite3")).expect("state");
-    let quarantined: Vec<(String, String)> = db
-        .prepare("SELECT source, error FROM quarantine")
-        .expect("query")
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .expect("rows")
-        .collect::<Result<_, _>>()
-        .expect("rows");
+    let quarantined = case.pairs("SELECT source, error FROM quarantine");
     assert_eq!(quarantined.len(), 1, "{quarantined:?}");
     assert!(quarantined[0].0.ends_with("/2"), "{quarantined:?}");
     assert!(
         quarantined[0].1.contains("could not be converted"),
         "{quarantined:?}"
     );
-    let handled: i64 = db
-        .query_row("SELECT count(*) FROM messages", [], |r| r.get(0))
-        .expect("count");
+    let handled = case.count("SELECT count(*) FROM messages", &[]);
     assert_eq!(handled, 1, "the other message was read and handled");
     let fetches: Vec<String> = received(port)
         .into_iter()

@@ -130,13 +130,15 @@ fn a_cut_connection_mid_idle_and_a_server_outage_are_survived() {
 }
 
 fn sent_status(case: &Case) -> (String, Option<String>) {
-    let db = rusqlite::Connection::open(case.dir.path().join("state.sqlite3")).expect("state");
-    db.query_row(
-        "SELECT status, reason FROM outbox WHERE template = 'escalation_reply'",
-        [],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )
-    .expect("row")
+    let row = case
+        .query(
+            "SELECT status, reason FROM outbox WHERE template = 'escalation_reply'",
+            &[],
+        )
+        .into_iter()
+        .next()
+        .expect("row");
+    (row[0].clone().unwrap_or_default(), row[1].clone())
 }
 
 #[test]
@@ -263,15 +265,22 @@ fn a_4xx_is_retried_with_a_growing_backoff() {
     });
     case.deliver(&THREAD);
     case.run_once();
-    let db = rusqlite::Connection::open(case.dir.path().join("state.sqlite3")).expect("state");
-    let row = |db: &rusqlite::Connection| -> (String, i64, i64, String) {
-        db.query_row(
-            "SELECT status, attempts, next_attempt_at - updated_at, reason FROM outbox
-             WHERE template = 'escalation_reply'",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+    let db = case.store();
+    let row = |db: &postmaster_bot::shell::store::Store| -> (String, i64, i64, String) {
+        let rows = db
+            .select(
+                "SELECT status, attempts, next_attempt_at - updated_at, reason FROM outbox
+                 WHERE template = 'escalation_reply'",
+                &[],
+            )
+            .expect("row");
+        let r = &rows[0];
+        (
+            r.text(0).unwrap_or_default(),
+            r.int(1).expect("attempts"),
+            r.int(2).expect("delay"),
+            r.text(3).unwrap_or_default(),
         )
-        .expect("row")
     };
     let (status, attempts, delay, reason) = row(&db);
     assert_eq!(
@@ -284,7 +293,7 @@ fn a_4xx_is_retried_with_a_growing_backoff() {
     case.run_once();
     assert_eq!(row(&db).1, 1);
     // Due again: the next failure doubles the delay.
-    db.execute("UPDATE outbox SET next_attempt_at = 0", [])
+    db.execute("UPDATE outbox SET next_attempt_at = 0", &[])
         .expect("make due");
     case.run_once();
     let (status, attempts, delay, _) = row(&db);

@@ -43,9 +43,8 @@ const NOW: i64 = 1_569_332_402; // the refusal's own Date
 #[test]
 fn the_global_hourly_limit_holds_replies_across_restarts() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("state.sqlite3");
     let engine = engine("max_replies_per_hour = 2");
-    let mut store = Store::open(&path).expect("store");
+    let mut store = crate::support::test_store(dir.path());
     assert_eq!(
         reply_disposition(&engine, &mut store, &refusal("SRX1000000001ID", 1), NOW),
         Disposition::Send
@@ -60,7 +59,7 @@ fn the_global_hourly_limit_holds_replies_across_restarts() {
         Disposition::Send
     );
     drop(store);
-    let mut store = Store::open(&path).expect("store reopens");
+    let mut store = crate::support::test_store(dir.path());
     match reply_disposition(
         &engine,
         &mut store,
@@ -86,7 +85,7 @@ fn the_global_hourly_limit_holds_replies_across_restarts() {
 fn a_second_reply_on_one_case_within_the_interval_is_held() {
     let dir = tempfile::tempdir().expect("temp dir");
     let engine = engine("max_escalations_per_ticket = 2");
-    let mut store = Store::open(&dir.path().join("state.sqlite3")).expect("store");
+    let mut store = crate::support::test_store(dir.path());
     assert_eq!(
         reply_disposition(&engine, &mut store, &refusal("SRX1000000010ID", 10), NOW),
         Disposition::Send
@@ -112,7 +111,9 @@ fn an_unverified_refusal_is_held_and_the_operator_told_in_auto_mode_only() {
     let spoof = std::fs::read(fixtures().join("hostile/h01-spoofed-refusal.eml")).expect("fixture");
     let dir = tempfile::tempdir().expect("temp dir");
     let auto = engine("");
-    let mut store = Store::open(&dir.path().join("auto.sqlite3")).expect("store");
+    let auto_dir = dir.path().join("auto");
+    std::fs::create_dir(&auto_dir).expect("mkdir");
+    let mut store = crate::support::test_store(&auto_dir);
     let prepared = auto.prepare(&spoof);
     let handled = auto
         .apply(&mut store, "spoof", &prepared, NOW, OutboxStatus::Pending)
@@ -146,7 +147,9 @@ fn an_unverified_refusal_is_held_and_the_operator_told_in_auto_mode_only() {
     );
 
     let draft = Engine::new(config::parse(TEST_CONFIG, "test").expect("valid")).expect("engine");
-    let mut store = Store::open(&dir.path().join("draft.sqlite3")).expect("store");
+    let draft_dir = dir.path().join("draft");
+    std::fs::create_dir(&draft_dir).expect("mkdir");
+    let mut store = crate::support::test_store(&draft_dir);
     let prepared = draft.prepare(&spoof);
     let handled = draft
         .apply(&mut store, "spoof", &prepared, NOW, OutboxStatus::Pending)

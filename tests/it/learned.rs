@@ -104,9 +104,13 @@ fn a_template_taught_by_cli_recognises_the_next_answer() {
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::write(
         dir.path().join("config.toml"),
-        "mode = \"draft\"\n[identity]\nfrom = \"P <postmaster@example.net>\"\nmessage_id_domain = \"postmaster.example.net\"\n[trust]\nauthserv_ids = [\"mx1.example.net\"]\n[state]\npath = \"state.sqlite3\"\n[policy]\nmax_reply_age_days = 100000\n",
+        format!(
+            "mode = \"draft\"\n[identity]\nfrom = \"P <postmaster@example.net>\"\nmessage_id_domain = \"postmaster.example.net\"\n[trust]\nauthserv_ids = [\"mx1.example.net\"]\n{}[policy]\nmax_reply_age_days = 100000\n",
+            crate::support::state_section(dir.path())
+        ),
     )
     .expect("config");
+    let state = crate::support::state_argument(dir.path());
     let learned_dir = fixtures().join("learned");
     let t1 = learned_dir.join("t1-new-wording-refusal.eml");
     let ack = fixtures().join("corpus/d007.eml");
@@ -116,7 +120,7 @@ fn a_template_taught_by_cli_recognises_the_next_answer() {
             "--config",
             "config.toml",
             "--state",
-            "state.sqlite3",
+            &state,
             "--format",
             "json",
         ];

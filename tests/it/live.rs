@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use postmaster_bot::config;
 use postmaster_bot::shell::imap::Imap;
+use postmaster_bot::shell::store::{Store, Value};
 use secrecy::SecretString;
 
 use crate::support::fixtures;
@@ -234,6 +235,7 @@ impl Case {
     /// Writes the config: `mailbox_settings` are this test's folder settings and extras.
     fn with_config(mut self, mode: &str, mailbox_settings: &str) -> Case {
         self.config = self.dir.path().join("config.toml");
+        let state = crate::support::state_section(self.dir.path());
         let text = format!(
             r#"mode = "{mode}"
 [identity]
@@ -242,9 +244,7 @@ operator = "noc@example.net"
 message_id_domain = "postmaster.example.net"
 [trust]
 authserv_ids = ["mx1.example.net"]
-[state]
-path = "state.sqlite3"
-[policy]
+{state}[policy]
 notify_on_open_case = false
 notify_on_close_case = false
 [mailbox]
@@ -420,9 +420,41 @@ ca_file = "{ca}"
 
     /// Deletes the state store, as a lost volume or a new host would.
     pub(crate) fn lose_state(&self) {
-        for f in ["state.sqlite3", "state.sqlite3-wal", "state.sqlite3-shm"] {
-            let _ = std::fs::remove_file(self.dir.path().join(f));
-        }
+        crate::support::lose_test_store(self.dir.path());
+    }
+
+    /// The two text columns of each row a query returns (NULL as empty).
+    pub(crate) fn pairs(&self, sql: &str) -> Vec<(String, String)> {
+        self.query(sql, &[])
+            .into_iter()
+            .map(|r| {
+                let text = |i: usize| r.get(i).cloned().flatten().unwrap_or_default();
+                (text(0), text(1))
+            })
+            .collect()
+    }
+
+    /// The one integer a counting query returns.
+    pub(crate) fn count(&self, sql: &str, params: &[Value]) -> i64 {
+        self.store().select(sql, params).expect("count")[0]
+            .int(0)
+            .expect("a count")
+    }
+
+    /// The state store this test's config names.
+    pub(crate) fn store(&self) -> Store {
+        crate::support::test_store(self.dir.path())
+    }
+
+    /// The rows of a query on the state store, each column as text.
+    pub(crate) fn query(&self, sql: &str, params: &[Value]) -> Vec<Vec<Option<String>>> {
+        let store = self.store();
+        store
+            .select(sql, params)
+            .expect("query")
+            .iter()
+            .map(|r| (0..r.len()).map(|i| r.text(i)).collect())
+            .collect()
     }
 
     /// `cases show` of every case as text.
@@ -673,14 +705,15 @@ fn approval_by_move_is_matched_by_our_token_when_the_client_rewrote_the_ids() {
 
 /// The outbox statuses in the state store.
 fn statuses(case: &Case) -> Vec<String> {
-    let db = rusqlite::Connection::open(case.dir.path().join("state.sqlite3")).expect("state");
-    let mut stmt = db
-        .prepare("SELECT template || ':' || status FROM outbox ORDER BY id")
-        .expect("query");
-    stmt.query_map([], |r| r.get(0))
+    case.store()
+        .select(
+            "SELECT template || ':' || status FROM outbox ORDER BY id",
+            &[],
+        )
         .expect("rows")
-        .collect::<Result<_, _>>()
-        .expect("rows")
+        .iter()
+        .map(|r| r.text(0).unwrap_or_default())
+        .collect()
 }
 
 fn use_mode(case: &Case, mode: &str) {
@@ -1212,12 +1245,12 @@ fn without_idle_the_daemon_polls() {
 
 /// Puts every sent row back into `sending`, as a crash between DATA and the 250 would leave it.
 fn simulate_crash_during_send(case: &Case) -> usize {
-    let db = rusqlite::Connection::open(case.dir.path().join("state.sqlite3")).expect("state");
-    db.execute(
-        "UPDATE outbox SET status = 'sending' WHERE status = 'sent'",
-        [],
-    )
-    .expect("update")
+    case.store()
+        .execute(
+            "UPDATE outbox SET status = 'sending' WHERE status = 'sent'",
+            &[],
+        )
+        .expect("update") as usize
 }
 
 #[test]
@@ -1244,14 +1277,7 @@ fn an_uncertain_send_is_never_resent_automatically() {
     assert_eq!(case.wait_for_replies(1).len(), 1);
     assert_eq!(simulate_crash_during_send(&case), 1);
     case.run_once();
-    let db = rusqlite::Connection::open(case.dir.path().join("state.sqlite3")).expect("state");
-    let sent: i64 = db
-        .query_row(
-            "SELECT count(*) FROM outbox WHERE status = 'sent'",
-            [],
-            |r| r.get(0),
-        )
-        .expect("count");
+    let sent = case.count("SELECT count(*) FROM outbox WHERE status = 'sent'", &[]);
     assert_eq!(sent, 1);
     std::thread::sleep(Duration::from_millis(1000));
     assert_eq!(case.delivered_replies().len(), 1, "not resent");
@@ -1299,25 +1325,23 @@ fn a_crash_at_any_step_never_sends_twice_or_loses_the_reply() {
             "{point}: replies delivered"
         );
         assert!(replies.len() <= 1, "{point}: sent twice");
-        let db = rusqlite::Connection::open(case.dir.path().join("state.sqlite3")).expect("state");
-        let (rows, cases): (i64, i64) = db
-            .query_row(
-                "SELECT (SELECT count(*) FROM outbox WHERE template = 'escalation_reply'),
-                        (SELECT count(*) FROM cases WHERE ticket_id = ?1)",
-                [&case.ticket],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .expect("query");
+        let rows = case.count(
+            "SELECT count(*) FROM outbox WHERE template = 'escalation_reply'",
+            &[],
+        );
+        let cases = case.count(
+            "SELECT count(*) FROM cases WHERE ticket_id = ?1",
+            &[Value::Text(case.ticket.clone())],
+        );
         assert_eq!(rows, 1, "{point}: exactly one reply on record");
         assert_eq!(cases, 1, "{point}: the case survived");
         if expected == 0 {
-            let status: String = db
-                .query_row(
-                    "SELECT status FROM outbox WHERE template = 'escalation_reply'",
-                    [],
-                    |r| r.get(0),
-                )
-                .expect("status");
+            let status = case.query(
+                "SELECT status FROM outbox WHERE template = 'escalation_reply'",
+                &[],
+            )[0][0]
+                .clone()
+                .unwrap_or_default();
             assert_eq!(
                 status, "awaiting_approval",
                 "{point}: an unsent reply waits for a person"
@@ -1391,14 +1415,7 @@ fn a_large_catch_up_reads_headers_first_cuts_long_messages_and_reports_progress(
         done.contains("2501") && done.contains("fetched") && done.contains('1'),
         "{done}"
     );
-    let db = rusqlite::Connection::open(case.dir.path().join("state.sqlite3")).expect("state");
-    let rows: Vec<(String, String)> = db
-        .prepare("SELECT kind, damage FROM messages")
-        .expect("query")
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .expect("rows")
-        .collect::<Result<_, _>>()
-        .expect("rows");
+    let rows = case.pairs("SELECT kind, damage FROM messages");
     assert_eq!(rows.len(), 1, "only the bounce was read whole: {rows:?}");
     assert_eq!(rows[0].0, "ndr_ms_blocklist");
     assert!(
@@ -1406,12 +1423,9 @@ fn a_large_catch_up_reads_headers_first_cuts_long_messages_and_reports_progress(
         "{}",
         rows[0].1
     );
-    drop(db);
 
     // On a terminal (a pseudo-terminal from script(1)) the same catch-up draws a progress bar.
-    for f in ["state.sqlite3", "state.sqlite3-wal", "state.sqlite3-shm"] {
-        let _ = std::fs::remove_file(case.dir.path().join(f));
-    }
+    case.lose_state();
     let command = format!(
         "{} run --once --config {}",
         env!("CARGO_BIN_EXE_postmaster-bot"),
@@ -1474,14 +1488,14 @@ fn a_spoof_then_the_real_thread_in_auto_mode_delivers_the_reply_and_the_notifica
 /// the same pass, and a row waiting for an approve mode the bot no longer runs in is held.
 #[test]
 fn a_row_the_server_refuses_holds_only_itself() {
-    use postmaster_bot::shell::store::{NewOutbox, Store};
+    use postmaster_bot::shell::store::NewOutbox;
     let case = setup("auto", "");
     // A name the server will not take (not valid modified UTF-7): refused without a code.
     let missing = format!("{}-Bad&Name", case.folder);
     let drafts_line = format!("drafts_folder = \"{}\"", case.drafts);
     case.edit_config(|t| t.replace(&drafts_line, &format!("drafts_folder = \"{missing}\"")));
     {
-        let mut store = Store::open(&case.dir.path().join("state.sqlite3")).expect("store");
+        let mut store = case.store();
         let tx = store.begin().expect("tx");
         for (n, disposition) in [(1, "draft"), (2, "queue")] {
             tx.add_outbox(
@@ -1511,7 +1525,7 @@ fn a_row_the_server_refuses_holds_only_itself() {
         1,
         "the real reply is not held up"
     );
-    let store = Store::open(&case.dir.path().join("state.sqlite3")).expect("store");
+    let store = case.store();
     let rows = store.outbox(None).expect("outbox");
     let draft = rows
         .iter()

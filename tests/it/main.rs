@@ -15,6 +15,7 @@ mod live;
 mod oauth;
 mod rule_cost;
 mod snapshots;
+mod state;
 mod support;
 mod tidy;
 mod webhook;

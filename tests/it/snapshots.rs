@@ -3,14 +3,13 @@
 use postmaster_bot::pipeline::case;
 use postmaster_bot::pipeline::decide::{self, Mode, NotifyOn};
 use postmaster_bot::pipeline::render::{self, IdentityView};
-use postmaster_bot::shell::store::Store;
 
 use crate::support::{apply_at_its_date, engine, fixtures, manifest};
 
 fn produced_mail(set: &str) -> Vec<(String, String)> {
     let engine = engine();
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut store = Store::open(&dir.path().join("state.sqlite3")).expect("store opens");
+    let mut store = crate::support::test_store(dir.path());
     let mut out = Vec::new();
     for row in manifest(set) {
         let raw = std::fs::read(fixtures().join(set).join(&row.file)).expect("fixture readable");
@@ -56,7 +55,7 @@ fn corpus_replies_and_notifications() {
 fn followup_after_a_silent_week() {
     let engine = engine();
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut store = Store::open(&dir.path().join("state.sqlite3")).expect("store opens");
+    let mut store = crate::support::test_store(dir.path());
     let mut last_case = None;
     for file in ["d029.eml", "d030.eml", "d031.eml"] {
         let raw = std::fs::read(fixtures().join("corpus").join(file)).expect("fixture");

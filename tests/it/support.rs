@@ -79,3 +79,127 @@ pub fn apply_at_its_date(
     let now = prepared.inbound.date.unwrap_or(0);
     engine.apply(store, source, prepared, now, OutboxStatus::Replayed)
 }
+
+/// The state store the tests run on: SQLite files (the default), or schemas of the test
+/// PostgreSQL server when `POSTMASTER_BOT_TEST_STORE=postgres` (how `scripts/test` runs the
+/// suite a second time).
+pub enum Backend {
+    Sqlite,
+    Postgres { url: String, password: String },
+}
+
+pub fn backend() -> Backend {
+    match std::env::var("POSTMASTER_BOT_TEST_STORE").as_deref() {
+        Ok("postgres") => postgres_server(),
+        Ok("sqlite") | Err(_) => Backend::Sqlite,
+        Ok(other) => panic!("POSTMASTER_BOT_TEST_STORE={other}: use sqlite or postgres"),
+    }
+}
+
+/// The test PostgreSQL server (`scripts/postgres up`); fails the test when it is not running.
+pub fn postgres_server() -> Backend {
+    let dir = std::env::var("POSTMASTER_BOT_POSTGRES")
+        .unwrap_or_else(|_| "/tmp/postmaster-bot-postgres".to_string());
+    let env_file = Path::new(&dir).join("env");
+    let text = std::fs::read_to_string(&env_file).unwrap_or_else(|_| {
+        panic!(
+            "the test PostgreSQL is not running ({} is missing): start it with \
+             `scripts/postgres up` (as root), or run `scripts/test`, which starts it",
+            env_file.display()
+        )
+    });
+    let get = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("{key} missing in {}", env_file.display()))
+            .to_string()
+    };
+    Backend::Postgres {
+        url: get("POSTGRES_URL"),
+        password: get("POSTGRES_PASSWORD"),
+    }
+}
+
+/// A URL naming the test server's `schema`, with the password in it (as a command line may
+/// carry it).
+pub fn postgres_url(schema: &str) -> String {
+    let Backend::Postgres { url, password } = postgres_server() else {
+        unreachable!("postgres_server returns a server")
+    };
+    let (scheme, rest) = url.split_once("://").expect("a URL");
+    let (user, host) = rest.split_once('@').expect("a user in the URL");
+    format!("{scheme}://{user}:{password}@{host}?schema={schema}")
+}
+
+/// The schema a test's folder gets on PostgreSQL: one per folder, so tests running side by
+/// side never share state, and the same one each time the folder's config is written.
+fn schema_of(dir: &Path) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(dir.display().to_string().as_bytes());
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("t_{hex}")
+}
+
+/// The `[state]` section of a test's config in `dir` (a password file is written beside it).
+pub fn state_section(dir: &Path) -> String {
+    match backend() {
+        Backend::Sqlite => "[state]\npath = \"state.sqlite3\"\n".to_string(),
+        Backend::Postgres { url, password } => {
+            std::fs::write(dir.join("pg-password"), password).expect("write pg-password");
+            format!(
+                "[state]\nurl = \"{url}\"\nschema = \"{}\"\npassword_file = \"pg-password\"\n",
+                schema_of(dir)
+            )
+        }
+    }
+}
+
+/// A `--state` argument naming the store of a test's folder (a password in the URL, as a
+/// command line may carry it).
+pub fn state_argument(dir: &Path) -> String {
+    match backend() {
+        Backend::Sqlite => dir.join("state.sqlite3").display().to_string(),
+        Backend::Postgres { url, password } => {
+            let (scheme, rest) = url.split_once("://").expect("a URL");
+            let (user, host) = rest.split_once('@').expect("a user in the URL");
+            format!(
+                "{scheme}://{user}:{password}@{host}?schema={}",
+                schema_of(dir)
+            )
+        }
+    }
+}
+
+/// Opens the store a test's config in `dir` names.
+pub fn test_store(dir: &Path) -> Store {
+    match backend() {
+        Backend::Sqlite => Store::open(&dir.join("state.sqlite3")).expect("store opens"),
+        Backend::Postgres { url, password } => {
+            let state = config::StateConfig::from_argument(&url).expect("test url");
+            let config::StateConfig::Postgres(mut pg) = state else {
+                unreachable!("a postgres:// url")
+            };
+            pg.schema = Some(schema_of(dir));
+            let mut target = postmaster_bot::shell::store::pg_connect(&pg).expect("connect");
+            target.password = Some(password.into());
+            Store::connect(target).expect("store opens")
+        }
+    }
+}
+
+/// Deletes a test's state store, as a lost volume or a new host would.
+pub fn lose_test_store(dir: &Path) {
+    match backend() {
+        Backend::Sqlite => {
+            for f in ["state.sqlite3", "state.sqlite3-wal", "state.sqlite3-shm"] {
+                let _ = std::fs::remove_file(dir.join(f));
+            }
+        }
+        Backend::Postgres { .. } => {
+            let store = test_store(dir);
+            store
+                .execute(&format!("DROP SCHEMA {} CASCADE", schema_of(dir)), &[])
+                .expect("drop the test's schema");
+        }
+    }
+}

@@ -2,10 +2,10 @@
 //! health write: the audit trail and the mailbox health. Every query is bounded (a page of
 //! rows, or a count), so a page costs the same with ten cases or ten thousand.
 
-use rusqlite::params;
 use serde::Serialize;
 
-use super::{sql, Cached, Store, StoreError};
+use super::db::{params, Row};
+use super::{Store, StoreError};
 use crate::pipeline::case::CaseId;
 pub use crate::pipeline::console::BlockSpan;
 
@@ -85,167 +85,137 @@ impl Store {
         detail: &str,
         now: i64,
     ) -> Result<(), StoreError> {
-        self.conn
-            .run(
-                "INSERT INTO audit (at, actor, action, outbox_id, case_id, detail)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![now, actor, action, outbox_id, case_id, detail],
-            )
-            .map_err(sql(&self.path))?;
+        self.exec(
+            "INSERT INTO audit (at, actor, action, outbox_id, case_id, detail)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![now, actor, action, outbox_id, case_id, detail],
+        )?;
         Ok(())
     }
 
     /// The newest acts first, at most `limit`.
     pub fn audit(&self, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT at, actor, action, outbox_id, case_id, detail FROM audit
-                 ORDER BY id DESC LIMIT ?1",
-            )
-            .map_err(sql(&self.path))?;
-        let rows = stmt
-            .query_map([limit], |r| {
-                Ok(AuditEntry {
-                    at: r.get(0)?,
-                    actor: r.get(1)?,
-                    action: r.get(2)?,
-                    outbox_id: r.get(3)?,
-                    case_id: r.get(4)?,
-                    detail: r.get(5)?,
-                })
+        self.rows(
+            "SELECT at, actor, action, outbox_id, case_id, detail FROM audit
+             ORDER BY id DESC LIMIT ?1",
+            params![limit],
+        )?
+        .iter()
+        .map(|r| {
+            Ok(AuditEntry {
+                at: col!(&self.path, r, 0),
+                actor: col!(&self.path, r, 1),
+                action: col!(&self.path, r, 2),
+                outbox_id: col!(&self.path, r, 3),
+                case_id: col!(&self.path, r, 4),
+                detail: col!(&self.path, r, 5),
             })
-            .map_err(sql(&self.path))?;
-        rows.collect::<Result<_, _>>().map_err(sql(&self.path))
+        })
+        .collect()
     }
 
     /// Replaces the message of a row that still waits for approval; `false` when it no longer
     /// waits (approved or rejected meanwhile).
     pub fn replace_waiting_bytes(&self, id: i64, bytes: &[u8]) -> Result<bool, StoreError> {
-        let changed = self
-            .conn
-            .run(
-                "UPDATE outbox SET bytes = ?2 WHERE id = ?1 AND status = 'awaiting_approval'",
-                params![id, bytes],
-            )
-            .map_err(sql(&self.path))?;
+        let changed = self.exec(
+            "UPDATE outbox SET bytes = ?2 WHERE id = ?1 AND status = 'awaiting_approval'",
+            params![id, bytes],
+        )?;
         Ok(changed == 1)
     }
 
     /// Whether an approved or released row is ready to be delivered.
     pub fn has_approved_ready(&self, now: i64) -> Result<bool, StoreError> {
-        self.conn
+        Ok(self
             .row(
-                "SELECT EXISTS(SELECT 1 FROM outbox WHERE status = 'approved' AND next_attempt_at <= ?1)",
-                [now],
-                |r| r.get(0),
-            )
-            .map_err(sql(&self.path))
+                "SELECT 1 FROM outbox WHERE status = 'approved' AND next_attempt_at <= ?1 LIMIT 1",
+                params![now],
+            )?
+            .is_some())
     }
 
     /// Sets a row's reason without changing its status (an uncertain delivery's why).
     pub fn set_reason(&self, id: i64, reason: &str) -> Result<(), StoreError> {
-        self.conn
-            .run(
-                "UPDATE outbox SET reason = ?2 WHERE id = ?1",
-                params![id, reason],
-            )
-            .map_err(sql(&self.path))?;
+        self.exec(
+            "UPDATE outbox SET reason = ?2 WHERE id = ?1",
+            params![id, reason],
+        )?;
         Ok(())
     }
 
     pub fn set_health(&self, key: &str, value: &str, now: i64) -> Result<(), StoreError> {
-        self.conn
-            .run(
-                "INSERT INTO health (key, value, at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(key) DO UPDATE SET value = excluded.value, at = excluded.at",
-                params![key, value, now],
-            )
-            .map_err(sql(&self.path))?;
+        self.exec(SET_HEALTH, params![key, value, now])?;
         Ok(())
     }
 
     /// Several health values at once, in one transaction.
     pub fn set_healths(&mut self, values: &[(&str, &str)], now: i64) -> Result<(), StoreError> {
-        let tx = self.conn.transaction().map_err(sql(&self.path))?;
+        let tx = self.begin()?;
         for (key, value) in values {
-            tx.run(
-                "INSERT INTO health (key, value, at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(key) DO UPDATE SET value = excluded.value, at = excluded.at",
-                params![key, value, now],
-            )
-            .map_err(sql(&self.path))?;
+            tx.store.exec(SET_HEALTH, params![key, value, now])?;
         }
-        tx.commit().map_err(sql(&self.path))
+        tx.commit()
     }
 
     /// Adds to a counter kept in the health table (IMAP reconnects).
     pub fn count_health(&self, key: &str, now: i64) -> Result<(), StoreError> {
-        self.conn
-            .run(
-                "INSERT INTO health (key, value, at) VALUES (?1, '1', ?2)
-                 ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1, at = excluded.at",
-                params![key, now],
-            )
-            .map_err(sql(&self.path))?;
+        self.exec(
+            "INSERT INTO health (key, value, at) VALUES (?1, '1', ?2)
+             ON CONFLICT(key) DO UPDATE
+             SET value = CAST(CAST(health.value AS INTEGER) + 1 AS TEXT), at = excluded.at",
+            params![key, now],
+        )?;
         Ok(())
     }
 
     pub fn health(&self) -> Result<Vec<Health>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT key, value, at FROM health ORDER BY key")
-            .map_err(sql(&self.path))?;
-        let rows = stmt
-            .query_map([], |r| {
+        self.rows("SELECT key, value, at FROM health ORDER BY key", &[])?
+            .iter()
+            .map(|r| {
                 Ok(Health {
-                    key: r.get(0)?,
-                    value: r.get(1)?,
-                    at: r.get(2)?,
+                    key: col!(&self.path, r, 0),
+                    value: col!(&self.path, r, 1),
+                    at: col!(&self.path, r, 2),
                 })
             })
-            .map_err(sql(&self.path))?;
-        rows.collect::<Result<_, _>>().map_err(sql(&self.path))
+            .collect()
     }
 
     /// Cases, those that need a person first, then those waiting on Microsoft (longest
     /// waiting first), then the closed ones (newest first).
     pub fn case_lines(&self, filter: &CaseFilter) -> Result<Vec<CaseLine>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
+        let ips = self.db.dialect().group_concat("ip", " ");
+        self.rows(
+            &format!(
                 "SELECT c.id, c.topic, c.state, c.ticket_id, c.opened_at, c.updated_at, c.closed_at,
-                        (SELECT group_concat(ip, ' ') FROM case_ips WHERE case_id = c.id)
+                        (SELECT {ips} FROM case_ips WHERE case_id = c.id)
                  FROM cases c
-                 WHERE (?1 IS NULL OR c.state = ?1)
-                   AND (?2 IS NULL OR c.id IN (SELECT case_id FROM case_ips WHERE ip = ?2))
-                   AND (?3 IS NULL OR c.ticket_id = ?3 COLLATE NOCASE)
+                 WHERE (CAST(?1 AS TEXT) IS NULL OR c.state = ?1)
+                   AND (CAST(?2 AS TEXT) IS NULL OR c.id IN (SELECT case_id FROM case_ips WHERE ip = ?2))
+                   AND (CAST(?3 AS TEXT) IS NULL OR lower(c.ticket_id) = lower(?3))
                  ORDER BY CASE c.state WHEN 'needs_operator' THEN 0 WHEN 'closed' THEN 2 ELSE 1 END,
                           CASE WHEN c.state = 'closed' THEN -c.updated_at ELSE c.updated_at END
-                 LIMIT ?4",
-            )
-            .map_err(sql(&self.path))?;
-        let rows = stmt
-            .query_map(
-                params![filter.state, filter.ip, filter.ticket, filter.limit],
-                |r| {
-                    let ips: Option<String> = r.get(7)?;
-                    Ok(CaseLine {
-                        id: r.get(0)?,
-                        topic: r.get(1)?,
-                        state: r.get(2)?,
-                        ticket_id: r.get(3)?,
-                        opened_at: r.get(4)?,
-                        updated_at: r.get(5)?,
-                        closed_at: r.get(6)?,
-                        ips: ips
-                            .map(|s| s.split(' ').map(str::to_string).collect())
-                            .unwrap_or_default(),
-                    })
-                },
-            )
-            .map_err(sql(&self.path))?;
-        rows.collect::<Result<_, _>>().map_err(sql(&self.path))
+                 LIMIT ?4"
+            ),
+            params![filter.state, filter.ip, filter.ticket, filter.limit],
+        )?
+        .iter()
+        .map(|r| {
+            let ips: Option<String> = col!(&self.path, r, 7);
+            Ok(CaseLine {
+                id: col!(&self.path, r, 0),
+                topic: col!(&self.path, r, 1),
+                state: col!(&self.path, r, 2),
+                ticket_id: col!(&self.path, r, 3),
+                opened_at: col!(&self.path, r, 4),
+                updated_at: col!(&self.path, r, 5),
+                closed_at: col!(&self.path, r, 6),
+                ips: ips
+                    .map(|s| s.split(' ').map(str::to_string).collect())
+                    .unwrap_or_default(),
+            })
+        })
+        .collect()
     }
 
     /// How many cases are in each state.
@@ -285,27 +255,23 @@ impl Store {
     }
 
     fn counts(&self, query: &str) -> Result<Vec<(String, i64)>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(query).map_err(sql(&self.path))?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .map_err(sql(&self.path))?;
-        rows.collect::<Result<_, _>>().map_err(sql(&self.path))
+        self.rows(query, &[])?
+            .iter()
+            .map(|r| Ok((col!(&self.path, r, 0), col!(&self.path, r, 1))))
+            .collect()
     }
 
     /// The messages a case was built from, oldest first, at most `limit`.
     pub fn case_messages(&self, case: CaseId, limit: u32) -> Result<Vec<MessageLine>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT message_id, source, processed_at, kind, ticket_id, trusted, action, reason,
-                        evidence, excerpt
-                 FROM messages WHERE case_id = ?1 ORDER BY id LIMIT ?2",
-            )
-            .map_err(sql(&self.path))?;
-        let rows = stmt
-            .query_map(params![case, limit], message_line)
-            .map_err(sql(&self.path))?;
-        rows.collect::<Result<_, _>>().map_err(sql(&self.path))
+        self.rows(
+            "SELECT message_id, source, processed_at, kind, ticket_id, trusted, action, reason,
+                    evidence, excerpt
+             FROM messages WHERE case_id = ?1 ORDER BY id LIMIT ?2",
+            params![case, limit],
+        )?
+        .iter()
+        .map(|r| self.message_line(r))
+        .collect()
     }
 
     /// The newest timeline lines of a case, at most `limit`, oldest first.
@@ -314,113 +280,98 @@ impl Store {
         case: CaseId,
         limit: u32,
     ) -> Result<Vec<super::TimelineEntry>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT at, kind, action, state, message_id, summary FROM (
-                     SELECT id, at, kind, action, state, message_id, summary FROM timeline
-                     WHERE case_id = ?1 ORDER BY at DESC, id DESC LIMIT ?2
-                 ) ORDER BY at, id",
-            )
-            .map_err(sql(&self.path))?;
-        let rows = stmt
-            .query_map(params![case, limit], |r| {
-                Ok(super::TimelineEntry {
-                    at: r.get(0)?,
-                    kind: r.get(1)?,
-                    action: r.get(2)?,
-                    state: r.get(3)?,
-                    message_id: r.get(4)?,
-                    summary: r.get(5)?,
-                })
-            })
-            .map_err(sql(&self.path))?;
-        rows.collect::<Result<_, _>>().map_err(sql(&self.path))
+        self.rows(
+            "SELECT at, kind, action, state, message_id, summary FROM (
+                 SELECT id, at, kind, action, state, message_id, summary FROM timeline
+                 WHERE case_id = ?1 ORDER BY at DESC, id DESC LIMIT ?2
+             ) AS newest ORDER BY at, id",
+            params![case, limit],
+        )?
+        .iter()
+        .map(|r| self.timeline_entry(r))
+        .collect()
     }
 
     /// Messages handed to a person (an answer no rule knows, or one a person must act on),
     /// newest first, at most `limit`.
     pub fn handed_to_operator(&self, limit: u32) -> Result<Vec<MessageLine>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT message_id, source, processed_at, kind, ticket_id, trusted, action, reason,
-                        evidence, excerpt
-                 FROM messages WHERE kind = 'ms_other' OR action = 'notify_operator'
-                 ORDER BY id DESC LIMIT ?1",
-            )
-            .map_err(sql(&self.path))?;
-        let rows = stmt
-            .query_map([limit], message_line)
-            .map_err(sql(&self.path))?;
-        rows.collect::<Result<_, _>>().map_err(sql(&self.path))
+        self.rows(
+            "SELECT message_id, source, processed_at, kind, ticket_id, trusted, action, reason,
+                    evidence, excerpt
+             FROM messages WHERE kind = 'ms_other' OR action = 'notify_operator'
+             ORDER BY id DESC LIMIT ?1",
+            params![limit],
+        )?
+        .iter()
+        .map(|r| self.message_line(r))
+        .collect()
     }
 
     /// Messages quarantined (not handled: a person must look), newest first.
     pub fn quarantined(&self, limit: u32) -> Result<Vec<Quarantined>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT at, source, message_id, error FROM quarantine ORDER BY id DESC LIMIT ?1",
-            )
-            .map_err(sql(&self.path))?;
-        let rows = stmt
-            .query_map([limit], |r| {
-                Ok(Quarantined {
-                    at: r.get(0)?,
-                    source: r.get(1)?,
-                    message_id: r.get(2)?,
-                    error: r.get(3)?,
-                })
+        self.rows(
+            "SELECT at, source, message_id, error FROM quarantine ORDER BY id DESC LIMIT ?1",
+            params![limit],
+        )?
+        .iter()
+        .map(|r| {
+            Ok(Quarantined {
+                at: col!(&self.path, r, 0),
+                source: col!(&self.path, r, 1),
+                message_id: col!(&self.path, r, 2),
+                error: col!(&self.path, r, 3),
             })
-            .map_err(sql(&self.path))?;
-        rows.collect::<Result<_, _>>().map_err(sql(&self.path))
+        })
+        .collect()
     }
 
     /// Every block case open at some time since `since`: when it opened, when it closed, and
     /// how many IPs it holds (what the dashboard's charts are drawn from, in one read of an
     /// index, not of the cases themselves).
     pub fn block_spans(&self, since: i64) -> Result<Vec<BlockSpan>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
+        let hint = self.db.dialect().indexed_by("cases_topic_times");
+        self.rows(
+            &format!(
                 "SELECT c.opened_at, c.closed_at,
                         (SELECT count(*) FROM case_ips WHERE case_id = c.id)
-                 FROM cases c INDEXED BY cases_topic_times
+                 FROM cases c {hint}
                  WHERE c.topic IN ('outlook_block', 'm365_block')
-                   AND (c.closed_at IS NULL OR c.closed_at >= ?1)",
-            )
-            .map_err(sql(&self.path))?;
-        let rows = stmt
-            .query_map([since], |r| {
-                Ok(BlockSpan {
-                    opened_at: r.get(0)?,
-                    closed_at: r.get(1)?,
-                    ips: r.get(2)?,
-                })
+                   AND (c.closed_at IS NULL OR c.closed_at >= ?1)"
+            ),
+            params![since],
+        )?
+        .iter()
+        .map(|r| {
+            Ok(BlockSpan {
+                opened_at: col!(&self.path, r, 0),
+                closed_at: col!(&self.path, r, 1),
+                ips: col!(&self.path, r, 2),
             })
-            .map_err(sql(&self.path))?;
-        rows.collect::<Result<_, _>>().map_err(sql(&self.path))
+        })
+        .collect()
+    }
+
+    /// A `messages` row selected as message_id, source, processed_at, kind, ticket_id,
+    /// trusted, action, reason, evidence, excerpt.
+    fn message_line(&self, r: &Row) -> Result<MessageLine, StoreError> {
+        let evidence: String = col!(&self.path, r, 8);
+        Ok(MessageLine {
+            message_id: col!(&self.path, r, 0),
+            source: col!(&self.path, r, 1),
+            processed_at: col!(&self.path, r, 2),
+            kind: col!(&self.path, r, 3),
+            ticket_id: col!(&self.path, r, 4),
+            trusted: col!(&self.path, r, 5),
+            action: col!(&self.path, r, 6),
+            reason: col!(&self.path, r, 7),
+            evidence: evidence_lines(&evidence),
+            excerpt: col!(&self.path, r, 9),
+        })
     }
 }
 
-/// A `messages` row selected as message_id, source, processed_at, kind, ticket_id, trusted,
-/// action, reason, evidence, excerpt.
-fn message_line(r: &rusqlite::Row<'_>) -> rusqlite::Result<MessageLine> {
-    let evidence: String = r.get(8)?;
-    Ok(MessageLine {
-        message_id: r.get(0)?,
-        source: r.get(1)?,
-        processed_at: r.get(2)?,
-        kind: r.get(3)?,
-        ticket_id: r.get(4)?,
-        trusted: r.get(5)?,
-        action: r.get(6)?,
-        reason: r.get(7)?,
-        evidence: evidence_lines(&evidence),
-        excerpt: r.get(9)?,
-    })
-}
+const SET_HEALTH: &str = "INSERT INTO health (key, value, at) VALUES (?1, ?2, ?3)
+     ON CONFLICT(key) DO UPDATE SET value = excluded.value, at = excluded.at";
 
 /// The evidence column (a JSON list of strings, or of `{rule, matched}` objects) as lines.
 fn evidence_lines(json: &str) -> Vec<String> {

@@ -1,0 +1,176 @@
+//! The state store on both databases: `state copy` between SQLite and PostgreSQL keeps every
+//! row, refuses a target that holds anything, and new rows on the copy go on after the copied
+//! ids.
+
+use std::process::Command;
+
+use postmaster_bot::pipeline::classify::Kind;
+use postmaster_bot::pipeline::learned::Learned;
+use postmaster_bot::shell::store::Store;
+
+use crate::support::{apply_at_its_date, engine, fixtures, manifest, postgres_url};
+
+/// A schema of its own on the test server, new on every run.
+fn fresh_schema(tag: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!(
+        "{tag}_{}_{}_{n}",
+        std::process::id(),
+        postmaster_bot::clock::now()
+    )
+}
+
+/// A store with a row in every table: the corpus replayed, a cursor, health, an audit line,
+/// a quarantined message and a learned template.
+fn filled(path: &std::path::Path) -> Store {
+    let engine = engine();
+    let mut store = Store::open(path).expect("store");
+    for row in manifest("corpus") {
+        let raw = std::fs::read(fixtures().join("corpus").join(&row.file)).expect("fixture");
+        let prepared = engine.prepare(&raw);
+        apply_at_its_date(&engine, &mut store, &row.file, &prepared)
+            .unwrap_or_else(|e| panic!("{}: {e}", row.file));
+    }
+    store
+        .set_cursor("postmaster@example.net@imap.example.net/INBOX", 7, 4242)
+        .expect("cursor");
+    store
+        .set_healths(
+            &[("last_sync", "1700000000"), ("mode", "idle")],
+            1_700_000_000,
+        )
+        .expect("health");
+    store
+        .add_audit(
+            "cli",
+            "reject",
+            Some(1),
+            Some(1),
+            "a \"quoted\" reason",
+            1_700_000_001,
+        )
+        .expect("audit");
+    store
+        .quarantine(
+            "INBOX/9",
+            Some("<q@x>"),
+            "abc",
+            "bad bytes \u{fffd}",
+            1_700_000_002,
+        )
+        .expect("quarantine");
+    store
+        .add_template(&Learned {
+            id: 0,
+            kind: Kind::MsNotQualified,
+            shingles: vec![1, u64::MAX, 42],
+            sample: "Not qualified ...".to_string(),
+            source: "test".to_string(),
+            created_at: 1_700_000_003,
+        })
+        .expect("template");
+    store
+}
+
+fn copy(from: &str, to: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_postmaster-bot"))
+        .args(["state", "copy", "--from", from, "--to", to])
+        .env_remove("PGPASSWORD")
+        .output()
+        .expect("runs")
+}
+
+#[test]
+fn state_copy_round_trips_sqlite_postgres_sqlite_row_for_row() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let first = dir.path().join("first.sqlite3");
+    let back = dir.path().join("back.sqlite3");
+    let original = filled(&first).dump().expect("dump");
+    assert!(
+        original
+            .iter()
+            .all(|(table, rows)| !rows.is_empty() || table == "case_messages"),
+        "every table has rows to copy: {:?}",
+        original
+            .iter()
+            .map(|(t, r)| (t, r.len()))
+            .collect::<Vec<_>>()
+    );
+    let url = postgres_url(&fresh_schema("copy"));
+
+    let there = copy(&first.display().to_string(), &url);
+    assert!(
+        there.status.success(),
+        "{}",
+        String::from_utf8_lossy(&there.stderr)
+    );
+    let said = String::from_utf8_lossy(&there.stdout);
+    assert!(
+        said.contains("row(s) copied") && !said.contains("password"),
+        "{said}"
+    );
+    let again = copy(&first.display().to_string(), &url);
+    assert_eq!(
+        again.status.code(),
+        Some(1),
+        "a second copy into it is refused"
+    );
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("not empty"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+
+    let home = copy(&url, &back.display().to_string());
+    assert!(
+        home.status.success(),
+        "{}",
+        String::from_utf8_lossy(&home.stderr)
+    );
+    let round = Store::open(&back).expect("back").dump().expect("dump");
+    assert_eq!(
+        round, original,
+        "SQLite -> PostgreSQL -> SQLite keeps every row"
+    );
+
+    // On the PostgreSQL copy, a new case is numbered after the copied ones.
+    let state = postmaster_bot::config::StateConfig::from_argument(&url).expect("url");
+    let mut pg = postmaster_bot::shell::store::open_state(&state).expect("connects");
+    assert_eq!(pg.dump().expect("dump"), original);
+    let highest = pg
+        .cases()
+        .expect("cases")
+        .iter()
+        .map(|c| c.id)
+        .max()
+        .unwrap_or(0);
+    let mut case = pg.cases().expect("cases").remove(0);
+    case.id = 0;
+    case.ticket_id = Some("SRX9999999999ID".to_string());
+    let tx = pg.begin().expect("tx");
+    let id = tx.save_case(&mut case).expect("insert after copy");
+    tx.commit().expect("commit");
+    assert_eq!(id, highest + 1);
+}
+
+#[test]
+fn state_copy_refuses_a_missing_source_and_names_a_bad_url() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let missing = copy(
+        &dir.path().join("none.sqlite3").display().to_string(),
+        &dir.path().join("to.sqlite3").display().to_string(),
+    );
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("does not exist"));
+    let bad = copy(
+        "postgres://pmb@127.0.0.1:15432/pmb?schema=Bad-Name",
+        &dir.path().join("to.sqlite3").display().to_string(),
+    );
+    assert_ne!(bad.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("state.schema"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}
