@@ -122,6 +122,16 @@ pub enum Command {
         #[command(subcommand)]
         command: WebCommand,
     },
+    /// The instances sharing a PostgreSQL store and the mailbox each holds (its lease).
+    Instances {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// State store (a postgres:// URL); defaults to the config's.
+        #[arg(long)]
+        state: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
     /// The state store itself (`state copy`: move it between SQLite and PostgreSQL).
     State {
         #[command(subcommand)]
@@ -280,6 +290,9 @@ pub enum CasesCommand {
         /// State store; defaults to the config's `state.path`.
         #[arg(long)]
         state: Option<PathBuf>,
+        /// Only the cases of this mailbox (a `[[mailbox]]` name; "default" for `[mailbox]`).
+        #[arg(long)]
+        mailbox: Option<String>,
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },

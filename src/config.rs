@@ -213,6 +213,19 @@ impl HostedBy {
 }
 
 impl Config {
+    /// Each mailbox's name and whole configuration: the `[[mailbox]]` entries, or the one
+    /// `[mailbox]` as "default".
+    pub fn mailbox_configs(&self) -> Vec<(String, Config)> {
+        if self.mailboxes.is_empty() {
+            vec![(
+                crate::shell::store::DEFAULT_MAILBOX.to_string(),
+                self.clone(),
+            )]
+        } else {
+            self.mailboxes.clone()
+        }
+    }
+
     /// A daemon that may send (`auto`, `approve`) needs `[smtp]`; without it every approved or
     /// automatic reply would only be held, an approval used up for nothing.
     pub fn check_can_send(&self) -> Result<(), ConfigError> {
@@ -558,6 +571,9 @@ pub struct Config {
     pub rules_file: Option<PathBuf>,
     pub templates_dir: Option<PathBuf>,
     pub state: StateConfig,
+    /// `[[mailbox]]`: each mailbox's whole configuration, by name (empty with one `[mailbox]`;
+    /// see [`Config::mailbox_configs`]).
+    pub mailboxes: Vec<(String, Config)>,
     pub policy: Policy,
     pub notify_on: NotifyOn,
     pub limits: Limits,
@@ -599,10 +615,141 @@ impl Default for Config {
 
 /// Parses and validates config text; `origin` names it in errors.
 pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-    let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+    let syntax = |e: toml::de::Error| ConfigError::Syntax {
         path: origin.to_string(),
         message: e.to_string(),
-    })?;
+    };
+    let document: toml::Table = toml::from_str(text).map_err(syntax)?;
+    match document.get("mailbox") {
+        Some(toml::Value::Array(_)) => parse_several(document, origin),
+        // Read again from the text: its errors then name the line at fault.
+        _ => parse_one(toml::from_str(text).map_err(syntax)?, origin),
+    }
+}
+
+/// The keys of a `[[mailbox]]` entry that are not the mailbox's own: they override the
+/// top-level section of that name for this mailbox only (`mode`; `identity` and `smtp` key
+/// by key).
+const MAILBOX_OVERRIDES: &[&str] = &["name", "mode", "identity", "smtp"];
+
+/// `[[mailbox]]`: each entry becomes the whole configuration of its mailbox (the top level with
+/// the entry's overrides), validated as a single `[mailbox]` is; the first is also the
+/// top-level one (`config.mailbox`) for the commands that work on one.
+fn parse_several(document: toml::Table, origin: &str) -> Result<Config, ConfigError> {
+    let invalid = |key: &str, message: String| ConfigError::Invalid {
+        path: origin.to_string(),
+        key: key.to_string(),
+        message,
+    };
+    let mut base = document;
+    let Some(toml::Value::Array(entries)) = base.remove("mailbox") else {
+        return Err(invalid(
+            "mailbox",
+            "must be a list of [[mailbox]] tables".into(),
+        ));
+    };
+    if entries.is_empty() {
+        return Err(invalid("mailbox", "lists no mailbox".into()));
+    }
+    let mut configs: Vec<(String, Config)> = Vec::new();
+    for (i, entry) in entries.into_iter().enumerate() {
+        let toml::Value::Table(mut entry) = entry else {
+            return Err(invalid(&format!("mailbox[{i}]"), "must be a table".into()));
+        };
+        let name = match entry.get("name") {
+            Some(toml::Value::String(n)) if valid_mailbox_name(n) => n.clone(),
+            Some(_) => {
+                return Err(invalid(
+                    &format!("mailbox[{i}].name"),
+                    "must be lower-case letters, digits, '.', '_' or '-' (at most 64)".into(),
+                ))
+            }
+            None => {
+                return Err(invalid(
+                    &format!("mailbox[{i}].name"),
+                    "is required when there are several mailboxes".into(),
+                ))
+            }
+        };
+        if configs.iter().any(|(n, _)| *n == name) {
+            return Err(invalid(
+                &format!("mailbox[{i}].name"),
+                format!("`{name}` names two mailboxes"),
+            ));
+        }
+        let mut own = base.clone();
+        for key in MAILBOX_OVERRIDES {
+            let Some(value) = entry.remove(*key) else {
+                continue;
+            };
+            match (key, value) {
+                (&"name", _) => {}
+                (&"mode", value) => {
+                    own.insert("mode".to_string(), value);
+                }
+                (section, toml::Value::Table(over)) => {
+                    let merged = match own.remove(*section) {
+                        Some(toml::Value::Table(mut top)) => {
+                            top.extend(over);
+                            top
+                        }
+                        _ => over,
+                    };
+                    own.insert(section.to_string(), toml::Value::Table(merged));
+                }
+                (section, _) => {
+                    return Err(invalid(
+                        &format!("mailbox[{i}].{section}"),
+                        "must be a table".into(),
+                    ))
+                }
+            }
+        }
+        own.insert("mailbox".to_string(), toml::Value::Table(entry));
+        let shown = format!("{origin} (mailbox {name})");
+        let raw: RawConfig = own
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                path: shown.clone(),
+                message: e.to_string(),
+            })?;
+        configs.push((name, parse_one(raw, &shown)?));
+    }
+    // Mail from any of our own identities is ours, whichever mailbox it lands in.
+    let own_addresses: Vec<String> = configs
+        .iter()
+        .flat_map(|(_, c)| c.classify.own_addresses.clone())
+        .collect();
+    let own_domains: Vec<String> = configs
+        .iter()
+        .flat_map(|(_, c)| c.classify.own_message_id_domains.clone())
+        .collect();
+    for (_, c) in configs.iter_mut() {
+        for a in &own_addresses {
+            if !c.classify.own_addresses.contains(a) {
+                c.classify.own_addresses.push(a.clone());
+            }
+        }
+        for d in &own_domains {
+            if !c.classify.own_message_id_domains.contains(d) {
+                c.classify.own_message_id_domains.push(d.clone());
+            }
+        }
+    }
+    let mut first = configs[0].1.clone();
+    first.mailboxes = configs;
+    Ok(first)
+}
+
+fn valid_mailbox_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
+}
+
+fn parse_one(raw: RawConfig, origin: &str) -> Result<Config, ConfigError> {
     let invalid = |key: &str, message: String| ConfigError::Invalid {
         path: origin.to_string(),
         key: key.to_string(),
@@ -896,6 +1043,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         rules_file: raw.rules.file,
         templates_dir: raw.templates.dir,
         state,
+        mailboxes: Vec::new(),
         policy,
         notify_on,
         limits,
@@ -1037,7 +1185,7 @@ fn state_config(raw: &RawState, origin: &str) -> Result<StateConfig, ConfigError
     } else {
         format!("{base}?{}", kept.join("&"))
     };
-    let parsed: postgres::Config = url
+    let parsed: tokio_postgres::Config = url
         .parse()
         .map_err(|e| invalid("url", format!("not a PostgreSQL URL: {e}")))?;
     let password = secret_source("state", "password", password_keys!(raw), origin)?;
@@ -1049,7 +1197,7 @@ fn state_config(raw: &RawState, origin: &str) -> Result<StateConfig, ConfigError
         ));
     }
     let loopback = parsed.get_hosts().iter().all(|h| match h {
-        postgres::config::Host::Tcp(name) => {
+        tokio_postgres::config::Host::Tcp(name) => {
             name == "localhost"
                 || name
                     .trim_matches(['[', ']'])
@@ -1057,7 +1205,7 @@ fn state_config(raw: &RawState, origin: &str) -> Result<StateConfig, ConfigError
                     .is_ok_and(|ip| ip.is_loopback())
         }
         #[cfg(unix)]
-        postgres::config::Host::Unix(_) => true,
+        tokio_postgres::config::Host::Unix(_) => true,
     });
     let sslmode = match raw.sslmode.as_deref().or(sslmode_in_url.as_deref()) {
         None if loopback => PgSslMode::Prefer,
@@ -1130,6 +1278,15 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     })?;
     let mut config = parse(&text, &origin)?;
     let base = path.parent().unwrap_or(Path::new("."));
+    resolve_paths(&mut config, base);
+    for (_, mailbox) in config.mailboxes.iter_mut() {
+        resolve_paths(mailbox, base);
+    }
+    Ok(config)
+}
+
+/// Relative paths in a config are taken from its folder.
+fn resolve_paths(config: &mut Config, base: &Path) {
     let resolve = |p: &mut PathBuf| {
         if p.is_relative() {
             *p = base.join(&*p);
@@ -1190,7 +1347,6 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             resolve(p);
         }
     }
-    Ok(config)
 }
 
 /// Free and consumer mail domains: anyone can have an address there, so verified mail from
@@ -1509,5 +1665,146 @@ mod tests {
             .expect_err("dns without dkim")
             .to_string();
         assert!(err.contains("trust.dns_servers"), "{err}");
+    }
+
+    #[test]
+    fn several_mailboxes_each_get_the_top_level_with_their_overrides() {
+        let text = r#"
+mode = "draft"
+[identity]
+from = "Postmaster <postmaster@a.example>"
+operator = "noc@a.example"
+[[mailbox]]
+name = "a"
+host = "imap.a.example"
+username = "postmaster@a.example"
+password_env = "A"
+[[mailbox]]
+name = "b"
+host = "imap.b.example"
+username = "postmaster@b.example"
+password_env = "B"
+mode = "approve"
+[mailbox.identity]
+from = "Postmaster <postmaster@b.example>"
+"#;
+        let c = parse(text, "c.toml").expect("valid");
+        let all = c.mailbox_configs();
+        let names: Vec<&str> = all.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        let (a, b) = (&all[0].1, &all[1].1);
+        assert_eq!(a.mode, Mode::Draft);
+        assert_eq!(b.mode, Mode::Approve);
+        assert_eq!(b.identity.address, "postmaster@b.example");
+        assert_eq!(
+            b.identity.operator.as_deref(),
+            Some("noc@a.example"),
+            "kept from the top"
+        );
+        assert_eq!(
+            b.mailbox.as_ref().map(|m| m.host.as_str()),
+            Some("imap.b.example")
+        );
+        assert!(
+            a.classify
+                .own_addresses
+                .iter()
+                .any(|x| x == "postmaster@b.example"),
+            "another mailbox's identity is our own mail too"
+        );
+        assert_eq!(
+            c.mailbox.as_ref().map(|m| m.host.as_str()),
+            Some("imap.a.example")
+        );
+    }
+
+    #[test]
+    fn several_mailboxes_need_distinct_names_and_errors_name_the_mailbox() {
+        let entry = |name: &str, extra: &str| {
+            format!(
+                "[[mailbox]]\n{name}host = \"h\"\nusername = \"u\"\npassword_env = \"P\"\n{extra}"
+            )
+        };
+        let unnamed = format!("{}{}", entry("name = \"a\"\n", ""), entry("", ""));
+        let e = parse(&unnamed, "c.toml").expect_err("a name is needed");
+        assert!(e.to_string().contains("mailbox[1].name"), "{e}");
+        let twice = format!(
+            "{}{}",
+            entry("name = \"a\"\n", ""),
+            entry("name = \"a\"\n", "")
+        );
+        assert!(parse(&twice, "c.toml")
+            .expect_err("twice")
+            .to_string()
+            .contains("names two"));
+        let bad = entry("name = \"A B\"\n", "");
+        assert!(parse(&bad, "c.toml").is_err());
+        let typo = format!(
+            "{}{}",
+            entry("name = \"a\"\n", ""),
+            entry("name = \"b\"\n", "foldr = \"x\"\n")
+        );
+        let e = parse(&typo, "c.toml").expect_err("unknown key");
+        assert!(
+            e.to_string().contains("mailbox b") && e.to_string().contains("foldr"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_postgres_state_is_validated_and_its_url_may_name_the_schema() {
+        let c = parse(
+            "[state]\nurl = \"postgres://u@db.example/x?schema=pmb&sslmode=verify-full\"\npassword_env = \"P\"\n",
+            "c.toml",
+        )
+        .expect("valid");
+        let StateConfig::Postgres(pg) = c.state else {
+            panic!("postgres")
+        };
+        assert_eq!(pg.schema.as_deref(), Some("pmb"));
+        assert_eq!(pg.sslmode, PgSslMode::Require);
+        assert_eq!(pg.lease_seconds, 30);
+        assert!(!pg.url.contains("sslmode"));
+        let remote =
+            parse("[state]\nurl = \"postgres://u@db.example/x\"\n", "c.toml").expect("valid");
+        assert!(matches!(
+            remote.state,
+            StateConfig::Postgres(PostgresConfig {
+                sslmode: PgSslMode::Require,
+                ..
+            })
+        ));
+        let local =
+            parse("[state]\nurl = \"postgres://u@127.0.0.1/x\"\n", "c.toml").expect("valid");
+        assert!(matches!(
+            local.state,
+            StateConfig::Postgres(PostgresConfig {
+                sslmode: PgSslMode::Prefer,
+                ..
+            })
+        ));
+        for (bad, key) in [
+            (
+                "url = \"postgres://u:pw@h/x\"\npassword_env = \"P\"",
+                "state.url",
+            ),
+            (
+                "url = \"postgres://u@h/x\"\nsslmode = \"verify-ca\"",
+                "state.sslmode",
+            ),
+            (
+                "url = \"postgres://u@h/x\"\nschema = \"Bad\"",
+                "state.schema",
+            ),
+            ("url = \"mysql://u@h/x\"", "state.url"),
+            ("path = \"s.db\"\nschema = \"x\"", "state.schema"),
+            (
+                "url = \"postgres://u@h/x\"\nlease_seconds = 1",
+                "state.lease_seconds",
+            ),
+        ] {
+            let e = parse(&format!("[state]\n{bad}\n"), "c.toml").expect_err(bad);
+            assert!(e.to_string().contains(key), "{bad}: {e}");
+        }
     }
 }

@@ -357,6 +357,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::State {
             command: StateCommand::Copy { from, to },
         } => state_copy(&from, &to, &mut out),
+        Command::Instances {
+            config,
+            state,
+            format,
+        } => instances(config.as_deref(), state, format, &mut out),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "postmaster-bot", &mut out);
@@ -495,12 +500,13 @@ async fn folder_report(
 
 fn run_daemon(path: &Path, once: bool, mode: Option<ModeArg>) -> Result<ExitCode> {
     let mut config = config::load(path)?;
-    if let Some(m) = mode {
-        config.mode = match m {
-            ModeArg::Auto => Mode::Auto,
-            ModeArg::Draft => Mode::Draft,
-            ModeArg::Approve => Mode::Approve,
-        };
+    let mode = mode.map(|m| match m {
+        ModeArg::Auto => Mode::Auto,
+        ModeArg::Draft => Mode::Draft,
+        ModeArg::Approve => Mode::Approve,
+    });
+    if let Some(mode) = mode {
+        config.mode = mode;
     }
     config.check_can_send()?;
     warn_untrusted(&config);
@@ -515,11 +521,25 @@ fn run_daemon(path: &Path, once: bool, mode: Option<ModeArg>) -> Result<ExitCode
     // One crypto provider for the whole process (rustls 0.23 needs it chosen).
     let _ = rustls::crypto::ring::default_provider().install_default();
     // Before the store is opened or migrated: a second daemon stops here, touching nothing.
+    // On PostgreSQL several run side by side, each mailbox under a lease.
     let _instance = match &config.state {
         StateConfig::Sqlite(path) => Some(postmaster_bot::shell::instance::lock(path)?),
         StateConfig::Postgres(_) => None,
     };
-    let mut store = open_state(&config.state)?;
+    // Opened once here so a store that cannot be reached or migrated stops the start.
+    drop(open_state(&config.state)?);
+    let mut mailboxes = Vec::new();
+    for (name, mut mailbox_config) in config.mailbox_configs() {
+        if let Some(mode) = mode {
+            mailbox_config.mode = mode;
+        }
+        mailbox_config.check_can_send()?;
+        mailboxes.push(postmaster_bot::shell::fleet::Mailbox {
+            name,
+            engine: std::sync::Arc::new(Engine::new(mailbox_config)?),
+        });
+    }
+    let state = config.state.clone();
     let engine = std::sync::Arc::new(Engine::new(config)?);
     service_runtime()?.block_on(async {
         let (tx, rx) = tokio::sync::watch::channel(false);
@@ -544,7 +564,7 @@ fn run_daemon(path: &Path, once: bool, mode: Option<ModeArg>) -> Result<ExitCode
                 served
             })
         });
-        let result = postmaster_bot::shell::daemon::run(&engine, &mut store, once, rx).await;
+        let result = postmaster_bot::shell::fleet::run(mailboxes, &state, once, rx).await;
         let _ = tx.send(true);
         signals.abort();
         if let Some(console) = console {
@@ -920,6 +940,69 @@ fn state_argument(state: &Path) -> Result<StateConfig> {
     Ok(StateConfig::from_argument(&state.to_string_lossy())?)
 }
 
+/// `instances`: who works which mailbox on a shared store.
+fn instances(
+    config: Option<&Path>,
+    state: Option<PathBuf>,
+    format: Format,
+    out: &mut dyn Write,
+) -> Result<ExitCode> {
+    let store = open_existing(&state_path(config, state)?)?;
+    let instances = store.instances(7)?;
+    let leases = store.leases()?;
+    if matches!(format, Format::Json) {
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({ "instances": instances, "leases": leases })
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if instances.is_empty() {
+        writeln!(
+            out,
+            "no instance has run on this store with leases (SQLite: one process, no leases)"
+        )?;
+    }
+    for i in &instances {
+        let status = match i.stopped_at {
+            Some(at) => format!("stopped {}", render::rfc2822(at)),
+            None => format!("alive, seen {} s ago", i.seen_ago),
+        };
+        let held: Vec<&str> = leases
+            .iter()
+            .filter(|l| l.holder.as_deref() == Some(i.id.as_str()) && l.expires_in > 0)
+            .map(|l| l.mailbox.as_str())
+            .collect();
+        writeln!(
+            out,
+            "{:<40} pid {:<8} {:<28} holds {}",
+            i.id,
+            i.pid,
+            status,
+            if held.is_empty() {
+                "-".to_string()
+            } else {
+                held.join(", ")
+            }
+        )?;
+    }
+    for l in &leases {
+        let state = match &l.holder {
+            Some(holder) if l.expires_in > 0 => {
+                format!(
+                    "held by {holder}, {} s left, token {}",
+                    l.expires_in, l.token
+                )
+            }
+            Some(holder) => format!("expired ({holder}), token {}", l.token),
+            None => format!("free, token {}", l.token),
+        };
+        writeln!(out, "mailbox {:<24} {state}", l.mailbox)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn state_copy(from: &str, to: &str, out: &mut dyn Write) -> Result<ExitCode> {
     let from = StateConfig::from_argument(from)?;
     let to = StateConfig::from_argument(to)?;
@@ -960,24 +1043,34 @@ fn cases(command: CasesCommand, out: &mut dyn Write) -> Result<ExitCode> {
         CasesCommand::List {
             config,
             state,
+            mailbox,
             format,
         } => {
             let store = open_existing(&state_path(config.as_deref(), state)?)?;
-            let cases = store.cases()?;
+            let cases = store.cases_of(mailbox.as_deref())?;
             match format {
                 Format::Json => {
-                    for c in cases {
-                        writeln!(out, "{}", serde_json::to_string(&c)?)?;
+                    for (mailbox, c) in cases {
+                        let mut line = serde_json::to_value(&c)?;
+                        if let Some(fields) = line.as_object_mut() {
+                            fields.insert("mailbox".to_string(), mailbox.into());
+                        }
+                        writeln!(out, "{line}")?;
                     }
                 }
                 Format::Text => {
                     if cases.is_empty() {
                         writeln!(out, "no cases")?;
                     }
-                    for c in cases {
+                    for (mailbox, c) in cases {
+                        let shown = if mailbox == postmaster_bot::shell::store::DEFAULT_MAILBOX {
+                            String::new()
+                        } else {
+                            format!(" [{mailbox}]")
+                        };
                         writeln!(
                             out,
-                            "#{:<4} {:<16} {:<15} {:<16} {:<30} updated {}",
+                            "#{:<4} {:<16} {:<15} {:<16} {:<30} updated {}{shown}",
                             c.id,
                             serde_json::to_value(c.topic)?.as_str().unwrap_or_default(),
                             c.state,

@@ -12,6 +12,7 @@ pub mod console;
 pub mod decide;
 pub mod extract;
 pub mod features;
+pub mod fleet;
 pub mod learned;
 pub mod parse;
 pub mod render;

@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod dkim;
 pub mod engine;
 pub mod failpoint;
+pub mod fleet;
 pub mod imap;
 pub mod instance;
 pub mod logging;

@@ -45,6 +45,8 @@ pub enum DaemonError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Classifier(#[from] ClassifierError),
+    #[error("a mailbox's task failed: {0}")]
+    Task(String),
 }
 
 impl DaemonError {
@@ -352,12 +354,21 @@ async fn work(
     // are then held with the server's words, and the rest of the work goes on.
     // The handled folder is ensured by every catch-up pass, which needs the answer.
     for folder in written.iter().filter(|w| w.role != "handled") {
+        // Creating a dozen folders on a busy server takes seconds: a stop asked meanwhile (a
+        // clean shutdown handing the mailbox to another instance) is not kept waiting for them.
+        if *shutdown.borrow() {
+            info!("shutting down");
+            imap.logout().await;
+            return Ok(());
+        }
         ensure_or_warn(imap, &folder.name, folder.special_use).await?;
     }
     let places = Places::new(mailbox, &sent, &drafts);
     engine.load_templates(store)?;
     settle_uncertain(store, mailbox, &places, &drafts, imap).await?;
     let mut again = 0;
+    // Said once per session: the operator (and a test) sees when a mailbox is up to date.
+    let mut announced = false;
     loop {
         // Templates taught elsewhere (the console, the command line) count from this pass on.
         engine.load_templates(store)?;
@@ -414,6 +425,10 @@ async fn work(
         let until_retry = store
             .next_retry_at()?
             .map(|t| Duration::from_secs(t.saturating_sub(crate::clock::now()).max(1) as u64));
+        if !announced {
+            info!(how = %waiting, "caught up: waiting for new mail");
+            announced = true;
+        }
         let renew = until_retry.map_or(mailbox.idle_renew, |d| d.min(mailbox.idle_renew));
         let poll = until_retry.map_or(mailbox.poll_interval, |d| d.min(mailbox.poll_interval));
         // An approval or release given while the bot waits (console, command line) is sent
@@ -560,6 +575,7 @@ async fn catch_up(
                 }
                 debug!(uid, bytes = raw.len(), "fetched whole");
                 crate::shell::failpoint::hit("after_fetch");
+                crate::shell::failpoint::stall("after_fetch");
                 // Exchange reports sizes that are estimates: only a body as long as the limit
                 // was cut.
                 let cut = raw.len() >= limit as usize;

@@ -24,6 +24,7 @@ macro_rules! col {
 mod console;
 mod copy;
 pub mod db;
+pub mod lease;
 mod postgres;
 mod schema;
 
@@ -44,7 +45,7 @@ pub fn open_state(state: &crate::config::StateConfig) -> Result<Store, StoreErro
 
 /// The connection settings of a PostgreSQL store, its password read.
 pub fn pg_connect(pg: &crate::config::PostgresConfig) -> Result<PgConnect, StoreError> {
-    let config: ::postgres::Config = pg.url.parse().map_err(|e| StoreError::Refused {
+    let config: ::tokio_postgres::Config = pg.url.parse().map_err(|e| StoreError::Refused {
         path: "[state] url".to_string(),
         message: format!("not a PostgreSQL URL: {e}"),
     })?;
@@ -114,6 +115,8 @@ pub enum StoreError {
     },
     #[error("state store {path}: {message}")]
     Refused { path: String, message: String },
+    #[error("the lease on mailbox {mailbox} was lost to another instance: nothing more is sent from here")]
+    LeaseLost { mailbox: String },
     #[error("state store {path}: {source}")]
     Password {
         path: String,
@@ -157,7 +160,16 @@ pub struct Store {
     path: String,
     /// A batch transaction is open: each message's writes nest in a savepoint.
     in_batch: bool,
+    /// The mailbox this connection works for: new cases and outbox rows belong to it, and
+    /// cases are found and rows delivered within it. `None` (commands, the console): all.
+    mailbox: Option<String>,
+    /// The lease this connection must hold for mail to leave (several instances sharing one
+    /// store): checked in the transition that lets a row go out.
+    fence: Option<lease::Fence>,
 }
+
+/// The mailbox of a single `[mailbox]` section, and of rows written before there were several.
+pub const DEFAULT_MAILBOX: &str = "default";
 
 /// One transaction around the messages of a catch-up chunk and the cursor after them: one
 /// commit (one fsync) per chunk instead of one per message. Dropped without `commit`, it rolls
@@ -309,6 +321,8 @@ impl Store {
             db: Db::Sqlite(conn),
             path: shown,
             in_batch: false,
+            mailbox: None,
+            fence: None,
         };
         store.configure_sqlite()?;
         schema::migrate(&store.db, &store.path)?;
@@ -335,6 +349,8 @@ impl Store {
             db: Db::Postgres(pg),
             path,
             in_batch: false,
+            mailbox: None,
+            fence: None,
         };
         schema::migrate(&store.db, &store.path)?;
         Ok(store)
@@ -348,6 +364,16 @@ impl Store {
     /// Which database holds it.
     pub fn dialect(&self) -> Dialect {
         self.db.dialect()
+    }
+
+    /// Works for one mailbox from now on (see the field).
+    pub fn set_mailbox(&mut self, name: &str) {
+        self.mailbox = Some(name.to_string());
+    }
+
+    /// The mailbox new rows are written for.
+    fn owner(&self) -> &str {
+        self.mailbox.as_deref().unwrap_or(DEFAULT_MAILBOX)
     }
 
     // The wait below is as blocking as SQLite's own busy timeout, which every store call has.
@@ -395,6 +421,11 @@ impl Store {
         self.db.exec(statement, params).map_err(sql(&self.path))
     }
 
+    /// A write whose changed-row count is not needed (pipelined on PostgreSQL; see `db`).
+    fn write(&self, statement: &str, params: &[Value]) -> Result<(), StoreError> {
+        self.db.write(statement, params).map_err(sql(&self.path))
+    }
+
     fn rows(&self, statement: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
         self.db.rows(statement, params).map_err(sql(&self.path))
     }
@@ -419,9 +450,7 @@ impl Store {
     /// open [`Batch`]).
     pub fn begin(&mut self) -> Result<StoreTx<'_>, StoreError> {
         if self.in_batch {
-            self.db
-                .batch("SAVEPOINT message")
-                .map_err(sql(&self.path))?;
+            self.write("SAVEPOINT message", &[])?;
         } else {
             self.db
                 .begin(self.db.dialect().begin_write())
@@ -454,6 +483,21 @@ impl Store {
             let id: i64 = col!(&self.path, r, 0);
             let data: String = col!(&self.path, r, 1);
             out.push(decode_case(&self.path, id, &data)?);
+        }
+        Ok(out)
+    }
+
+    /// Cases with the mailbox each belongs to, oldest first; only `mailbox`'s when given.
+    pub fn cases_of(&self, mailbox: Option<&str>) -> Result<Vec<(String, Case)>, StoreError> {
+        let mut out = Vec::new();
+        for r in self.rows(
+            "SELECT id, data, mailbox FROM cases
+             WHERE CAST(?1 AS TEXT) IS NULL OR mailbox = ?1 ORDER BY id",
+            params![mailbox],
+        )? {
+            let id: i64 = col!(&self.path, r, 0);
+            let data: String = col!(&self.path, r, 1);
+            out.push((col!(&self.path, r, 2), decode_case(&self.path, id, &data)?));
         }
         Ok(out)
     }
@@ -597,7 +641,10 @@ impl Store {
 
     /// Outbox rows in one status, oldest first, with their bytes.
     pub fn outbox_items(&self, status: &str) -> Result<Vec<OutboxItem>, StoreError> {
-        self.outbox_query("status = ?1", params![status])
+        self.outbox_query(
+            "status = ?1 AND (CAST(?2 AS TEXT) IS NULL OR mailbox = ?2)",
+            params![status, self.mailbox],
+        )
     }
 
     /// One outbox row with its bytes.
@@ -651,6 +698,35 @@ impl Store {
         reason: Option<&str>,
         now: i64,
     ) -> Result<bool, StoreError> {
+        if let Some(fence) = self.fence.as_ref().filter(|_| lease::LEAVING.contains(&to)) {
+            // The row goes out only while this instance still holds the mailbox's lease, in
+            // the same statement: an instance paused past its lease can never send.
+            let changed = self.exec(
+                &format!(
+                    "UPDATE outbox SET status = ?3, reason = COALESCE(?4, reason), updated_at = ?5
+                     WHERE id = ?1 AND status = ?2
+                       AND EXISTS (SELECT 1 FROM leases WHERE mailbox = ?6 AND holder = ?7
+                                   AND token = ?8 AND expires_at > {})",
+                    self.dialect().now()
+                ),
+                params![
+                    id,
+                    from,
+                    to,
+                    reason,
+                    now,
+                    fence.mailbox,
+                    fence.holder,
+                    fence.token
+                ],
+            )?;
+            if changed == 0 && !self.holds(fence)? {
+                return Err(StoreError::LeaseLost {
+                    mailbox: fence.mailbox.clone(),
+                });
+            }
+            return Ok(changed == 1);
+        }
         let changed = self.exec(
             "UPDATE outbox SET status = ?3, reason = COALESCE(?4, reason), updated_at = ?5
              WHERE id = ?1 AND status = ?2",
@@ -811,8 +887,9 @@ impl Store {
     pub fn next_retry_at(&self) -> Result<Option<i64>, StoreError> {
         self.value(
             "SELECT min(next_attempt_at) FROM outbox
-             WHERE status IN ('pending', 'approved') AND next_attempt_at > 0",
-            &[],
+             WHERE status IN ('pending', 'approved') AND next_attempt_at > 0
+               AND (CAST(?1 AS TEXT) IS NULL OR mailbox = ?1)",
+            params![self.mailbox],
         )
     }
 
@@ -941,6 +1018,12 @@ impl Drop for StoreTx<'_> {
 }
 
 impl StoreTx<'_> {
+    /// [`Store::select`] inside the transaction.
+    #[doc(hidden)]
+    pub fn select(&self, statement: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
+        self.store.select(statement, params)
+    }
+
     /// Whether this message was handled before: same Message-ID, or same bytes.
     pub fn seen(&self, message_id: Option<&str>, content_hash: &str) -> Result<bool, StoreError> {
         self.store.has_message(message_id, content_hash)
@@ -962,20 +1045,24 @@ impl StoreTx<'_> {
     /// The case the first matching lookup finds.
     pub fn find_case(&self, lookups: &[Lookup]) -> Result<Option<Case>, StoreError> {
         for lookup in lookups {
-            let id: Option<i64> = match lookup {
-                Lookup::Ticket(t) => self.store.value(
-                    "SELECT id FROM cases WHERE ticket_id = ?1 ORDER BY id DESC LIMIT 1",
-                    params![t],
-                )?,
-                Lookup::MessageId(m) => self.store.value(
-                    "SELECT case_id FROM case_messages WHERE message_id = ?1
-                     ORDER BY case_id DESC LIMIT 1",
-                    params![m],
-                )?,
-                Lookup::Notice(key) => self.store.value(
-                    "SELECT id FROM cases WHERE notice_key = ?1 AND state != 'closed'
+            let found = match lookup {
+                Lookup::Ticket(t) => self.store.row(
+                    "SELECT id, data FROM cases WHERE ticket_id = ?1
+                       AND (CAST(?2 AS TEXT) IS NULL OR mailbox = ?2)
                      ORDER BY id DESC LIMIT 1",
-                    params![key],
+                    params![t, self.store.mailbox],
+                )?,
+                Lookup::MessageId(m) => self.store.row(
+                    "SELECT c.id, c.data FROM case_messages m JOIN cases c ON c.id = m.case_id
+                     WHERE m.message_id = ?1 AND (CAST(?2 AS TEXT) IS NULL OR c.mailbox = ?2)
+                     ORDER BY m.case_id DESC LIMIT 1",
+                    params![m, self.store.mailbox],
+                )?,
+                Lookup::Notice(key) => self.store.row(
+                    "SELECT id, data FROM cases WHERE notice_key = ?1 AND state != 'closed'
+                       AND (CAST(?2 AS TEXT) IS NULL OR mailbox = ?2)
+                     ORDER BY id DESC LIMIT 1",
+                    params![key, self.store.mailbox],
                 )?,
                 Lookup::OpenForIps {
                     topic,
@@ -983,8 +1070,11 @@ impl StoreTx<'_> {
                     without_ticket,
                 } => self.open_case_for_ips(*topic, ips, *without_ticket)?,
             };
-            if let Some(id) = id {
-                return self.store.case(id);
+            if let Some(r) = found {
+                let path = &self.store.path;
+                let id: i64 = col!(path, r, 0);
+                let data: String = col!(path, r, 1);
+                return decode_case(path, id, &data).map(Some);
             }
         }
         Ok(None)
@@ -995,17 +1085,18 @@ impl StoreTx<'_> {
         topic: Topic,
         ips: &[String],
         without_ticket: bool,
-    ) -> Result<Option<i64>, StoreError> {
+    ) -> Result<Option<Row>, StoreError> {
         let topic = topic_str(topic);
         for ip in ips {
-            if let Some(id) = self.store.value(
-                "SELECT c.id FROM cases c JOIN case_ips i ON i.case_id = c.id
+            if let Some(found) = self.store.row(
+                "SELECT c.id, c.data FROM cases c JOIN case_ips i ON i.case_id = c.id
                  WHERE i.ip = ?1 AND c.topic = ?2 AND c.state != 'closed'
                    AND (?3 = 0 OR c.ticket_id IS NULL)
+                   AND (CAST(?4 AS TEXT) IS NULL OR c.mailbox = ?4)
                  ORDER BY c.id DESC LIMIT 1",
-                params![ip, topic, without_ticket],
+                params![ip, topic, without_ticket, self.store.mailbox],
             )? {
-                return Ok(Some(id));
+                return Ok(Some(found));
             }
         }
         Ok(None)
@@ -1073,8 +1164,9 @@ impl StoreTx<'_> {
         let path = &store.path;
         if case.id == 0 {
             case.id = store.inserted(
-                "INSERT INTO cases (topic, state, ticket_id, notice_key, opened_at, updated_at, closed_at, data)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, '{}') RETURNING id",
+                "INSERT INTO cases (topic, state, ticket_id, notice_key, opened_at, updated_at, closed_at,
+                                    data, mailbox)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, '{}', ?8) RETURNING id",
                 params![
                     topic_str(case.topic),
                     case.state.as_str(),
@@ -1082,7 +1174,8 @@ impl StoreTx<'_> {
                     case.notice_key,
                     case.opened_at,
                     case.updated_at,
-                    case.closed_at
+                    case.closed_at,
+                    store.owner()
                 ],
             )?;
         }
@@ -1091,7 +1184,7 @@ impl StoreTx<'_> {
             case: case.id,
             message: e.to_string(),
         })?;
-        store.exec(
+        store.write(
             "UPDATE cases SET topic = ?2, state = ?3, ticket_id = ?4, notice_key = ?5,
                     updated_at = ?6, closed_at = ?7, data = ?8 WHERE id = ?1",
             params![
@@ -1105,17 +1198,24 @@ impl StoreTx<'_> {
                 data
             ],
         )?;
-        for ip in &case.ips {
-            store.exec(
-                "INSERT INTO case_ips (case_id, ip) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
-                params![case.id, ip],
+        // One statement for all of a case's IPs and one for its thread: a long thread is
+        // saved with every message, and each row its own statement was most of a save.
+        if let Some(values) = padded_with_first(case.id, &case.ips) {
+            store.write(
+                &format!(
+                    "INSERT INTO case_ips (case_id, ip) VALUES {} ON CONFLICT DO NOTHING",
+                    pairs_with_first(values.len() - 1, false)
+                ),
+                &values,
             )?;
         }
-        for id in &case.thread_ids {
-            store.exec(
-                "INSERT INTO case_messages (message_id, case_id) VALUES (?1, ?2)
-                 ON CONFLICT DO NOTHING",
-                params![id, case.id],
+        if let Some(values) = padded_with_first(case.id, &case.thread_ids) {
+            store.write(
+                &format!(
+                    "INSERT INTO case_messages (message_id, case_id) VALUES {} ON CONFLICT DO NOTHING",
+                    pairs_with_first(values.len() - 1, true)
+                ),
+                &values,
             )?;
         }
         Ok(case.id)
@@ -1123,7 +1223,7 @@ impl StoreTx<'_> {
 
     /// Adds a line to a case's timeline.
     pub fn add_timeline(&self, case_id: CaseId, entry: &TimelineEntry) -> Result<(), StoreError> {
-        self.store.exec(
+        self.store.write(
             "INSERT INTO timeline (case_id, at, kind, action, state, message_id, summary)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
@@ -1145,8 +1245,8 @@ impl StoreTx<'_> {
         self.store.inserted(
             "INSERT INTO outbox (message_id, case_id, inbound_message_id, template, disposition,
                                  status, reason, recipients, subject, bytes, created_at, updated_at,
-                                 rate_key)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12) RETURNING id",
+                                 rate_key, mailbox)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, ?13) RETURNING id",
             params![
                 row.message_id,
                 row.case_id,
@@ -1159,7 +1259,8 @@ impl StoreTx<'_> {
                 row.subject,
                 row.bytes,
                 now,
-                row.rate_key
+                row.rate_key,
+                self.store.owner()
             ],
         )
     }
@@ -1167,7 +1268,7 @@ impl StoreTx<'_> {
     /// Records a message as handled.
     pub fn add_message(&self, m: &ProcessedMessage<'_>, now: i64) -> Result<(), StoreError> {
         let ips = serde_json::to_string(m.ips).unwrap_or_else(|_| "[]".into());
-        self.store.exec(
+        self.store.write(
             "INSERT INTO messages (message_id, content_hash, source, processed_at, kind, ticket_id,
                                    ips, trusted, case_id, action, reason, evidence, damage,
                                    excerpt)
@@ -1197,12 +1298,42 @@ impl StoreTx<'_> {
         self.done = true;
         let path = self.store.path.clone();
         if self.savepoint {
-            self.store.db.batch("RELEASE SAVEPOINT message")
+            // Pipelined on PostgreSQL like the writes before it: the batch's COMMIT waits for
+            // all of them, and a store failure anywhere makes the whole chunk read again.
+            self.store.db.write("RELEASE SAVEPOINT message", &[])
         } else {
             self.store.db.end("COMMIT")
         }
         .map_err(sql(&path))
     }
+}
+
+/// The case id and then `items`, the last repeated up to a power of two: rows a statement
+/// inserts (a repeat changes nothing), in few enough shapes that each stays compiled.
+fn padded_with_first(case_id: CaseId, items: &[String]) -> Option<Vec<Value>> {
+    let last = items.last()?;
+    let mut values = vec![Value::Int(case_id)];
+    values.extend(items.iter().map(|i| Value::Text(i.clone())));
+    values.resize(
+        items.len().next_power_of_two() + 1,
+        Value::Text(last.clone()),
+    );
+    Some(values)
+}
+
+/// `(?1, ?2), (?1, ?3), ...`: `n` rows pairing the first parameter with each of the others
+/// (`first_last`: the first parameter goes second in each pair).
+fn pairs_with_first(n: usize, first_last: bool) -> String {
+    (0..n)
+        .map(|i| {
+            if first_last {
+                format!("(?{}, ?1)", i + 2)
+            } else {
+                format!("(?1, ?{})", i + 2)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn decode_case(path: &str, id: CaseId, data: &str) -> Result<Case, StoreError> {

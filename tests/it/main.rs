@@ -8,6 +8,7 @@ mod cyrus;
 mod dkim;
 mod fake_imap;
 mod faults;
+mod fleet;
 mod guards;
 mod hostile;
 mod learned;

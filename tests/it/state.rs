@@ -174,3 +174,128 @@ fn state_copy_refuses_a_missing_source_and_names_a_bad_url() {
         String::from_utf8_lossy(&bad.stderr)
     );
 }
+
+fn processed(hash: &str) -> postmaster_bot::shell::store::ProcessedMessage<'_> {
+    postmaster_bot::shell::store::ProcessedMessage {
+        message_id: None,
+        content_hash: hash,
+        source: "test",
+        kind: "other",
+        ticket_id: None,
+        ips: &[],
+        trusted: false,
+        case_id: None,
+        action: postmaster_bot::pipeline::case::Action::None,
+        reason: "test",
+        evidence_json: "[]",
+        damage_json: "[]",
+        excerpt: "",
+    }
+}
+
+/// A store on the test PostgreSQL, in a schema of its own.
+fn postgres_store(tag: &str) -> Store {
+    let url = postgres_url(&fresh_schema(tag));
+    let state = postmaster_bot::config::StateConfig::from_argument(&url).expect("url");
+    postmaster_bot::shell::store::open_state(&state).expect("connects")
+}
+
+fn messages(store: &Store) -> i64 {
+    store
+        .select("SELECT count(*) FROM messages", &[])
+        .expect("count")[0]
+        .int(0)
+        .expect("a count")
+}
+
+/// Writes are pipelined on PostgreSQL: one that fails is still reported by the transaction's
+/// commit, which rolls everything back; in a batch, the batch's commit does.
+#[test]
+fn a_failed_pipelined_write_fails_the_commit_and_leaves_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for mut store in [
+        postgres_store("pipeline"),
+        Store::open(&dir.path().join("s.sqlite3")).expect("sqlite"),
+    ] {
+        let tx = store.begin().expect("begin");
+        tx.add_message(&processed("same"), 1).expect("first");
+        // The duplicate fails on the server (unique content hash); SQLite says so at once.
+        let second = tx.add_message(&processed("same"), 1);
+        let committed = second.and_then(|()| tx.commit());
+        assert!(
+            committed.is_err(),
+            "{:?}: the commit must fail",
+            store.dialect()
+        );
+        assert_eq!(
+            messages(&store),
+            0,
+            "{:?}: nothing written",
+            store.dialect()
+        );
+
+        // The store goes on: the next transaction works.
+        let tx = store.begin().expect("begin again");
+        tx.add_message(&processed("other"), 1).expect("write");
+        tx.commit().expect("commit");
+        assert_eq!(messages(&store), 1);
+
+        // In a batch, a message whose write failed fails the batch's commit.
+        let mut batch = store.batch().expect("batch");
+        {
+            let tx = batch.begin().expect("savepoint");
+            tx.add_message(&processed("third"), 1).expect("write");
+            tx.commit().expect("release");
+        }
+        let failed = {
+            let tx = batch.begin().expect("savepoint");
+            let dup = tx.add_message(&processed("other"), 1);
+            dup.and_then(|()| tx.commit())
+        };
+        let result = failed.and_then(|()| batch.commit());
+        assert!(result.is_err(), "{:?}", store.dialect());
+        assert_eq!(
+            messages(&store),
+            1,
+            "{:?}: the batch left nothing",
+            store.dialect()
+        );
+    }
+}
+
+/// A connection lost inside a transaction loses the transaction, never part of it, and the
+/// store connects again for the next one.
+#[test]
+fn a_connection_lost_inside_a_transaction_fails_it_and_the_next_one_reconnects() {
+    let mut store = postgres_store("lost");
+    let tx = store.begin().expect("begin");
+    tx.add_message(&processed("before"), 1).expect("write");
+    let pid = tx_backend_pid(&tx);
+    let killer = postgres_store("killer");
+    killer
+        .select("SELECT pg_terminate_backend(?1)", &[pid])
+        .expect("terminate");
+    let after = tx.add_message(&processed("after"), 1);
+    let committed = after.and_then(|()| tx.commit());
+    let e = committed.expect_err("the transaction is gone");
+    assert!(
+        e.is_transient(),
+        "a lost connection is worth another try: {e}"
+    );
+    assert_eq!(
+        messages(&store),
+        0,
+        "reconnected, and nothing of it was written"
+    );
+    let tx = store.begin().expect("begin on a new connection");
+    tx.add_message(&processed("again"), 1).expect("write");
+    tx.commit().expect("commit");
+    assert_eq!(messages(&store), 1);
+}
+
+fn tx_backend_pid(
+    tx: &postmaster_bot::shell::store::StoreTx<'_>,
+) -> postmaster_bot::shell::store::Value {
+    let rows = tx.select("SELECT pg_backend_pid()", &[]).expect("pid");
+    postmaster_bot::shell::store::Value::Int(rows[0].int(0).expect("an integer pid"))
+}

@@ -75,6 +75,18 @@ pub struct Health {
     pub at: i64,
 }
 
+impl Health {
+    /// The oldest value of `key` among all mailboxes (`key` of the default mailbox, `NAME:key`
+    /// of the others): a deployment is as fresh as its stalest mailbox.
+    pub fn oldest<'a>(health: &'a [Health], key: &str) -> Option<&'a Health> {
+        let suffix = format!(":{key}");
+        health
+            .iter()
+            .filter(|h| h.key == key || h.key.ends_with(&suffix))
+            .min_by_key(|h| h.at)
+    }
+}
+
 impl Store {
     pub fn add_audit(
         &self,
@@ -128,8 +140,9 @@ impl Store {
     pub fn has_approved_ready(&self, now: i64) -> Result<bool, StoreError> {
         Ok(self
             .row(
-                "SELECT 1 FROM outbox WHERE status = 'approved' AND next_attempt_at <= ?1 LIMIT 1",
-                params![now],
+                "SELECT 1 FROM outbox WHERE status = 'approved' AND next_attempt_at <= ?1
+                   AND (CAST(?2 AS TEXT) IS NULL OR mailbox = ?2) LIMIT 1",
+                params![now, self.mailbox],
             )?
             .is_some())
     }
@@ -144,14 +157,24 @@ impl Store {
     }
 
     pub fn set_health(&self, key: &str, value: &str, now: i64) -> Result<(), StoreError> {
-        self.exec(SET_HEALTH, params![key, value, now])?;
+        self.exec(SET_HEALTH, params![self.health_key(key), value, now])?;
         Ok(())
+    }
+
+    /// A health key of this connection's mailbox: `name:key` beside other mailboxes', the
+    /// plain key for the default one.
+    fn health_key(&self, key: &str) -> String {
+        match self.mailbox.as_deref() {
+            Some(name) if name != super::DEFAULT_MAILBOX => format!("{name}:{key}"),
+            _ => key.to_string(),
+        }
     }
 
     /// Several health values at once, in one transaction.
     pub fn set_healths(&mut self, values: &[(&str, &str)], now: i64) -> Result<(), StoreError> {
+        let keys: Vec<String> = values.iter().map(|(k, _)| self.health_key(k)).collect();
         let tx = self.begin()?;
-        for (key, value) in values {
+        for (key, (_, value)) in keys.iter().zip(values) {
             tx.store.exec(SET_HEALTH, params![key, value, now])?;
         }
         tx.commit()
@@ -163,7 +186,7 @@ impl Store {
             "INSERT INTO health (key, value, at) VALUES (?1, '1', ?2)
              ON CONFLICT(key) DO UPDATE
              SET value = CAST(CAST(health.value AS INTEGER) + 1 AS TEXT), at = excluded.at",
-            params![key, now],
+            params![self.health_key(key), now],
         )?;
         Ok(())
     }
@@ -392,5 +415,27 @@ fn evidence_lines(json: &str) -> Vec<String> {
             })
             .collect(),
         _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Health;
+
+    #[test]
+    fn the_oldest_mailbox_decides_how_fresh_the_deployment_is() {
+        let h = |key: &str, at| Health {
+            key: key.to_string(),
+            value: String::new(),
+            at,
+        };
+        let all = [
+            h("last_sync", 50),
+            h("brand-a:last_sync", 40),
+            h("brand-a:waiting", 10),
+            h("last_syncing", 1),
+        ];
+        assert_eq!(Health::oldest(&all, "last_sync").map(|x| x.at), Some(40));
+        assert!(Health::oldest(&all[2..], "last_sync").is_none());
     }
 }

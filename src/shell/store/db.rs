@@ -270,6 +270,15 @@ impl Dialect {
         }
     }
 
+    /// The database server's clock in whole seconds: leases are timed by one clock, however
+    /// far apart the hosts' clocks are.
+    pub(crate) fn now(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "CAST(strftime('%s', 'now') AS INTEGER)",
+            Dialect::Postgres => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS BIGINT)",
+        }
+    }
+
     /// Starts a transaction that writes: SQLite takes its write lock at once, so two writers
     /// never both read and then fail to upgrade.
     pub(crate) fn begin_write(self) -> &'static str {
@@ -302,6 +311,16 @@ impl Db {
                 Ok(stmt.execute(rusqlite::params_from_iter(params.iter()))? as u64)
             }
             Db::Postgres(pg) => pg.exec(sql, params),
+        }
+    }
+
+    /// Runs a statement whose changed-row count nobody reads. On PostgreSQL, inside a
+    /// transaction, it is pipelined: a failure is reported by the next statement waited for,
+    /// at the latest the transaction's end.
+    pub(crate) fn write(&self, sql: &str, params: &[Value]) -> Result<(), DbError> {
+        match self {
+            Db::Sqlite(_) => self.exec(sql, params).map(drop),
+            Db::Postgres(pg) => pg.write(sql, params),
         }
     }
 

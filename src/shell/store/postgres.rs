@@ -1,17 +1,26 @@
-//! The PostgreSQL connection of a store. The synchronous `postgres` client runs a runtime of
-//! its own and must not block inside the daemon's, so it lives on a thread of its own: the
-//! store sends it one statement at a time and waits for the rows, as it waits for SQLite.
+//! The PostgreSQL connection of a store. The client runs on a thread of its own with a
+//! runtime of its own (the store is called from inside the daemon's runtime, where blocking
+//! on another is not allowed): the store sends it one statement at a time and waits for the
+//! answer, as it waits for SQLite.
+//!
+//! Inside a transaction, writes whose answer nobody reads (`Pg::write`) are pipelined: sent at
+//! once, not waited for, so a message's inserts cost one round trip together, not one each.
+//! The first failure among them is reported by the next statement that is waited for, and the
+//! transaction's `COMMIT` is always waited for: nothing is ever taken as written that was not.
 //! The connection is made again when it was lost, except inside a transaction, whose writes
 //! went with it: every statement fails until the store rolls back.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::pin::Pin;
+use std::sync::{mpsc, Arc};
+use std::task::Poll;
 use std::time::Duration;
 
-use postgres::types::{to_sql_checked, IsNull, ToSql, Type};
-use postgres::{Client, NoTls, Statement};
 use secrecy::{ExposeSecret, SecretString};
+use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
+use tokio_postgres::{Client, NoTls, Statement};
 
 use super::db::{numbered_placeholders, DbError, Row, Value};
 use crate::config::PgSslMode;
@@ -19,7 +28,7 @@ use crate::config::PgSslMode;
 /// Everything needed to connect, resolved (the password read from its source).
 #[derive(Clone)]
 pub struct PgConnect {
-    pub config: postgres::Config,
+    pub config: tokio_postgres::Config,
     pub password: Option<SecretString>,
     pub schema: Option<String>,
     pub sslmode: PgSslMode,
@@ -30,9 +39,9 @@ impl PgConnect {
     /// The server, user, database and schema, without the password, for messages.
     pub fn describe(&self) -> String {
         let host = match self.config.get_hosts().first() {
-            Some(postgres::config::Host::Tcp(h)) => h.clone(),
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
             #[cfg(unix)]
-            Some(postgres::config::Host::Unix(p)) => p.display().to_string(),
+            Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
             None => "localhost".to_string(),
         };
         let port = self.config.get_ports().first().copied().unwrap_or(5432);
@@ -48,7 +57,10 @@ impl PgConnect {
 }
 
 enum Request {
+    /// A statement whose changed-row count is wanted.
     Exec(String, Vec<Value>),
+    /// A statement whose answer is not read, inside a transaction: sent without a reply.
+    Write(String, Vec<Value>),
     Rows(String, Vec<Value>),
     Batch(String),
     Begin(&'static str),
@@ -59,12 +71,16 @@ enum Reply {
     Count(u64),
     Rows(Vec<Row>),
     Done,
+    /// A pipelined write was sent; its result comes with a later answer.
+    Sent,
 }
 
 /// The store's side of the connection thread.
 pub(crate) struct Pg {
     requests: mpsc::Sender<Request>,
     replies: mpsc::Receiver<Result<Reply, DbError>>,
+    /// A transaction is open: writes go without waiting for the thread to take them.
+    in_transaction: std::cell::Cell<bool>,
 }
 
 fn gone() -> DbError {
@@ -88,7 +104,11 @@ impl Pg {
                 code: None,
                 closed: true,
             })?;
-        let pg = Pg { requests, replies };
+        let pg = Pg {
+            requests,
+            replies,
+            in_transaction: std::cell::Cell::new(false),
+        };
         match pg.replies.recv() {
             Ok(Ok(_)) => Ok(pg),
             Ok(Err(e)) => Err(e),
@@ -108,6 +128,18 @@ impl Pg {
         }
     }
 
+    /// A write whose result is not needed: inside a transaction it is handed to the thread
+    /// and not waited for (its failure comes with the next answer waited for).
+    pub(crate) fn write(&self, sql: &str, params: &[Value]) -> Result<(), DbError> {
+        if self.in_transaction.get() {
+            self.requests
+                .send(Request::Write(sql.to_string(), params.to_vec()))
+                .map_err(|_| gone())
+        } else {
+            self.exec(sql, params).map(drop)
+        }
+    }
+
     pub(crate) fn rows(&self, sql: &str, params: &[Value]) -> Result<Vec<Row>, DbError> {
         match self.call(Request::Rows(sql.to_string(), params.to_vec()))? {
             Reply::Rows(rows) => Ok(rows),
@@ -121,19 +153,29 @@ impl Pg {
 
     /// `BEGIN`: from here a lost connection fails every statement until [`Pg::end`].
     pub(crate) fn begin(&self, sql: &'static str) -> Result<(), DbError> {
-        self.call(Request::Begin(sql)).map(drop)
+        self.call(Request::Begin(sql))?;
+        self.in_transaction.set(true);
+        Ok(())
     }
 
     /// `COMMIT` or `ROLLBACK`.
     pub(crate) fn end(&self, sql: &'static str) -> Result<(), DbError> {
+        self.in_transaction.set(false);
         self.call(Request::End(sql)).map(drop)
     }
 }
 
+type Pending = Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>>>>;
+
 struct Session {
     target: PgConnect,
-    client: Option<Client>,
+    runtime: tokio::runtime::Runtime,
+    client: Option<Arc<Client>>,
     statements: HashMap<String, Statement>,
+    /// Pipelined writes not yet answered, oldest first.
+    pending: VecDeque<Pending>,
+    /// The first failure among pipelined writes, for the next statement waited for.
+    deferred: Option<DbError>,
     in_transaction: bool,
     /// The transaction's connection was lost: nothing more runs until it is ended.
     transaction_lost: bool,
@@ -144,10 +186,27 @@ fn serve(
     inbox: mpsc::Receiver<Request>,
     outbox: mpsc::Sender<Result<Reply, DbError>>,
 ) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = outbox.send(Err(DbError::Postgres {
+                message: format!("failed to start the connection's runtime: {e}"),
+                code: None,
+                closed: true,
+            }));
+            return;
+        }
+    };
     let mut session = Session {
         target,
+        runtime,
         client: None,
         statements: HashMap::new(),
+        pending: VecDeque::new(),
+        deferred: None,
         in_transaction: false,
         transaction_lost: false,
     };
@@ -157,78 +216,182 @@ fn serve(
         return;
     }
     for request in inbox {
+        let answered = !matches!(request, Request::Write(..));
         let reply = session.handle(request);
-        if outbox.send(reply).is_err() {
+        if answered && outbox.send(reply).is_err() {
             break;
         }
     }
 }
 
 impl Session {
-    fn client(&mut self) -> Result<&mut Client, DbError> {
-        if self.client.as_ref().is_some_and(Client::is_closed) {
+    fn client(&mut self) -> Result<Arc<Client>, DbError> {
+        if self.client.as_ref().is_some_and(|c| c.is_closed()) {
             self.client = None;
             self.statements.clear();
         }
-        if self.client.is_none() {
-            self.client = Some(connect(&self.target)?);
+        if let Some(client) = &self.client {
+            return Ok(client.clone());
         }
-        self.client.as_mut().ok_or_else(gone)
+        let client = Arc::new(connect(&self.runtime, &self.target)?);
+        self.client = Some(client.clone());
+        Ok(client)
+    }
+
+    /// Waits for every pipelined write; the first failure is kept for the caller.
+    fn drain(&mut self) {
+        let pending = std::mem::take(&mut self.pending);
+        let failures: Vec<tokio_postgres::Error> = self.runtime.block_on(async move {
+            let mut failures = Vec::new();
+            for write in pending {
+                if let Err(e) = write.await {
+                    failures.push(e);
+                }
+            }
+            failures
+        });
+        if let Some(first) = failures.into_iter().next() {
+            self.note_failure(pg_error(first));
+        }
+    }
+
+    fn note_failure(&mut self, e: DbError) {
+        if matches!(e, DbError::Postgres { closed: true, .. }) && self.in_transaction {
+            self.transaction_lost = true;
+        }
+        self.deferred.get_or_insert(e);
     }
 
     fn handle(&mut self, request: Request) -> Result<Reply, DbError> {
+        let request = match request {
+            Request::Write(sql, params) => {
+                // No one waits for this answer: a failure is kept for the next one asked.
+                if let Err(e) = self.pipeline(sql, params) {
+                    self.note_failure(e);
+                }
+                return Ok(Reply::Sent);
+            }
+            other => other,
+        };
+        self.drain();
         if let Request::End(sql) = request {
+            let deferred = self.deferred.take();
             let lost = std::mem::take(&mut self.transaction_lost);
             self.in_transaction = false;
-            if lost || self.client.as_ref().is_none_or(Client::is_closed) {
+            if lost || self.client.as_ref().is_none_or(|c| c.is_closed()) {
                 return if sql == "ROLLBACK" {
                     Ok(Reply::Done)
                 } else {
                     Err(lost_transaction())
                 };
             }
-            return self.run(|c, _| c.batch_execute(sql).map(|()| Reply::Done));
+            if let Some(e) = deferred {
+                // A write of this transaction failed: it is rolled back, whatever was asked.
+                let _ = self.run(|c| async move { c.batch_execute("ROLLBACK").await });
+                return if sql == "ROLLBACK" {
+                    Ok(Reply::Done)
+                } else {
+                    Err(e)
+                };
+            }
+            return self
+                .run(|c| async move { c.batch_execute(sql).await })
+                .map(|()| Reply::Done);
         }
-        if self.transaction_lost
-            || (self.in_transaction && self.client.as_ref().is_none_or(Client::is_closed))
-        {
-            self.transaction_lost = true;
-            return Err(lost_transaction());
+        if let Request::Batch(sql) = &request {
+            if sql.starts_with("ROLLBACK TO") {
+                // Rolling back to a savepoint is how the store recovers from a failure in it.
+                self.deferred = None;
+            }
         }
+        if let Some(e) = self.deferred.take() {
+            return Err(e);
+        }
+        self.check_transaction()?;
         match request {
-            Request::Exec(sql, params) => self.run(|c, cache| {
-                let stmt = prepared(c, cache, &sql)?;
-                c.execute(&stmt, &refs(&params)).map(Reply::Count)
-            }),
+            Request::Exec(sql, params) => {
+                let statement = self.prepared(&sql)?;
+                self.run(|c| async move { c.execute(&statement, &refs(&params)).await })
+                    .map(Reply::Count)
+            }
             Request::Rows(sql, params) => {
-                let rows = self.run(|c, cache| {
-                    let stmt = prepared(c, cache, &sql)?;
-                    c.query(&stmt, &refs(&params))
-                })?;
+                let statement = self.prepared(&sql)?;
+                let rows =
+                    self.run(|c| async move { c.query(&statement, &refs(&params)).await })?;
                 rows.iter()
                     .map(values)
                     .collect::<Result<_, _>>()
                     .map(Reply::Rows)
             }
-            Request::Batch(sql) => self.run(|c, _| c.batch_execute(&sql).map(|()| Reply::Done)),
+            Request::Batch(sql) => self
+                .run(|c| async move { c.batch_execute(&sql).await })
+                .map(|()| Reply::Done),
             Request::Begin(sql) => {
-                let reply = self.run(|c, _| c.batch_execute(sql).map(|()| Reply::Done));
+                let reply = self
+                    .run(|c| async move { c.batch_execute(sql).await })
+                    .map(|()| Reply::Done);
                 self.in_transaction = reply.is_ok();
                 reply
             }
-            Request::End(_) => Ok(Reply::Done),
+            Request::Write(..) | Request::End(_) => Ok(Reply::Done),
         }
     }
 
-    fn run<T>(
-        &mut self,
-        f: impl FnOnce(&mut Client, &mut HashMap<String, Statement>) -> Result<T, postgres::Error>,
-    ) -> Result<T, DbError> {
-        self.client()?;
-        let Some(client) = self.client.as_mut() else {
-            return Err(gone());
-        };
-        f(client, &mut self.statements).map_err(|e| {
+    /// Inside a transaction whose connection was lost nothing runs until it is ended.
+    fn check_transaction(&mut self) -> Result<(), DbError> {
+        if self.transaction_lost
+            || (self.in_transaction && self.client.as_ref().is_none_or(|c| c.is_closed()))
+        {
+            self.transaction_lost = true;
+            return Err(lost_transaction());
+        }
+        Ok(())
+    }
+
+    /// Sends a write without waiting for its answer. The first poll puts the request on the
+    /// connection's queue, so writes and the statements after them reach the server in the
+    /// order they were made.
+    fn pipeline(&mut self, sql: String, params: Vec<Value>) -> Result<(), DbError> {
+        if self.deferred.is_some() {
+            // The transaction already failed: the store will roll it back.
+            return Ok(());
+        }
+        self.check_transaction()?;
+        let statement = self.prepared(&sql)?;
+        let client = self.client()?;
+        let mut write: Pending =
+            Box::pin(async move { client.execute(&statement, &refs(&params)).await });
+        let first = self.runtime.block_on(futures::future::poll_fn(|cx| {
+            Poll::Ready(write.as_mut().poll(cx))
+        }));
+        match first {
+            Poll::Pending => self.pending.push_back(write),
+            Poll::Ready(Ok(_)) => {}
+            Poll::Ready(Err(e)) => return Err(pg_error(e)),
+        }
+        Ok(())
+    }
+
+    fn prepared(&mut self, sql: &str) -> Result<Statement, DbError> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let text = numbered_placeholders(sql);
+        let statement = self.run(|c| async move { c.prepare(&text).await })?;
+        // Statements are few and fixed, but a bug building SQL text must not grow this forever.
+        if self.statements.len() >= 256 {
+            self.statements.clear();
+        }
+        self.statements.insert(sql.to_string(), statement.clone());
+        Ok(statement)
+    }
+
+    fn run<T, F>(&mut self, f: impl FnOnce(Arc<Client>) -> F) -> Result<T, DbError>
+    where
+        F: Future<Output = Result<T, tokio_postgres::Error>>,
+    {
+        let client = self.client()?;
+        self.runtime.block_on(f(client)).map_err(|e| {
             let e = pg_error(e);
             if matches!(e, DbError::Postgres { closed: true, .. }) && self.in_transaction {
                 self.transaction_lost = true;
@@ -248,29 +411,12 @@ fn lost_transaction() -> DbError {
     }
 }
 
-fn prepared(
-    client: &mut Client,
-    cache: &mut HashMap<String, Statement>,
-    sql: &str,
-) -> Result<Statement, postgres::Error> {
-    if let Some(stmt) = cache.get(sql) {
-        return Ok(stmt.clone());
-    }
-    let stmt = client.prepare(&numbered_placeholders(sql))?;
-    // Statements are few and fixed, but a bug building SQL text must not grow this forever.
-    if cache.len() >= 256 {
-        cache.clear();
-    }
-    cache.insert(sql.to_string(), stmt.clone());
-    Ok(stmt)
-}
-
 fn refs(params: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
     params.iter().map(|v| v as &(dyn ToSql + Sync)).collect()
 }
 
 /// Makes the connection (TLS as configured) and puts it in the store's schema.
-fn connect(target: &PgConnect) -> Result<Client, DbError> {
+fn connect(runtime: &tokio::runtime::Runtime, target: &PgConnect) -> Result<Client, DbError> {
     let mut config = target.config.clone();
     if let Some(password) = &target.password {
         config.password(password.expose_secret());
@@ -279,7 +425,7 @@ fn connect(target: &PgConnect) -> Result<Client, DbError> {
         config.connect_timeout(Duration::from_secs(10));
     }
     config.application_name("postmaster-bot");
-    let connect_error = |e: postgres::Error| {
+    let connect_error = |e: tokio_postgres::Error| {
         let mut e = pg_error(e);
         if let DbError::Postgres {
             message, closed, ..
@@ -292,16 +438,20 @@ fn connect(target: &PgConnect) -> Result<Client, DbError> {
         }
         e
     };
-    let mut client = match target.sslmode {
+    let client = match target.sslmode {
         PgSslMode::Disable => {
-            config.ssl_mode(postgres::config::SslMode::Disable);
-            config.connect(NoTls).map_err(connect_error)?
+            config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+            let (client, connection) = runtime
+                .block_on(config.connect(NoTls))
+                .map_err(connect_error)?;
+            runtime.spawn(connection);
+            client
         }
         mode => {
             config.ssl_mode(if mode == PgSslMode::Require {
-                postgres::config::SslMode::Require
+                tokio_postgres::config::SslMode::Require
             } else {
-                postgres::config::SslMode::Prefer
+                tokio_postgres::config::SslMode::Prefer
             });
             let tls = crate::shell::tls::client_config(target.ca_file.as_deref()).map_err(|e| {
                 DbError::Postgres {
@@ -311,26 +461,37 @@ fn connect(target: &PgConnect) -> Result<Client, DbError> {
                 }
             })?;
             let tls = tokio_postgres_rustls::MakeRustlsConnect::new((*tls).clone());
-            config.connect(tls).map_err(connect_error)?
+            let (client, connection) = runtime
+                .block_on(config.connect(tls))
+                .map_err(connect_error)?;
+            runtime.spawn(connection);
+            client
         }
     };
     if let Some(schema) = &target.schema {
-        let exists = client
-            .query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[schema])
-            .map_err(pg_error)?
-            .is_some();
-        if !exists {
-            // Two instances starting together may both try: the loser finds it made.
-            if let Err(e) = client.batch_execute(&format!("CREATE SCHEMA {}", quoted(schema))) {
-                let code = e.code().map(|c| c.code().to_string());
-                if !matches!(code.as_deref(), Some("42P06" | "23505")) {
-                    return Err(pg_error(e));
+        runtime.block_on(async {
+            let exists = client
+                .query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[schema])
+                .await
+                .map_err(pg_error)?
+                .is_some();
+            if !exists {
+                // Two instances starting together may both try: the loser finds it made.
+                if let Err(e) = client
+                    .batch_execute(&format!("CREATE SCHEMA {}", quoted(schema)))
+                    .await
+                {
+                    let code = e.code().map(|c| c.code().to_string());
+                    if !matches!(code.as_deref(), Some("42P06" | "23505")) {
+                        return Err(pg_error(e));
+                    }
                 }
             }
-        }
-        client
-            .batch_execute(&format!("SET search_path TO {}", quoted(schema)))
-            .map_err(pg_error)?;
+            client
+                .batch_execute(&format!("SET search_path TO {}", quoted(schema)))
+                .await
+                .map_err(pg_error)
+        })?;
     }
     Ok(client)
 }
@@ -340,7 +501,7 @@ pub(crate) fn quoted(identifier: &str) -> String {
     format!("\"{}\"", identifier.replace('"', "\"\""))
 }
 
-pub(crate) fn pg_error(e: postgres::Error) -> DbError {
+pub(crate) fn pg_error(e: tokio_postgres::Error) -> DbError {
     let closed = e.is_closed();
     match e.as_db_error() {
         Some(db) => DbError::Postgres {
@@ -369,7 +530,7 @@ pub(crate) fn pg_error(e: postgres::Error) -> DbError {
 }
 
 /// A row's columns as values.
-fn values(row: &postgres::Row) -> Result<Row, DbError> {
+fn values(row: &tokio_postgres::Row) -> Result<Row, DbError> {
     let mut out = Vec::with_capacity(row.len());
     for (i, column) in row.columns().iter().enumerate() {
         let ty = column.type_();

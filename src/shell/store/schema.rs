@@ -142,6 +142,27 @@ CREATE INDEX messages_kind ON messages(kind);
 CREATE INDEX outbox_template_status ON outbox(template, status);
 ALTER TABLE messages ADD COLUMN excerpt TEXT NOT NULL DEFAULT '';
 "#,
+    r#"
+ALTER TABLE cases ADD COLUMN mailbox TEXT NOT NULL DEFAULT 'default';
+ALTER TABLE outbox ADD COLUMN mailbox TEXT NOT NULL DEFAULT 'default';
+CREATE INDEX cases_mailbox ON cases(mailbox, state);
+CREATE INDEX outbox_mailbox_status ON outbox(mailbox, status);
+CREATE TABLE leases (
+    mailbox TEXT PRIMARY KEY,
+    holder TEXT,
+    token INTEGER NOT NULL DEFAULT 0,
+    expires_at INTEGER NOT NULL DEFAULT 0,
+    acquired_at INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE instances (
+    id TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    started_at INTEGER NOT NULL,
+    seen_at INTEGER NOT NULL,
+    stopped_at INTEGER
+);
+"#,
 ];
 
 /// A migration in PostgreSQL's type names.

@@ -140,7 +140,7 @@ fn registry(s: &Snapshot, now: i64) -> Registry {
         reconnects,
     );
     let since = Gauge::<i64>::default();
-    since.set(health("last_sync").map_or(-1, |h| now - h.at));
+    since.set(Health::oldest(&s.health, "last_sync").map_or(-1, |h| now - h.at));
     registry.register(
         "seconds_since_last_sync",
         "Seconds since the daemon last read the mailbox to the end (-1: never)",
@@ -183,7 +183,7 @@ pub async fn metrics(State(console): State<Arc<Console>>) -> Response {
 pub async fn readyz(State(console): State<Arc<Console>>) -> Response {
     let limit = i64::from(console.web.ready_minutes) * 60;
     let last = console
-        .with_store(|store, _| Ok(store.health()?.into_iter().find(|h| h.key == "last_sync")))
+        .with_store(|store, _| Ok(Health::oldest(&store.health()?, "last_sync").cloned()))
         .await;
     let now = crate::clock::now();
     match last {

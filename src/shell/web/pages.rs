@@ -248,7 +248,7 @@ fn health_lines(store: &Store, now: i64) -> Result<Vec<(String, String)>, StoreE
     let health = store.health()?;
     let get = |key: &str| health.iter().find(|h| h.key == key);
     let mut out = Vec::new();
-    match get("last_sync") {
+    match crate::shell::store::Health::oldest(&health, "last_sync") {
         Some(h) => out.push((
             "last successful sync".to_string(),
             format!("{} ago ({})", duration_words(now - h.at), h.value),
