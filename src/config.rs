@@ -1090,9 +1090,10 @@ impl StateConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PgSslMode {
     Disable,
-    /// TLS when the server offers it (the default on loopback and Unix sockets only).
+    /// TLS, checked, when the server offers it; plain when it does not.
     Prefer,
-    /// TLS or no connection (the default for any other host).
+    /// TLS or no connection (the default for any host but loopback and Unix sockets, which
+    /// default to `Disable`).
     Require,
 }
 
@@ -1208,7 +1209,9 @@ fn state_config(raw: &RawState, origin: &str) -> Result<StateConfig, ConfigError
         tokio_postgres::config::Host::Unix(_) => true,
     });
     let sslmode = match raw.sslmode.as_deref().or(sslmode_in_url.as_deref()) {
-        None if loopback => PgSslMode::Prefer,
+        // Loopback traffic cannot be read on the way: plain, as most local servers expect
+        // (a self-signed certificate there would fail the check TLS always makes here).
+        None if loopback => PgSslMode::Disable,
         None => PgSslMode::Require,
         Some("disable") => PgSslMode::Disable,
         Some("prefer" | "allow") => PgSslMode::Prefer,

@@ -526,21 +526,25 @@ fn run_daemon(path: &Path, once: bool, mode: Option<ModeArg>) -> Result<ExitCode
         StateConfig::Sqlite(path) => Some(postmaster_bot::shell::instance::lock(path)?),
         StateConfig::Postgres(_) => None,
     };
-    // Opened once here so a store that cannot be reached or migrated stops the start.
-    drop(open_state(&config.state)?);
+    // SQLite: opened (created, migrated) once here, so a store that cannot be stops the start;
+    // on PostgreSQL the lease loop's own connection is the first.
+    if let StateConfig::Sqlite(_) = &config.state {
+        drop(open_state(&config.state)?);
+    }
+    let state = config.state.clone();
+    let mailbox_configs = config.mailbox_configs();
+    let engine = std::sync::Arc::new(Engine::new(config)?);
     let mut mailboxes = Vec::new();
-    for (name, mut mailbox_config) in config.mailbox_configs() {
+    for (name, mut mailbox_config) in mailbox_configs {
         if let Some(mode) = mode {
             mailbox_config.mode = mode;
         }
         mailbox_config.check_can_send()?;
         mailboxes.push(postmaster_bot::shell::fleet::Mailbox {
             name,
-            engine: std::sync::Arc::new(Engine::new(mailbox_config)?),
+            engine: std::sync::Arc::new(Engine::with_rules(mailbox_config, engine.rules.clone())?),
         });
     }
-    let state = config.state.clone();
-    let engine = std::sync::Arc::new(Engine::new(config)?);
     service_runtime()?.block_on(async {
         let (tx, rx) = tokio::sync::watch::channel(false);
         let tx = std::sync::Arc::new(tx);

@@ -125,6 +125,12 @@ impl Engine {
             }
             None => Rules::builtin()?,
         };
+        Engine::with_rules(config, rules)
+    }
+
+    /// An engine on rules already loaded: the mailboxes of one configuration share one set
+    /// (its patterns compile once, whichever mailbox needs them first).
+    pub fn with_rules(config: Config, rules: Rules) -> Result<Engine, SetupError> {
         let mut user_templates = Vec::new();
         if let Some(dir) = &config.templates_dir {
             let entries = std::fs::read_dir(dir).map_err(|source| SetupError::Read {

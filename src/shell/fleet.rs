@@ -86,6 +86,7 @@ fn spawn(
     mut store: Store,
     once: bool,
     stop: watch::Receiver<bool>,
+    ended: Option<Arc<tokio::sync::Notify>>,
 ) -> Result<Task, DaemonError> {
     let engine = mailbox.engine.clone();
     let name = mailbox.name.clone();
@@ -111,6 +112,9 @@ fn spawn(
                 Err(e) => Err(DaemonError::Task(format!("no runtime: {e}"))),
             };
             let _ = done.send(outcome);
+            if let Some(ended) = ended {
+                ended.notify_one();
+            }
         })
         .map_err(|e| DaemonError::Task(format!("no thread for mailbox {}: {e}", mailbox.name)))?;
     Ok(Task { thread, result })
@@ -128,7 +132,7 @@ async fn run_all(
         let store = open_for(state, &mailbox.name, None)?;
         tasks.push((
             mailbox.name.clone(),
-            spawn(mailbox, store, once, shutdown.clone())?,
+            spawn(mailbox, store, once, shutdown.clone(), None)?,
         ));
     }
     let mut first_error = None;
@@ -172,6 +176,8 @@ struct Leased {
     seed: u64,
     /// The first look was made (see `tick`).
     looked: bool,
+    /// Told by a mailbox's task when it ends.
+    ended: Arc<tokio::sync::Notify>,
     /// With `once`: the mailboxes whose one pass this instance made (not taken again).
     worked: std::collections::HashSet<String>,
     /// Mailboxes whose daemon stopped on an error that trying again does not mend (a folder
@@ -200,6 +206,7 @@ impl Leased {
             held: HashMap::new(),
             seed,
             looked: false,
+            ended: Arc::new(tokio::sync::Notify::new()),
             worked: std::collections::HashSet::new(),
             failed: std::collections::HashSet::new(),
         })
@@ -217,6 +224,8 @@ impl Leased {
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
+                // A task that ended is collected at once (with `once`, the process ends then).
+                _ = self.ended.notified() => {}
                 _ = shutdown.changed() => {}
             }
             if *shutdown.borrow() {
@@ -375,7 +384,7 @@ impl Leased {
                 }
             };
             let (stop, stopped) = watch::channel(false);
-            let task = match spawn(mailbox, store, once, stopped) {
+            let task = match spawn(mailbox, store, once, stopped, Some(self.ended.clone())) {
                 Ok(task) => task,
                 Err(e) => {
                     warn!(mailbox = %name, error = %e, "cannot work this mailbox here");

@@ -1239,14 +1239,17 @@ impl StoreTx<'_> {
         Ok(())
     }
 
-    /// Writes an outgoing message to the outbox, before anything is sent or drafted.
+    /// Writes an outgoing message to the outbox, before anything is sent or drafted. It belongs
+    /// to its case's mailbox (a reply planned by `teach` on the command line is delivered by the
+    /// mailbox the ticket lives in), else to this connection's.
     pub fn add_outbox(&self, row: &NewOutbox<'_>, now: i64) -> Result<i64, StoreError> {
         let recipients = serde_json::to_string(row.recipients).unwrap_or_else(|_| "[]".into());
         self.store.inserted(
             "INSERT INTO outbox (message_id, case_id, inbound_message_id, template, disposition,
                                  status, reason, recipients, subject, bytes, created_at, updated_at,
                                  rate_key, mailbox)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, ?13) RETURNING id",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12,
+                     COALESCE((SELECT mailbox FROM cases WHERE id = ?2), ?13)) RETURNING id",
             params![
                 row.message_id,
                 row.case_id,

@@ -299,3 +299,74 @@ fn tx_backend_pid(
     let rows = tx.select("SELECT pg_backend_pid()", &[]).expect("pid");
     postmaster_bot::shell::store::Value::Int(rows[0].int(0).expect("an integer pid"))
 }
+
+/// TLS to PostgreSQL: `verify-full` against the test server's own CA is encrypted; without that
+/// CA the same connection is refused; `disable` is plain.
+#[test]
+fn a_tls_connection_to_postgres_checks_the_certificate_and_name() {
+    let crate::support::Backend::Postgres { url, password } = crate::support::postgres_server()
+    else {
+        unreachable!("postgres_server returns a server")
+    };
+    let ca = crate::support::postgres_ca();
+    let schema = fresh_schema("tls");
+    let connect = |mode: &str, ca_file: Option<&str>| {
+        let text = format!(
+            "[state]\nurl = \"{}\"\nschema = \"{schema}\"\nsslmode = \"{mode}\"\n{}",
+            url.replace("127.0.0.1", "localhost"),
+            ca_file
+                .map(|c| format!("ca_file = \"{c}\"\n"))
+                .unwrap_or_default()
+        );
+        let config = postmaster_bot::config::parse(&text, "test").expect("valid");
+        let postmaster_bot::config::StateConfig::Postgres(pg) = config.state else {
+            unreachable!("a postgres:// url")
+        };
+        let mut target = postmaster_bot::shell::store::pg_connect(&pg).expect("settings");
+        target.password = Some(password.clone().into());
+        Store::connect(target)
+    };
+    let encrypted = |store: &Store| {
+        store
+            .select(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .expect("pg_stat_ssl")[0]
+            .int(0)
+            == Some(1)
+    };
+    let checked = connect("verify-full", Some(&ca)).expect("TLS with the test CA");
+    assert!(encrypted(&checked), "the connection is TLS");
+    let refused = match connect("require", None) {
+        Ok(_) => panic!("an unknown CA must be refused"),
+        Err(e) => e.to_string(),
+    };
+    assert!(refused.to_lowercase().contains("certificate"), "{refused}");
+    let plain = connect("disable", None).expect("plain");
+    assert!(!encrypted(&plain));
+}
+
+/// The configuration shown in README's "Several mailboxes and hosts" is valid as written.
+#[test]
+fn the_config_blocks_of_several_mailboxes_and_hosts_in_the_readme_are_valid() {
+    let readme =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+            .expect("README");
+    let section = readme
+        .split("\n## Several mailboxes and hosts")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("the section");
+    let blocks: Vec<&str> = section
+        .split("```toml\n")
+        .skip(1)
+        .filter_map(|rest| rest.split("```").next())
+        .collect();
+    assert_eq!(blocks.len(), 2, "{blocks:?}");
+    for block in blocks {
+        if let Err(e) = postmaster_bot::config::parse(block, "README.md") {
+            panic!("README block does not parse: {e}\n{block}");
+        }
+    }
+}

@@ -120,6 +120,23 @@ pub fn postgres_server() -> Backend {
     }
 }
 
+/// The CA the test PostgreSQL's certificate is signed by (`scripts/postgres` makes it).
+pub fn postgres_ca() -> String {
+    let dir = std::env::var("POSTMASTER_BOT_POSTGRES")
+        .unwrap_or_else(|_| "/tmp/postmaster-bot-postgres".to_string());
+    let env_file = Path::new(&dir).join("env");
+    let text = std::fs::read_to_string(&env_file).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("POSTGRES_CA_CERT="))
+        .unwrap_or_else(|| {
+            panic!(
+                "POSTGRES_CA_CERT missing in {}: run `scripts/postgres up` (as root) again",
+                env_file.display()
+            )
+        })
+        .to_string()
+}
+
 /// A URL naming the test server's `schema`, with the password in it (as a command line may
 /// carry it).
 pub fn postgres_url(schema: &str) -> String {

@@ -246,6 +246,14 @@ impl Store {
         self.counts("SELECT state, count(*) FROM cases GROUP BY state ORDER BY state")
     }
 
+    /// How many cases are not closed in each mailbox.
+    pub fn open_cases_by_mailbox(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        self.counts(
+            "SELECT mailbox, count(*) FROM cases WHERE state != 'closed'
+             GROUP BY mailbox ORDER BY mailbox",
+        )
+    }
+
     /// How many outbox rows are in each status.
     pub fn outbox_by_status(&self) -> Result<Vec<(String, i64)>, StoreError> {
         self.counts("SELECT status, count(*) FROM outbox GROUP BY status ORDER BY status")

@@ -235,6 +235,13 @@ fn migrate_sqlite(db: &Db, path: &str) -> Result<(), StoreError> {
 }
 
 fn migrate_postgres(db: &Db, path: &str) -> Result<(), StoreError> {
+    // Every connection opens the store (each mailbox has one): one read, without a lock,
+    // settles the usual case of a store already at this build's version.
+    if let Ok(found) = version(db, "SELECT max(version) FROM schema_version") {
+        if found == latest() {
+            return Ok(());
+        }
+    }
     db.begin("BEGIN").map_err(sql(path))?;
     // One transaction under a lock of the schema's own: DDL is transactional on PostgreSQL, so
     // a second instance starting at the same moment waits, then finds every step applied.

@@ -22,6 +22,7 @@ type Labels = Vec<(String, String)>;
 struct Snapshot {
     kinds: Vec<(String, i64)>,
     states: Vec<(String, i64)>,
+    open_by_mailbox: Vec<(String, i64)>,
     outbox: Vec<(String, i64)>,
     replies: Vec<(String, i64)>,
     webhooks: Vec<(String, i64)>,
@@ -33,6 +34,7 @@ fn snapshot(store: &Store) -> Result<Snapshot, StoreError> {
     Ok(Snapshot {
         kinds: store.messages_by_kind()?,
         states: store.cases_by_state()?,
+        open_by_mailbox: store.open_cases_by_mailbox()?,
         outbox: store.outbox_by_status()?,
         replies: store.replies_by_status()?,
         webhooks: store.webhooks_by_status()?,
@@ -68,6 +70,11 @@ fn registry(s: &Snapshot, now: i64) -> Registry {
         counter_family(&s.kinds, "kind"),
     );
     registry.register("cases", "Cases, by state", gauge_family(&s.states, "state"));
+    registry.register(
+        "open_cases",
+        "Cases not closed, by mailbox",
+        gauge_family(&s.open_by_mailbox, "mailbox"),
+    );
     registry.register(
         "outbox_rows",
         "Outbox rows (replies and notifications), by status",
@@ -145,6 +152,22 @@ fn registry(s: &Snapshot, now: i64) -> Registry {
         "seconds_since_last_sync",
         "Seconds since the daemon last read the mailbox to the end (-1: never)",
         since,
+    );
+    // Each mailbox's own (health keys `last_sync`, or `NAME:last_sync` beside others).
+    let per_mailbox: Vec<(String, i64)> = s
+        .health
+        .iter()
+        .filter_map(|h| match h.key.as_str() {
+            "last_sync" => Some((crate::shell::store::DEFAULT_MAILBOX.to_string(), now - h.at)),
+            key => key
+                .strip_suffix(":last_sync")
+                .map(|name| (name.to_string(), now - h.at)),
+        })
+        .collect();
+    registry.register(
+        "mailbox_seconds_since_last_sync",
+        "Seconds since the daemon last read each mailbox to the end",
+        gauge_family(&per_mailbox, "mailbox"),
     );
     let backlog = Gauge::<i64>::default();
     backlog.set(
