@@ -1782,7 +1782,7 @@ from = "Postmaster <postmaster@b.example>"
         assert!(matches!(
             local.state,
             StateConfig::Postgres(PostgresConfig {
-                sslmode: PgSslMode::Prefer,
+                sslmode: PgSslMode::Disable,
                 ..
             })
         ));

@@ -237,6 +237,9 @@ impl Leased {
                 warn!(error = %e, "lease bookkeeping failed; trying again");
             }
             if self.held.is_empty() && (once || self.failed.len() == self.mailboxes.len()) {
+                if once && self.worked.is_empty() {
+                    info!("every mailbox is worked by another instance: nothing to do here");
+                }
                 break;
             }
         }
