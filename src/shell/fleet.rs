@@ -283,7 +283,7 @@ impl Leased {
         } else {
             fair_share(self.mailboxes.len(), live)
         };
-        let working = self.held.values().filter(|h| !h.stopping).count();
+        let working = self.working();
         // The first look only says this instance is alive: instances started together then see
         // each other before any takes more than its share.
         let first_look = !std::mem::replace(&mut self.looked, true);
@@ -301,6 +301,11 @@ impl Leased {
             }
         }
         Ok(())
+    }
+
+    /// The mailboxes this instance works and is not giving up: what its share counts.
+    fn working(&self) -> usize {
+        self.held.values().filter(|h| !h.stopping).count()
     }
 
     /// Collects the tasks that ended: their leases go back (unless lost), their errors are kept.
@@ -342,7 +347,7 @@ impl Leased {
     fn take(&mut self, fair: usize, once: bool) -> Result<(), StoreError> {
         let names: Vec<String> = self.mailboxes.iter().map(|m| m.name.clone()).collect();
         for name in trial_order(&names, self.seed) {
-            if self.held.values().filter(|h| !h.stopping).count() >= fair {
+            if self.working() >= fair {
                 break;
             }
             if self.held.contains_key(name)

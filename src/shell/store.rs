@@ -408,13 +408,13 @@ impl Store {
     /// (the statement in the SQL both databases read, `?N` parameters).
     #[doc(hidden)]
     pub fn select(&self, statement: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
-        self.db.rows(statement, params).map_err(sql(&self.path))
+        self.rows(statement, params)
     }
 
     /// Runs a statement that changes rows, for tests that put the store in a given state.
     #[doc(hidden)]
     pub fn execute(&self, statement: &str, params: &[Value]) -> Result<u64, StoreError> {
-        self.db.exec(statement, params).map_err(sql(&self.path))
+        self.exec(statement, params)
     }
 
     fn exec(&self, statement: &str, params: &[Value]) -> Result<u64, StoreError> {

@@ -93,9 +93,7 @@ impl Fleet {
     }
 
     fn store(&self) -> Store {
-        let url = crate::support::postgres_url(&self.schema);
-        let state = postmaster_bot::config::StateConfig::from_argument(&url).expect("url");
-        postmaster_bot::shell::store::open_state(&state).expect("store")
+        crate::support::postgres_store(&self.schema)
     }
 
     /// Who holds each mailbox's lease now (expired leases hold nothing).

@@ -195,9 +195,7 @@ fn processed(hash: &str) -> postmaster_bot::shell::store::ProcessedMessage<'_> {
 
 /// A store on the test PostgreSQL, in a schema of its own.
 fn postgres_store(tag: &str) -> Store {
-    let url = postgres_url(&fresh_schema(tag));
-    let state = postmaster_bot::config::StateConfig::from_argument(&url).expect("url");
-    postmaster_bot::shell::store::open_state(&state).expect("connects")
+    crate::support::postgres_store(&fresh_schema(tag))
 }
 
 fn messages(store: &Store) -> i64 {

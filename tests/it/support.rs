@@ -96,8 +96,9 @@ pub fn backend() -> Backend {
     }
 }
 
-/// The test PostgreSQL server (`scripts/postgres up`); fails the test when it is not running.
-pub fn postgres_server() -> Backend {
+/// A value of the test PostgreSQL's env file (`scripts/postgres up`); fails the test, saying
+/// how to start the server, when it is not running.
+fn postgres_env(key: &str) -> String {
     let dir = std::env::var("POSTMASTER_BOT_POSTGRES")
         .unwrap_or_else(|_| "/tmp/postmaster-bot-postgres".to_string());
     let env_file = Path::new(&dir).join("env");
@@ -108,44 +109,46 @@ pub fn postgres_server() -> Backend {
             env_file.display()
         )
     });
-    let get = |key: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{key}=")))
-            .unwrap_or_else(|| panic!("{key} missing in {}", env_file.display()))
-            .to_string()
-    };
-    Backend::Postgres {
-        url: get("POSTGRES_URL"),
-        password: get("POSTGRES_PASSWORD"),
-    }
-}
-
-/// The CA the test PostgreSQL's certificate is signed by (`scripts/postgres` makes it).
-pub fn postgres_ca() -> String {
-    let dir = std::env::var("POSTMASTER_BOT_POSTGRES")
-        .unwrap_or_else(|_| "/tmp/postmaster-bot-postgres".to_string());
-    let env_file = Path::new(&dir).join("env");
-    let text = std::fs::read_to_string(&env_file).unwrap_or_default();
     text.lines()
-        .find_map(|l| l.strip_prefix("POSTGRES_CA_CERT="))
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
         .unwrap_or_else(|| {
             panic!(
-                "POSTGRES_CA_CERT missing in {}: run `scripts/postgres up` (as root) again",
+                "{key} missing in {}: run `scripts/postgres up` (as root) again",
                 env_file.display()
             )
         })
         .to_string()
 }
 
+/// The test PostgreSQL server.
+pub fn postgres_server() -> Backend {
+    Backend::Postgres {
+        url: postgres_env("POSTGRES_URL"),
+        password: postgres_env("POSTGRES_PASSWORD"),
+    }
+}
+
+/// The CA the test PostgreSQL's certificate is signed by (`scripts/postgres` makes it).
+pub fn postgres_ca() -> String {
+    postgres_env("POSTGRES_CA_CERT")
+}
+
 /// A URL naming the test server's `schema`, with the password in it (as a command line may
 /// carry it).
 pub fn postgres_url(schema: &str) -> String {
-    let Backend::Postgres { url, password } = postgres_server() else {
-        unreachable!("postgres_server returns a server")
-    };
+    let (url, password) = (
+        postgres_env("POSTGRES_URL"),
+        postgres_env("POSTGRES_PASSWORD"),
+    );
     let (scheme, rest) = url.split_once("://").expect("a URL");
     let (user, host) = rest.split_once('@').expect("a user in the URL");
     format!("{scheme}://{user}:{password}@{host}?schema={schema}")
+}
+
+/// A store in `schema` of the test PostgreSQL (created when missing).
+pub fn postgres_store(schema: &str) -> Store {
+    let state = config::StateConfig::from_argument(&postgres_url(schema)).expect("test url");
+    postmaster_bot::shell::store::open_state(&state).expect("the test PostgreSQL store opens")
 }
 
 /// The schema a test's folder gets on PostgreSQL: one per folder, so tests running side by
@@ -176,14 +179,7 @@ pub fn state_section(dir: &Path) -> String {
 pub fn state_argument(dir: &Path) -> String {
     match backend() {
         Backend::Sqlite => dir.join("state.sqlite3").display().to_string(),
-        Backend::Postgres { url, password } => {
-            let (scheme, rest) = url.split_once("://").expect("a URL");
-            let (user, host) = rest.split_once('@').expect("a user in the URL");
-            format!(
-                "{scheme}://{user}:{password}@{host}?schema={}",
-                schema_of(dir)
-            )
-        }
+        Backend::Postgres { .. } => postgres_url(&schema_of(dir)),
     }
 }
 
@@ -191,16 +187,7 @@ pub fn state_argument(dir: &Path) -> String {
 pub fn test_store(dir: &Path) -> Store {
     match backend() {
         Backend::Sqlite => Store::open(&dir.join("state.sqlite3")).expect("store opens"),
-        Backend::Postgres { url, password } => {
-            let state = config::StateConfig::from_argument(&url).expect("test url");
-            let config::StateConfig::Postgres(mut pg) = state else {
-                unreachable!("a postgres:// url")
-            };
-            pg.schema = Some(schema_of(dir));
-            let mut target = postmaster_bot::shell::store::pg_connect(&pg).expect("connect");
-            target.password = Some(password.into());
-            Store::connect(target).expect("store opens")
-        }
+        Backend::Postgres { .. } => postgres_store(&schema_of(dir)),
     }
 }
 

@@ -79,11 +79,20 @@ impl Health {
     /// The oldest value of `key` among all mailboxes (`key` of the default mailbox, `NAME:key`
     /// of the others): a deployment is as fresh as its stalest mailbox.
     pub fn oldest<'a>(health: &'a [Health], key: &str) -> Option<&'a Health> {
-        let suffix = format!(":{key}");
         health
             .iter()
-            .filter(|h| h.key == key || h.key.ends_with(&suffix))
+            .filter(|h| h.mailbox_of(key).is_some())
             .min_by_key(|h| h.at)
+    }
+
+    /// The mailbox whose `key` this value is (see `Store::health_key`), if it is one.
+    pub fn mailbox_of(&self, key: &str) -> Option<&str> {
+        if self.key == key {
+            return Some(super::DEFAULT_MAILBOX);
+        }
+        self.key
+            .strip_suffix(key)
+            .and_then(|name| name.strip_suffix(':'))
     }
 }
 
@@ -445,5 +454,8 @@ mod tests {
         ];
         assert_eq!(Health::oldest(&all, "last_sync").map(|x| x.at), Some(40));
         assert!(Health::oldest(&all[2..], "last_sync").is_none());
+        assert_eq!(all[1].mailbox_of("last_sync"), Some("brand-a"));
+        assert_eq!(all[0].mailbox_of("last_sync"), Some("default"));
+        assert_eq!(all[3].mailbox_of("last_sync"), None);
     }
 }

@@ -441,11 +441,7 @@ fn connect(runtime: &tokio::runtime::Runtime, target: &PgConnect) -> Result<Clie
     let client = match target.sslmode {
         PgSslMode::Disable => {
             config.ssl_mode(tokio_postgres::config::SslMode::Disable);
-            let (client, connection) = runtime
-                .block_on(config.connect(NoTls))
-                .map_err(connect_error)?;
-            runtime.spawn(connection);
-            client
+            start(runtime, &config, NoTls).map_err(connect_error)?
         }
         mode => {
             config.ssl_mode(if mode == PgSslMode::Require {
@@ -461,11 +457,7 @@ fn connect(runtime: &tokio::runtime::Runtime, target: &PgConnect) -> Result<Clie
                 }
             })?;
             let tls = tokio_postgres_rustls::MakeRustlsConnect::new((*tls).clone());
-            let (client, connection) = runtime
-                .block_on(config.connect(tls))
-                .map_err(connect_error)?;
-            runtime.spawn(connection);
-            client
+            start(runtime, &config, tls).map_err(connect_error)?
         }
     };
     if let Some(schema) = &target.schema {
@@ -493,6 +485,21 @@ fn connect(runtime: &tokio::runtime::Runtime, target: &PgConnect) -> Result<Clie
                 .map_err(pg_error)
         })?;
     }
+    Ok(client)
+}
+
+/// Connects and hands the connection's I/O to the runtime that drives it.
+fn start<T>(
+    runtime: &tokio::runtime::Runtime,
+    config: &tokio_postgres::Config,
+    tls: T,
+) -> Result<Client, tokio_postgres::Error>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, connection) = runtime.block_on(config.connect(tls))?;
+    runtime.spawn(connection);
     Ok(client)
 }
 

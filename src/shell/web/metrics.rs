@@ -157,12 +157,7 @@ fn registry(s: &Snapshot, now: i64) -> Registry {
     let per_mailbox: Vec<(String, i64)> = s
         .health
         .iter()
-        .filter_map(|h| match h.key.as_str() {
-            "last_sync" => Some((crate::shell::store::DEFAULT_MAILBOX.to_string(), now - h.at)),
-            key => key
-                .strip_suffix(":last_sync")
-                .map(|name| (name.to_string(), now - h.at)),
-        })
+        .filter_map(|h| Some((h.mailbox_of("last_sync")?.to_string(), now - h.at)))
         .collect();
     registry.register(
         "mailbox_seconds_since_last_sync",
