@@ -20,7 +20,7 @@ use crate::pipeline::rules::{Rules, RulesError};
 use crate::pipeline::webhook;
 use crate::shell::dkim::DkimVerifier;
 use crate::shell::store::{
-    NewOutbox, OutboxItem, ProcessedMessage, Store, StoreError, StoreTx, TimelineEntry,
+    Found, NewOutbox, OutboxItem, ProcessedMessage, Store, StoreError, StoreTx, TimelineEntry,
 };
 
 /// The engine could not be set up from its config.
@@ -113,6 +113,23 @@ pub struct Handled {
 pub enum OutboxStatus {
     Pending,
     Replayed,
+}
+
+/// What a message that was handled before produces: nothing.
+fn already_handled(source: &str, message_id: Option<&str>) -> Handled {
+    info!(
+        source,
+        message_id = message_id.unwrap_or("-"),
+        "already handled: skipped"
+    );
+    Handled {
+        duplicate: true,
+        case_id: None,
+        case_state: None,
+        action: Action::None,
+        reason: "already handled".to_string(),
+        produced: Vec::new(),
+    }
 }
 
 impl Engine {
@@ -237,44 +254,41 @@ impl Engine {
         if again {
             tx.forget_message(message_id, &inbound.content_hash)?;
         }
-        if tx.seen(message_id, &inbound.content_hash)? {
-            info!(
-                source,
-                message_id = message_id.unwrap_or("-"),
-                "already handled: skipped"
-            );
-            return Ok(Handled {
-                duplicate: true,
-                case_id: None,
-                case_state: None,
-                action: Action::None,
-                reason: "already handled".to_string(),
-                produced: Vec::new(),
-            });
-        }
-
-        // A message claiming our Message-ID is our own only if our outbox produced it.
+        let thread_lookups =
+            |v: &Verdict| case::lookups(v, &inbound.in_reply_to, &inbound.references);
         let confirmed;
-        let verdict = match &verdict.own_claim {
-            Some(id) if tx.outbox_knows(id)? => {
-                confirmed =
-                    classify::confirm_own(verdict, inbound, &self.rules, &self.config.classify);
-                &confirmed
+        let (verdict, found) = match &verdict.own_claim {
+            // The usual message: whether it was handled and which case it joins, in one read.
+            None => match tx.seen_or_find_case(
+                message_id,
+                &inbound.content_hash,
+                &thread_lookups(verdict),
+            )? {
+                Found::Handled => return Ok(already_handled(source, message_id)),
+                Found::Case(c) => (verdict, Some(*c)),
+                Found::Nothing => (verdict, None),
+            },
+            Some(claimed) => {
+                if tx.seen(message_id, &inbound.content_hash)? {
+                    return Ok(already_handled(source, message_id));
+                }
+                // A message claiming our Message-ID is our own only if our outbox produced it.
+                let verdict = if tx.outbox_knows(claimed)? {
+                    confirmed =
+                        classify::confirm_own(verdict, inbound, &self.rules, &self.config.classify);
+                    &confirmed
+                } else {
+                    verdict
+                };
+                (verdict, tx.find_case(&thread_lookups(verdict))?)
             }
-            _ => verdict,
         };
-
-        let lookups = case::lookups(verdict, &inbound.in_reply_to, &inbound.references);
-        let found = tx.find_case(&lookups)?;
         let before = found.clone();
         let arrival = Arrival {
             message_id: inbound.message_id.clone(),
             parent: parent_of(inbound),
         };
         let mut transition = case::step(found, verdict, &arrival, &self.config.policy, now);
-        if let Some(c) = transition.case.as_mut() {
-            tx.save_case(c)?;
-        }
 
         let max_age = i64::from(self.config.max_reply_age_days) * 86_400;
         let stale = inbound
@@ -286,27 +300,30 @@ impl Engine {
             transition.action,
             Action::DraftEscalationReply | Action::DraftFollowup
         );
-        let cap = if !replying {
-            None
-        } else if tx.replies_since(now - 3600)? >= i64::from(limits.max_replies_per_hour) {
-            Some(format!(
-                "global reply limit reached ({} per hour)",
-                limits.max_replies_per_hour
-            ))
-        } else {
-            match transition.case.as_ref() {
-                Some(c) => tx.last_reply_at(c.id)?.and_then(|last| {
-                    let gap = i64::from(limits.min_hours_between_replies) * 3600;
-                    (now.saturating_sub(last) < gap).then(|| {
-                        format!(
-                            "a reply went out on this case less than {} hours ago",
-                            limits.min_hours_between_replies
-                        )
-                    })
-                }),
-                None => None,
+        // Asked before the case is saved: the message's writes then all follow its reads.
+        let cap = if replying {
+            let case_id = transition.case.as_ref().map(|c| c.id).filter(|&id| id != 0);
+            let (recent, last) = tx.reply_history(now - 3600, case_id)?;
+            let gap = i64::from(limits.min_hours_between_replies) * 3600;
+            if recent >= i64::from(limits.max_replies_per_hour) {
+                Some(format!(
+                    "global reply limit reached ({} per hour)",
+                    limits.max_replies_per_hour
+                ))
+            } else if last.is_some_and(|last| now.saturating_sub(last) < gap) {
+                Some(format!(
+                    "a reply went out on this case less than {} hours ago",
+                    limits.min_hours_between_replies
+                ))
+            } else {
+                None
             }
+        } else {
+            None
         };
+        if let Some(c) = transition.case.as_mut() {
+            tx.save_case_after(c, before.as_ref())?;
+        }
         let situation = decide::Situation {
             mode: self.config.mode,
             notify_on: self.config.notify_on,

@@ -450,7 +450,7 @@ impl Store {
     /// open [`Batch`]).
     pub fn begin(&mut self) -> Result<StoreTx<'_>, StoreError> {
         if self.in_batch {
-            self.write("SAVEPOINT message", &[])?;
+            self.db.savepoint().map_err(sql(&self.path))?;
         } else {
             self.db
                 .begin(self.db.dialect().begin_write())
@@ -1008,9 +1008,7 @@ impl Drop for StoreTx<'_> {
             return;
         }
         let _ = if self.savepoint {
-            self.store
-                .db
-                .batch("ROLLBACK TO SAVEPOINT message; RELEASE SAVEPOINT message")
+            self.store.db.rollback_to()
         } else {
             self.store.db.end("ROLLBACK")
         };
@@ -1044,88 +1042,167 @@ impl StoreTx<'_> {
 
     /// The case the first matching lookup finds.
     pub fn find_case(&self, lookups: &[Lookup]) -> Result<Option<Case>, StoreError> {
+        match self.first_match(None, lookups)? {
+            Found::Case(case) => Ok(Some(*case)),
+            Found::Handled | Found::Nothing => Ok(None),
+        }
+    }
+
+    /// [`seen`](Self::seen), then [`find_case`](Self::find_case), answered by one statement:
+    /// on a database across the network each waited-for read is a round trip, and these two
+    /// are asked for every message.
+    pub fn seen_or_find_case(
+        &self,
+        message_id: Option<&str>,
+        content_hash: &str,
+        lookups: &[Lookup],
+    ) -> Result<Found, StoreError> {
+        self.first_match(Some((message_id, content_hash)), lookups)
+    }
+
+    /// Asks the lookups (after the handled-message check, when given) as `UNION ALL` members
+    /// ranked by their order, a bounded number per statement (SQLite allows 500 members), and
+    /// returns the best-ranked answer.
+    fn first_match(
+        &self,
+        handled: Option<(Option<&str>, &str)>,
+        lookups: &[Lookup],
+    ) -> Result<Found, StoreError> {
+        let mut members = Vec::new();
+        let mut params = Vec::new();
+        let next = |params: &mut Vec<Value>, value: Value| {
+            params.push(value);
+            params.len()
+        };
+        let mut statements = Vec::new();
+        let mut flush = |members: &mut Vec<String>, params: &mut Vec<Value>| {
+            if !members.is_empty() {
+                let sql = members
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| format!("SELECT rank, id, data FROM ({m}) AS l{i}"))
+                    .collect::<Vec<_>>()
+                    .join(" UNION ALL ");
+                statements.push((
+                    format!("{sql} ORDER BY rank LIMIT 1"),
+                    std::mem::take(params),
+                ));
+                members.clear();
+            }
+        };
+        if let Some((message_id, content_hash)) = handled {
+            let m = next(&mut params, db::ToValue::to_value(&message_id));
+            let h = next(&mut params, db::ToValue::to_value(&content_hash));
+            members.push(format!(
+                "SELECT -1 AS rank, id, NULL AS data FROM messages WHERE content_hash = ?{h}
+                 OR (CAST(?{m} AS TEXT) IS NOT NULL AND message_id = ?{m}) LIMIT 1"
+            ));
+        }
+        let scope = || db::ToValue::to_value(&self.store.mailbox);
+        let mut rank = 0usize;
         for lookup in lookups {
-            let found = match lookup {
-                Lookup::Ticket(t) => self.store.row(
-                    "SELECT id, data FROM cases WHERE ticket_id = ?1
-                       AND (CAST(?2 AS TEXT) IS NULL OR mailbox = ?2)
-                     ORDER BY id DESC LIMIT 1",
-                    params![t, self.store.mailbox],
-                )?,
-                Lookup::MessageId(m) => self.store.row(
-                    "SELECT c.id, c.data FROM case_messages m JOIN cases c ON c.id = m.case_id
-                     WHERE m.message_id = ?1 AND (CAST(?2 AS TEXT) IS NULL OR c.mailbox = ?2)
-                     ORDER BY m.case_id DESC LIMIT 1",
-                    params![m, self.store.mailbox],
-                )?,
-                Lookup::Notice(key) => self.store.row(
-                    "SELECT id, data FROM cases WHERE notice_key = ?1 AND state != 'closed'
-                       AND (CAST(?2 AS TEXT) IS NULL OR mailbox = ?2)
-                     ORDER BY id DESC LIMIT 1",
-                    params![key, self.store.mailbox],
-                )?,
+            let keys: Vec<(String, Vec<Value>)> = match lookup {
+                Lookup::Ticket(t) => vec![(
+                    "SELECT {rank} AS rank, id, data FROM cases WHERE ticket_id = ?{a}
+                       AND (CAST(?{s} AS TEXT) IS NULL OR mailbox = ?{s})
+                     ORDER BY id DESC LIMIT 1"
+                        .to_string(),
+                    vec![scope(), db::ToValue::to_value(t)],
+                )],
+                Lookup::MessageId(m) => vec![(
+                    "SELECT {rank} AS rank, c.id, c.data FROM case_messages m
+                       JOIN cases c ON c.id = m.case_id
+                     WHERE m.message_id = ?{a} AND (CAST(?{s} AS TEXT) IS NULL OR c.mailbox = ?{s})
+                     ORDER BY m.case_id DESC LIMIT 1"
+                        .to_string(),
+                    vec![scope(), db::ToValue::to_value(m)],
+                )],
+                Lookup::Notice(key) => vec![(
+                    "SELECT {rank} AS rank, id, data FROM cases
+                     WHERE notice_key = ?{a} AND state != 'closed'
+                       AND (CAST(?{s} AS TEXT) IS NULL OR mailbox = ?{s})
+                     ORDER BY id DESC LIMIT 1"
+                        .to_string(),
+                    vec![scope(), db::ToValue::to_value(key)],
+                )],
                 Lookup::OpenForIps {
                     topic,
                     ips,
                     without_ticket,
-                } => self.open_case_for_ips(*topic, ips, *without_ticket)?,
+                } => ips
+                    .iter()
+                    .map(|ip| {
+                        (
+                            "SELECT {rank} AS rank, c.id, c.data FROM cases c
+                               JOIN case_ips i ON i.case_id = c.id
+                             WHERE i.ip = ?{a} AND c.topic = ?{b} AND c.state != 'closed'
+                               AND (?{c} = 0 OR c.ticket_id IS NULL)
+                               AND (CAST(?{s} AS TEXT) IS NULL OR c.mailbox = ?{s})
+                             ORDER BY c.id DESC LIMIT 1"
+                                .to_string(),
+                            vec![
+                                scope(),
+                                db::ToValue::to_value(ip),
+                                db::ToValue::to_value(&topic_str(*topic)),
+                                db::ToValue::to_value(without_ticket),
+                            ],
+                        )
+                    })
+                    .collect(),
             };
-            if let Some(r) = found {
-                let path = &self.store.path;
-                let id: i64 = col!(path, r, 0);
-                let data: String = col!(path, r, 1);
-                return decode_case(path, id, &data).map(Some);
+            for (template, values) in keys {
+                let mut sql = template.replace("{rank}", &rank.to_string());
+                for (name, value) in ["{s}", "{a}", "{b}", "{c}"].iter().zip(values) {
+                    sql = sql.replace(name, &next(&mut params, value).to_string());
+                }
+                members.push(sql);
+                rank += 1;
+                if members.len() == MEMBERS_PER_STATEMENT {
+                    flush(&mut members, &mut params);
+                }
             }
         }
-        Ok(None)
+        flush(&mut members, &mut params);
+        let path = &self.store.path;
+        for (statement, params) in statements {
+            let Some(r) = self.store.row(&statement, &params)? else {
+                continue;
+            };
+            let rank: i64 = col!(path, r, 0);
+            let id: i64 = col!(path, r, 1);
+            if rank < 0 {
+                return Ok(Found::Handled);
+            }
+            let data: String = col!(path, r, 2);
+            return decode_case(path, id, &data).map(|c| Found::Case(Box::new(c)));
+        }
+        Ok(Found::Nothing)
     }
 
-    fn open_case_for_ips(
+    /// What the reply caps need, in one read: how many replies to Microsoft were planned since
+    /// `since` on any case (verified Microsoft mail only, so a spoof moves no counter), in any
+    /// status but held, rejected, superseded, replayed or found already made in the mailbox;
+    /// and when the latest reply on `case` was planned, if any.
+    pub fn reply_history(
         &self,
-        topic: Topic,
-        ips: &[String],
-        without_ticket: bool,
-    ) -> Result<Option<Row>, StoreError> {
-        let topic = topic_str(topic);
-        for ip in ips {
-            if let Some(found) = self.store.row(
-                "SELECT c.id, c.data FROM cases c JOIN case_ips i ON i.case_id = c.id
-                 WHERE i.ip = ?1 AND c.topic = ?2 AND c.state != 'closed'
-                   AND (?3 = 0 OR c.ticket_id IS NULL)
-                   AND (CAST(?4 AS TEXT) IS NULL OR c.mailbox = ?4)
-                 ORDER BY c.id DESC LIMIT 1",
-                params![ip, topic, without_ticket, self.store.mailbox],
-            )? {
-                return Ok(Some(found));
-            }
+        since: i64,
+        case: Option<CaseId>,
+    ) -> Result<(i64, Option<i64>), StoreError> {
+        let row = self.store.row(
+            "SELECT
+               (SELECT count(*) FROM outbox WHERE template != 'operator_notification'
+                  AND case_id IS NOT NULL AND created_at >= ?1
+                  AND status NOT IN ('held', 'rejected', 'superseded', 'replayed', 'in_mailbox')),
+               (SELECT max(created_at) FROM outbox WHERE case_id = ?2
+                  AND template != 'operator_notification'
+                  AND status NOT IN ('held', 'rejected', 'superseded', 'replayed'))",
+            params![since, case],
+        )?;
+        let path = &self.store.path;
+        match row {
+            Some(r) => Ok((col!(path, r, 0), col!(path, r, 1))),
+            None => Ok((0, None)),
         }
-        Ok(None)
-    }
-
-    /// Replies to Microsoft planned since `since` on a case (so only answers to verified
-    /// Microsoft mail), in any status but held, rejected, superseded, replayed or found already
-    /// made in the mailbox: the persistent count behind the global rate limit. A spoof moves no
-    /// counter.
-    pub fn replies_since(&self, since: i64) -> Result<i64, StoreError> {
-        Ok(self
-            .store
-            .value(
-                "SELECT count(*) FROM outbox WHERE template != 'operator_notification'
-                 AND case_id IS NOT NULL AND created_at >= ?1
-                 AND status NOT IN ('held', 'rejected', 'superseded', 'replayed', 'in_mailbox')",
-                params![since],
-            )?
-            .unwrap_or(0))
-    }
-
-    /// When the latest reply on a case was planned, if any.
-    pub fn last_reply_at(&self, case_id: CaseId) -> Result<Option<i64>, StoreError> {
-        self.store.value(
-            "SELECT max(created_at) FROM outbox WHERE case_id = ?1
-             AND template != 'operator_notification'
-             AND status NOT IN ('held', 'rejected', 'superseded', 'replayed')",
-            params![case_id],
-        )
     }
 
     /// When the latest notification under a rate key was planned (not held), if any.
@@ -1160,6 +1237,29 @@ impl StoreTx<'_> {
 
     /// Stores a case: inserts it when its id is 0 and returns the id.
     pub fn save_case(&self, case: &mut Case) -> Result<CaseId, StoreError> {
+        self.save_case_after(case, None)
+    }
+
+    /// [`save_case`](Self::save_case) of a case loaded as `before` in this transaction: only
+    /// the IPs and thread Message-IDs it gained are written (the rest are stored already), so
+    /// a long thread does not cost a longer statement with every message.
+    pub fn save_case_after(
+        &self,
+        case: &mut Case,
+        before: Option<&Case>,
+    ) -> Result<CaseId, StoreError> {
+        let before = before.filter(|b| b.id == case.id && case.id != 0);
+        let gained = |now: &[String], then: Option<&[String]>| -> Vec<String> {
+            match then {
+                Some(then) => {
+                    let then: std::collections::HashSet<&String> = then.iter().collect();
+                    now.iter().filter(|x| !then.contains(x)).cloned().collect()
+                }
+                None => now.to_vec(),
+            }
+        };
+        let new_ips = gained(&case.ips, before.map(|b| b.ips.as_slice()));
+        let new_thread_ids = gained(&case.thread_ids, before.map(|b| b.thread_ids.as_slice()));
         let store = &*self.store;
         let path = &store.path;
         if case.id == 0 {
@@ -1200,7 +1300,7 @@ impl StoreTx<'_> {
         )?;
         // One statement for all of a case's IPs and one for its thread: a long thread is
         // saved with every message, and each row its own statement was most of a save.
-        if let Some(values) = padded_with_first(case.id, &case.ips) {
+        if let Some(values) = padded_with_first(case.id, &new_ips) {
             store.write(
                 &format!(
                     "INSERT INTO case_ips (case_id, ip) VALUES {} ON CONFLICT DO NOTHING",
@@ -1209,7 +1309,7 @@ impl StoreTx<'_> {
                 &values,
             )?;
         }
-        if let Some(values) = padded_with_first(case.id, &case.thread_ids) {
+        if let Some(values) = padded_with_first(case.id, &new_thread_ids) {
             store.write(
                 &format!(
                     "INSERT INTO case_messages (message_id, case_id) VALUES {} ON CONFLICT DO NOTHING",
@@ -1303,7 +1403,7 @@ impl StoreTx<'_> {
         if self.savepoint {
             // Pipelined on PostgreSQL like the writes before it: the batch's COMMIT waits for
             // all of them, and a store failure anywhere makes the whole chunk read again.
-            self.store.db.write("RELEASE SAVEPOINT message", &[])
+            self.store.db.release()
         } else {
             self.store.db.end("COMMIT")
         }
@@ -1337,6 +1437,20 @@ fn pairs_with_first(n: usize, first_last: bool) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Members of one lookup statement: well under SQLite's 500 compound members.
+const MEMBERS_PER_STATEMENT: usize = 64;
+
+/// What [`StoreTx::seen_or_find_case`] found.
+#[derive(Debug)]
+pub enum Found {
+    /// The message was handled before.
+    Handled,
+    /// The case it belongs to.
+    Case(Box<Case>),
+    /// Neither: new mail for no existing case.
+    Nothing,
 }
 
 fn decode_case(path: &str, id: CaseId, data: &str) -> Result<Case, StoreError> {

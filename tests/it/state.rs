@@ -261,6 +261,75 @@ fn a_failed_pipelined_write_fails_the_commit_and_leaves_nothing() {
     }
 }
 
+/// In a batch each message has a savepoint (on PostgreSQL sent only once something needs it):
+/// a message given up undoes exactly its own writes, whether it read in between or not, and a
+/// failure of an earlier message is never undone by rolling back a later one.
+#[test]
+fn a_message_given_up_in_a_batch_undoes_only_its_own_writes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for mut store in [
+        postgres_store("savepoint"),
+        Store::open(&dir.path().join("s.sqlite3")).expect("sqlite"),
+    ] {
+        let dialect = store.dialect();
+        let mut batch = store.batch().expect("batch");
+        {
+            let tx = batch.begin().expect("savepoint");
+            tx.add_message(&processed("kept-1"), 1).expect("write");
+            tx.commit().expect("release");
+        }
+        {
+            // Written, never read back: given up.
+            let tx = batch.begin().expect("savepoint");
+            tx.add_message(&processed("dropped-1"), 1).expect("write");
+        }
+        {
+            // Written, read (which sends the savepoint), written again: given up.
+            let tx = batch.begin().expect("savepoint");
+            tx.add_message(&processed("dropped-2"), 1).expect("write");
+            let seen = tx.seen(None, "dropped-2").expect("read");
+            assert!(seen, "{dialect:?}: a message sees its own writes");
+            tx.add_message(&processed("dropped-3"), 1).expect("write");
+        }
+        {
+            let tx = batch.begin().expect("savepoint");
+            assert!(!tx.seen(None, "dropped-1").expect("read"), "{dialect:?}");
+            tx.add_message(&processed("kept-2"), 1).expect("write");
+            tx.commit().expect("release");
+        }
+        batch.commit().expect("commit");
+        let hashes: Vec<String> = store
+            .select("SELECT content_hash FROM messages ORDER BY id", &[])
+            .expect("rows")
+            .iter()
+            .map(|r| r.text(0).expect("text"))
+            .collect();
+        assert_eq!(hashes, ["kept-1", "kept-2"], "{dialect:?}");
+
+        // A message whose write failed (the server says so only later), then one given up
+        // after a read: the batch still fails as a whole.
+        let mut batch = store.batch().expect("batch");
+        let mut failed = false;
+        {
+            let tx = batch.begin().expect("savepoint");
+            let dup = tx.add_message(&processed("kept-1"), 1);
+            failed |= dup.and_then(|()| tx.commit()).is_err();
+        }
+        {
+            let tx = batch.begin().expect("savepoint");
+            let _ = tx.add_message(&processed("later"), 1);
+            failed |= tx.seen(None, "later").is_err();
+        }
+        failed |= batch.commit().is_err();
+        assert!(failed, "{dialect:?}: the failure was reported");
+        assert_eq!(
+            messages(&store),
+            2,
+            "{dialect:?}: nothing of that batch stayed"
+        );
+    }
+}
+
 /// A connection lost inside a transaction loses the transaction, never part of it, and the
 /// store connects again for the next one.
 #[test]

@@ -366,7 +366,34 @@ impl Db {
         }
     }
 
-    /// Runs statements without parameters (savepoints, migrations).
+    /// Opens the savepoint one message is handled in, inside a transaction. On PostgreSQL it
+    /// is sent only when something needs it (see `postgres::Session`).
+    pub(crate) fn savepoint(&self) -> Result<(), DbError> {
+        match self {
+            Db::Sqlite(conn) => Ok(conn.execute_batch("SAVEPOINT message")?),
+            Db::Postgres(pg) => pg.savepoint(),
+        }
+    }
+
+    /// Keeps the message's writes.
+    pub(crate) fn release(&self) -> Result<(), DbError> {
+        match self {
+            Db::Sqlite(conn) => Ok(conn.execute_batch("RELEASE SAVEPOINT message")?),
+            Db::Postgres(pg) => pg.release(),
+        }
+    }
+
+    /// Undoes the message's writes.
+    pub(crate) fn rollback_to(&self) -> Result<(), DbError> {
+        match self {
+            Db::Sqlite(conn) => {
+                Ok(conn.execute_batch("ROLLBACK TO SAVEPOINT message; RELEASE SAVEPOINT message")?)
+            }
+            Db::Postgres(pg) => pg.rollback_to(),
+        }
+    }
+
+    /// Runs statements without parameters (migrations, transaction control).
     pub(crate) fn batch(&self, sql: &str) -> Result<(), DbError> {
         match self {
             Db::Sqlite(conn) => Ok(conn.execute_batch(sql)?),

@@ -65,6 +65,12 @@ enum Request {
     Batch(String),
     Begin(&'static str),
     End(&'static str),
+    /// Opens the savepoint of one message, unanswered (see [`Session::held`]).
+    Savepoint,
+    /// Ends that savepoint with its writes kept, unanswered.
+    Release,
+    /// Undoes that savepoint's writes.
+    RollbackTo,
 }
 
 enum Reply {
@@ -163,19 +169,52 @@ impl Pg {
         self.in_transaction.set(false);
         self.call(Request::End(sql)).map(drop)
     }
+
+    /// The savepoint a message is handled in, inside an open transaction; like a write, not
+    /// waited for.
+    pub(crate) fn savepoint(&self) -> Result<(), DbError> {
+        self.requests.send(Request::Savepoint).map_err(|_| gone())
+    }
+
+    /// Keeps the savepoint's writes; not waited for.
+    pub(crate) fn release(&self) -> Result<(), DbError> {
+        self.requests.send(Request::Release).map_err(|_| gone())
+    }
+
+    /// Undoes the savepoint's writes.
+    pub(crate) fn rollback_to(&self) -> Result<(), DbError> {
+        self.call(Request::RollbackTo).map(drop)
+    }
 }
 
 type Pending = Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>>>>;
+
+/// A write kept back until its savepoint is known to be needed.
+type Held = (String, Vec<Value>);
 
 struct Session {
     target: PgConnect,
     runtime: tokio::runtime::Runtime,
     client: Option<Arc<Client>>,
     statements: HashMap<String, Statement>,
-    /// Pipelined writes not yet answered, oldest first.
-    pending: VecDeque<Pending>,
+    /// Pipelined writes not yet answered, oldest first, each with the savepoint epoch it was
+    /// sent in.
+    pending: VecDeque<(u64, Pending)>,
     /// The first failure among pipelined writes, for the next statement waited for.
     deferred: Option<DbError>,
+    /// The savepoint epoch of the transaction's first failure, kept after it was reported:
+    /// only rolling back that savepoint mends the transaction.
+    failed_epoch: Option<u64>,
+    /// Counts the savepoints sent: a failure of an older epoch is not undone by rolling back
+    /// the newest one.
+    epoch: u64,
+    /// A message's savepoint was asked for and not yet sent: its writes wait here. Most
+    /// messages read nothing after their first write, so their writes go out together at the
+    /// release, with no `SAVEPOINT`/`RELEASE` round of their own; a read in between sends the
+    /// savepoint and the writes first.
+    held: Option<Vec<Held>>,
+    /// A `SAVEPOINT` was sent and not yet released or rolled back.
+    savepoint_sent: bool,
     in_transaction: bool,
     /// The transaction's connection was lost: nothing more runs until it is ended.
     transaction_lost: bool,
@@ -207,6 +246,10 @@ fn serve(
         statements: HashMap::new(),
         pending: VecDeque::new(),
         deferred: None,
+        failed_epoch: None,
+        epoch: 0,
+        held: None,
+        savepoint_sent: false,
         in_transaction: false,
         transaction_lost: false,
     };
@@ -216,7 +259,10 @@ fn serve(
         return;
     }
     for request in inbox {
-        let answered = !matches!(request, Request::Write(..));
+        let answered = !matches!(
+            request,
+            Request::Write(..) | Request::Savepoint | Request::Release
+        );
         let reply = session.handle(request);
         if answered && outbox.send(reply).is_err() {
             break;
@@ -241,43 +287,145 @@ impl Session {
     /// Waits for every pipelined write; the first failure is kept for the caller.
     fn drain(&mut self) {
         let pending = std::mem::take(&mut self.pending);
-        let failures: Vec<tokio_postgres::Error> = self.runtime.block_on(async move {
+        let failures: Vec<(u64, tokio_postgres::Error)> = self.runtime.block_on(async move {
             let mut failures = Vec::new();
-            for write in pending {
+            for (epoch, write) in pending {
                 if let Err(e) = write.await {
-                    failures.push(e);
+                    failures.push((epoch, e));
                 }
             }
             failures
         });
-        if let Some(first) = failures.into_iter().next() {
-            self.note_failure(pg_error(first));
+        if let Some((epoch, first)) = failures.into_iter().next() {
+            self.note_failure_in(epoch, pg_error(first));
         }
     }
 
     fn note_failure(&mut self, e: DbError) {
+        self.note_failure_in(self.epoch, e);
+    }
+
+    fn note_failure_in(&mut self, epoch: u64, e: DbError) {
         if matches!(e, DbError::Postgres { closed: true, .. }) && self.in_transaction {
             self.transaction_lost = true;
         }
+        self.failed_epoch.get_or_insert(epoch);
         self.deferred.get_or_insert(e);
     }
 
+    /// Sends the held savepoint and its writes: something is about to be asked that must see
+    /// them, or that could fail and leave them to be undone.
+    fn send_held(&mut self) {
+        let Some(held) = self.held.take_if(|h| !h.is_empty()) else {
+            return;
+        };
+        self.epoch += 1;
+        self.savepoint_sent = true;
+        for (sql, params) in
+            std::iter::once(("SAVEPOINT message".to_string(), Vec::new())).chain(held)
+        {
+            if let Err(e) = self.pipeline(sql, params) {
+                self.note_failure(e);
+            }
+        }
+    }
+
+    /// The savepoint-related requests; `None` for every other.
+    fn savepoint_request(&mut self, request: &Request) -> Option<Result<Reply, DbError>> {
+        match request {
+            Request::Savepoint => {
+                self.held = Some(Vec::new());
+                self.savepoint_sent = false;
+                Some(Ok(Reply::Sent))
+            }
+            Request::Release => {
+                if let Some(held) = self.held.take() {
+                    // Never sent, so never needed: the writes go on without it.
+                    for (sql, params) in held {
+                        if let Err(e) = self.pipeline(sql, params) {
+                            self.note_failure(e);
+                        }
+                    }
+                } else if std::mem::take(&mut self.savepoint_sent) {
+                    if let Err(e) =
+                        self.pipeline("RELEASE SAVEPOINT message".to_string(), Vec::new())
+                    {
+                        self.note_failure(e);
+                    }
+                }
+                Some(Ok(Reply::Sent))
+            }
+            Request::RollbackTo => {
+                if self.held.take().is_some() {
+                    // Nothing of this message reached the server; a failure already kept is
+                    // older and stays for the next answer.
+                    return Some(Ok(Reply::Done));
+                }
+                if !std::mem::take(&mut self.savepoint_sent) {
+                    return Some(Ok(Reply::Done));
+                }
+                self.drain();
+                if self.failed_epoch.is_some_and(|e| e != self.epoch) {
+                    // The transaction failed before this savepoint: rolling back to it cannot
+                    // mend that (and would find an older savepoint of the same name).
+                    return Some(Ok(Reply::Done));
+                }
+                self.deferred = None;
+                self.failed_epoch = None;
+                Some(
+                    self.run(|c| async move {
+                        c.batch_execute("ROLLBACK TO SAVEPOINT message; RELEASE SAVEPOINT message")
+                            .await
+                    })
+                    .map(|()| Reply::Done),
+                )
+            }
+            _ => None,
+        }
+    }
+
     fn handle(&mut self, request: Request) -> Result<Reply, DbError> {
+        if let Some(reply) = self.savepoint_request(&request) {
+            return reply;
+        }
         let request = match request {
             Request::Write(sql, params) => {
+                if let Some(held) = self.held.as_mut() {
+                    held.push((sql, params));
+                    return Ok(Reply::Sent);
+                }
                 // No one waits for this answer: a failure is kept for the next one asked.
                 if let Err(e) = self.pipeline(sql, params) {
                     self.note_failure(e);
                 }
                 return Ok(Reply::Sent);
             }
-            other => other,
+            Request::End(sql) => {
+                // A message's savepoint still open at the transaction's end: its writes count
+                // only with a COMMIT.
+                if let Some(held) = self.held.take() {
+                    if sql == "COMMIT" {
+                        for (s, p) in held {
+                            if let Err(e) = self.pipeline(s, p) {
+                                self.note_failure(e);
+                            }
+                        }
+                    }
+                }
+                self.savepoint_sent = false;
+                Request::End(sql)
+            }
+            other => {
+                self.send_held();
+                other
+            }
         };
         self.drain();
         if let Request::End(sql) = request {
             let deferred = self.deferred.take();
             let lost = std::mem::take(&mut self.transaction_lost);
             self.in_transaction = false;
+            self.failed_epoch = None;
             if lost || self.client.as_ref().is_none_or(|c| c.is_closed()) {
                 return if sql == "ROLLBACK" {
                     Ok(Reply::Done)
@@ -297,12 +445,6 @@ impl Session {
             return self
                 .run(|c| async move { c.batch_execute(sql).await })
                 .map(|()| Reply::Done);
-        }
-        if let Request::Batch(sql) = &request {
-            if sql.starts_with("ROLLBACK TO") {
-                // Rolling back to a savepoint is how the store recovers from a failure in it.
-                self.deferred = None;
-            }
         }
         if let Some(e) = self.deferred.take() {
             return Err(e);
@@ -331,9 +473,14 @@ impl Session {
                     .run(|c| async move { c.batch_execute(sql).await })
                     .map(|()| Reply::Done);
                 self.in_transaction = reply.is_ok();
+                self.failed_epoch = None;
                 reply
             }
-            Request::Write(..) | Request::End(_) => Ok(Reply::Done),
+            Request::Write(..)
+            | Request::End(_)
+            | Request::Savepoint
+            | Request::Release
+            | Request::RollbackTo => Ok(Reply::Done),
         }
     }
 
@@ -365,7 +512,7 @@ impl Session {
             Poll::Ready(write.as_mut().poll(cx))
         }));
         match first {
-            Poll::Pending => self.pending.push_back(write),
+            Poll::Pending => self.pending.push_back((self.epoch, write)),
             Poll::Ready(Ok(_)) => {}
             Poll::Ready(Err(e)) => return Err(pg_error(e)),
         }
@@ -393,8 +540,12 @@ impl Session {
         let client = self.client()?;
         self.runtime.block_on(f(client)).map_err(|e| {
             let e = pg_error(e);
-            if matches!(e, DbError::Postgres { closed: true, .. }) && self.in_transaction {
-                self.transaction_lost = true;
+            if self.in_transaction {
+                // Any failed statement aborts the transaction on the server.
+                self.failed_epoch.get_or_insert(self.epoch);
+                if matches!(e, DbError::Postgres { closed: true, .. }) {
+                    self.transaction_lost = true;
+                }
             }
             e
         })
@@ -485,6 +636,14 @@ fn connect(runtime: &tokio::runtime::Runtime, target: &PgConnect) -> Result<Clie
                 .map_err(pg_error)
         })?;
     }
+    // Stored message excerpts run to a few kilobytes, which PostgreSQL compresses on every
+    // insert: lz4 does that at a fraction of the default's CPU. A server without it (before
+    // 14, or built without lz4) keeps its default.
+    let _ = runtime.block_on(client.batch_execute("SET default_toast_compression = lz4"));
+    // Every statement is prepared once per connection and looks rows up by key: a plan made
+    // once serves every execution, where PostgreSQL would by default plan the first five of
+    // each afresh (most of its own time in a catch-up).
+    let _ = runtime.block_on(client.batch_execute("SET plan_cache_mode = force_generic_plan"));
     Ok(client)
 }
 
