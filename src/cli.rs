@@ -293,6 +293,9 @@ pub enum CasesCommand {
         /// Only the cases of this mailbox (a `[[mailbox]]` name; "default" for `[mailbox]`).
         #[arg(long)]
         mailbox: Option<String>,
+        /// Only the cases of this receiver or block list (`outlook`, `gmail`, `spamhaus` ...).
+        #[arg(long)]
+        provider: Option<String>,
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },

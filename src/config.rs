@@ -499,6 +499,8 @@ pub struct RawTrust {
 #[serde(deny_unknown_fields)]
 pub struct RawRulesRef {
     pub file: Option<PathBuf>,
+    /// Whether other receivers' blocks (Gmail, Yahoo, DNSBLs ...) open cases; default on.
+    pub other_receivers: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1039,6 +1041,7 @@ fn parse_one(raw: RawConfig, origin: &str) -> Result<Config, ConfigError> {
             reporting_mtas,
             max_ips: max_ips_per_message,
             require_dkim: raw.trust.verify_dkim == Some(true),
+            other_receivers: raw.rules.other_receivers.unwrap_or(true),
         },
         rules_file: raw.rules.file,
         templates_dir: raw.templates.dir,

@@ -246,6 +246,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                             "origin": v.origin,
                             "outcomes": v.outcomes,
                             "bounce": v.bounce,
+                            "provider": v.provider(),
+                            "block_code": v.bounce.as_ref().and_then(|b| b.block_code.as_deref()),
                             "confidence": (v.confidence * 1000.0).round() / 1000.0,
                             "runner_up": v.runner_up,
                             "uncertain": v.uncertain,
@@ -1048,10 +1050,14 @@ fn cases(command: CasesCommand, out: &mut dyn Write) -> Result<ExitCode> {
             config,
             state,
             mailbox,
+            provider,
             format,
         } => {
             let store = open_existing(&state_path(config.as_deref(), state)?)?;
-            let cases = store.cases_of(mailbox.as_deref())?;
+            let mut cases = store.cases_of(mailbox.as_deref())?;
+            if let Some(p) = &provider {
+                cases.retain(|(_, c)| c.provider.as_deref() == Some(p.as_str()));
+            }
             match format {
                 Format::Json => {
                     for (mailbox, c) in cases {
@@ -1074,9 +1080,10 @@ fn cases(command: CasesCommand, out: &mut dyn Write) -> Result<ExitCode> {
                         };
                         writeln!(
                             out,
-                            "#{:<4} {:<16} {:<15} {:<16} {:<30} updated {}{shown}",
+                            "#{:<4} {:<16} {:<10} {:<15} {:<16} {:<30} updated {}{shown}",
                             c.id,
                             serde_json::to_value(c.topic)?.as_str().unwrap_or_default(),
+                            c.provider.as_deref().unwrap_or("-"),
                             c.state,
                             c.ticket_id.as_deref().unwrap_or("-"),
                             if c.ips.is_empty() {
@@ -1246,6 +1253,8 @@ fn sample_context(config: &Config) -> render::Context {
         ips_omitted: 0,
         last_microsoft: Some(Parent::default()),
         thread_ids: vec![],
+        provider: Some("outlook".into()),
+        block_code: Some("S3140".into()),
     };
     let transition = Transition {
         case: Some(case),
@@ -1282,5 +1291,12 @@ fn sample_context(config: &Config) -> render::Context {
         IdentityView::of(&config.identity),
         Mode::Draft,
         1_700_000_000,
+    )
+    // A playbook with every field, so a template's use of any of them is checked.
+    .with_playbook(
+        postmaster_bot::pipeline::rules::Rules::builtin()
+            .ok()
+            .and_then(|r| r.provider("t-online").cloned())
+            .as_ref(),
     )
 }

@@ -28,6 +28,9 @@ pub enum Topic {
     Snds,
     /// A bounce the operator must act on (authentication rule, reputation throttle).
     DeliveryNotice,
+    /// Another receiver (Gmail, Yahoo, a DNSBL ...) blocks our IPs: one case per provider and
+    /// IP, worked from the provider's playbook.
+    ReceiverBlock,
 }
 
 /// Where a case stands.
@@ -146,6 +149,12 @@ pub struct Case {
     pub last_microsoft: Option<Parent>,
     /// Message-IDs known to belong to this case, ours included.
     pub thread_ids: Vec<String>,
+    /// Whose block this is (`outlook`, `gmail`, `spamhaus` ...), when known.
+    #[serde(default)]
+    pub provider: Option<String>,
+    /// The provider's code for the latest refusal (`TSS04`).
+    #[serde(default)]
+    pub block_code: Option<String>,
 }
 
 impl Case {
@@ -171,6 +180,8 @@ impl Case {
             ips_omitted: 0,
             last_microsoft: None,
             thread_ids: Vec::new(),
+            provider: None,
+            block_code: None,
         }
     }
 
@@ -246,9 +257,14 @@ pub enum Lookup {
         topic: Topic,
         ips: Vec<String>,
         without_ticket: bool,
+        /// Only cases of this provider (another receiver's blocks are per provider).
+        provider: Option<String>,
     },
     /// The newest open notice case with this key.
     Notice(String),
+    /// The newest open case of another receiver's block by this provider (a refusal that
+    /// names none of our IPs).
+    OpenForProvider(String),
 }
 
 /// The lookups for one classified message. An empty list means it joins no case.
@@ -270,7 +286,22 @@ pub fn lookups(verdict: &Verdict, in_reply_to: &[String], references: &[String])
             topic: topic_for_channel(verdict),
             ips: verdict.ips.clone(),
             without_ticket: false,
+            provider: None,
         }),
+        Kind::NdrOther => {
+            if let Some(provider) = verdict.receiver_block() {
+                out.push(if verdict.ips.is_empty() {
+                    Lookup::OpenForProvider(provider.to_string())
+                } else {
+                    Lookup::OpenForIps {
+                        topic: Topic::ReceiverBlock,
+                        ips: verdict.ips.clone(),
+                        without_ticket: false,
+                        provider: Some(provider.to_string()),
+                    }
+                });
+            }
+        }
         k if k.is_microsoft_support() => {
             by_thread(&mut out);
             if !verdict.ips.is_empty() {
@@ -278,6 +309,7 @@ pub fn lookups(verdict: &Verdict, in_reply_to: &[String], references: &[String])
                     topic: Topic::OutlookBlock,
                     ips: verdict.ips.clone(),
                     without_ticket: true,
+                    provider: None,
                 });
             }
         }
@@ -350,7 +382,9 @@ pub fn step(
     let mut case = match (found, kind) {
         (Some(case), _) => case,
         (None, Kind::Other) => return no_case(other_reason(verdict)),
-        (None, Kind::NdrOther) if notice_key(verdict).is_none() => {
+        (None, Kind::NdrOther)
+            if notice_key(verdict).is_none() && verdict.receiver_block().is_none() =>
+        {
             return no_case("bounce that needs no action")
         }
         (None, Kind::NdrMsBlocklist) if verdict.ips.is_empty() => {
@@ -361,11 +395,15 @@ pub fn step(
                 Kind::NdrMsBlocklist => topic_for_channel(verdict),
                 Kind::JmrpReport => Topic::Complaints,
                 Kind::SndsNotice => Topic::Snds,
+                Kind::NdrOther if verdict.receiver_block().is_some() => Topic::ReceiverBlock,
                 Kind::NdrOther => Topic::DeliveryNotice,
                 _ => Topic::OutlookBlock,
             };
             let mut case = Case::new(topic, State::Blocked, now);
-            case.notice_key = notice_key(verdict);
+            if topic != Topic::ReceiverBlock {
+                case.notice_key = notice_key(verdict);
+            }
+            case.provider = verdict.provider().map(str::to_string);
             case
         }
     };
@@ -517,6 +555,36 @@ pub fn step(
                 "sender-support answer of no known template: a person must read it".to_string(),
                 verdict.ips.clone(),
             )
+        }
+        Kind::NdrOther if case.topic == Topic::ReceiverBlock => {
+            case.add_ips(&verdict.ips, policy.max_ips_per_case);
+            if let Some(b) = &verdict.bounce {
+                case.last_bounce = Some(b.diagnostic.clone());
+                if b.block_code.is_some() {
+                    case.block_code = b.block_code.clone();
+                }
+            }
+            let provider = case.provider.clone().unwrap_or_default();
+            if verdict.receiver_block().is_none() {
+                (
+                    Action::None,
+                    "a bounce on a case of another receiver's block".to_string(),
+                    verdict.ips.clone(),
+                )
+            } else if is_new || !case.is_open() {
+                case.set_state(State::Blocked, now);
+                (
+                    Action::OpenCase,
+                    format!("{provider} blocks our IP: follow its playbook"),
+                    verdict.ips.clone(),
+                )
+            } else {
+                (
+                    Action::None,
+                    "another bounce for an open case".to_string(),
+                    verdict.ips.clone(),
+                )
+            }
         }
         Kind::JmrpReport | Kind::SndsNotice | Kind::NdrOther => {
             case.add_ips(&verdict.ips, policy.max_ips_per_case);

@@ -165,6 +165,14 @@ pub struct Bounce {
     /// reporting MTAs, the SMTP code, the enhanced status, our IP and Microsoft's own words for
     /// the listing from the rules, never the bounce's free text.
     pub quote: Option<String>,
+    /// The receiver or block list that refused (`gmail`, `spamhaus`, `outlook`): the matched
+    /// rule's, else the one whose servers or mailboxes the bounce names.
+    pub provider: Option<String>,
+    /// The provider's code for the refusal (`TSS04`, `4.7.28`, `zen.spamhaus.org`).
+    pub block_code: Option<String>,
+    /// Another receiver blocks our IP: a case for the provider and the IP (the kind stays
+    /// `ndr_other`).
+    pub block: bool,
 }
 
 /// The classifier's finding for one message.
@@ -198,6 +206,28 @@ pub struct Verdict {
 }
 
 impl Verdict {
+    /// The receiver or block list the message is about: the bounce's, else Outlook.com for
+    /// Microsoft's own sender-support, JMRP and SNDS mail.
+    pub fn provider(&self) -> Option<&str> {
+        match self.bounce.as_ref().and_then(|b| b.provider.as_deref()) {
+            Some(p) => Some(p),
+            None if self.kind.is_microsoft_support()
+                || matches!(self.kind, Kind::JmrpReport | Kind::SndsNotice) =>
+            {
+                Some("outlook")
+            }
+            None => None,
+        }
+    }
+
+    /// Another receiver's block of our IPs: the provider, when the bounce opens a case.
+    pub fn receiver_block(&self) -> Option<&str> {
+        let b = self.bounce.as_ref().filter(|b| b.block)?;
+        (self.kind == Kind::NdrOther)
+            .then_some(b.provider.as_deref())
+            .flatten()
+    }
+
     /// The IPs a refusal concerns: the not-qualified rows of a table, else every IP.
     pub fn refused_ips(&self) -> Vec<String> {
         let refused: Vec<String> = self
@@ -240,6 +270,9 @@ pub struct Context {
     /// Trust also needs a DKIM signature of the From's domain that the bot verified itself
     /// (`[trust] verify_dkim`); see [`DkimFacts`].
     pub require_dkim: bool,
+    /// Other receivers' blocks open cases (`[rules] other_receivers`); off, they are plain
+    /// `ndr_other` bounces that need no action, as in a Microsoft-only desk.
+    pub other_receivers: bool,
 }
 
 /// What the bot's own DKIM check found (the shell asks DNS; the classifier only reads this).
@@ -264,6 +297,7 @@ impl Default for Context {
             reporting_mtas: Vec::new(),
             max_ips: 256,
             require_dkim: false,
+            other_receivers: true,
         }
     }
 }
@@ -969,14 +1003,14 @@ fn classify_bounce(
     if let Some(dsn) = &inbound.dsn {
         for r in &dsn.recipients {
             if let Some(d) = &r.diagnostic_code {
-                units.push((d.clone(), r.status.clone()));
+                units.push((unfold_reply(d), r.status.clone()));
             }
         }
     }
     let report = extract::bounce_report_text(&inbound.body, rules);
     for paragraph in report.split("\n\n") {
         if !paragraph.trim().is_empty() {
-            units.push((paragraph.to_string(), None));
+            units.push((unfold_reply(paragraph), None));
         }
     }
 
@@ -1021,6 +1055,19 @@ fn classify_bounce(
             }
         }
     }
+    // Where a refusal introduces our address ("from [ip]", "IP=ip"), a bare dotted number
+    // elsewhere in it (Yahoo's "- 4.16.55.1" is an internal code) is not ours.
+    if ips.len() > 1 {
+        let texts: Vec<&str> = matching_units.iter().map(|(u, _)| u.as_str()).collect();
+        let introduced: Vec<String> = ips
+            .iter()
+            .filter(|ip| texts.iter().any(|t| introduces(t, ip)))
+            .cloned()
+            .collect();
+        if !introduced.is_empty() {
+            ips = introduced;
+        }
+    }
     verdict.ips = ips;
     let reporter = inbound
         .dsn
@@ -1048,6 +1095,39 @@ fn classify_bounce(
                 .and_then(|d| d.recipients.iter().find_map(|r| r.status.clone()))
         });
 
+    let named_provider = || -> Option<String> {
+        let remote = inbound
+            .dsn
+            .iter()
+            .flat_map(|d| &d.recipients)
+            .filter_map(|r| r.remote_mta.as_deref())
+            .map(|m| m.rsplit(';').next().unwrap_or(m).trim().to_string());
+        let in_answer = matching_units
+            .iter()
+            .flat_map(|(u, _)| HOST_NAME.find_iter(u).map(|m| m.as_str().to_string()))
+            .collect::<Vec<_>>();
+        let recipients = inbound
+            .dsn
+            .iter()
+            .flat_map(|d| &d.recipients)
+            .filter_map(|r| r.final_recipient.clone())
+            .chain(
+                inbound
+                    .header_all("x-failed-recipients")
+                    .flat_map(|v| v.split(',').map(str::to_string).collect::<Vec<_>>()),
+            )
+            .filter_map(|r| {
+                r.rsplit_once('@')
+                    .map(|(_, d)| d.trim().trim_end_matches('>').to_string())
+            })
+            .collect::<Vec<_>>();
+        remote
+            .chain(in_answer)
+            .chain(recipients)
+            .take(64)
+            .find_map(|host| rules.provider_of_host(&host).map(|p| p.id.clone()))
+    };
+
     verdict.bounce = Some(match best {
         Some((rule, matched)) => {
             evidence.push(ev(&rule.id, matched));
@@ -1059,6 +1139,25 @@ fn classify_bounce(
             } else {
                 None
             };
+            // A block's code: the rule's own, else its listing code, else the enhanced status.
+            let block_code = (rule.block || rule.kind == Kind::NdrMsBlocklist)
+                .then(|| {
+                    rule.code
+                        .as_ref()
+                        .or(rule.listing.as_ref())
+                        .and_then(|code| {
+                            matching_units.iter().find_map(|(unit, _)| {
+                                let text = normalize(unit);
+                                let caps = code.captures(&text)?;
+                                let found = caps.get(1).or_else(|| caps.get(0))?.as_str();
+                                // A code is a short token; anything else is not shown as one.
+                                (found.len() <= 64 && !found.contains(char::is_whitespace))
+                                    .then(|| found.to_string())
+                            })
+                        })
+                        .or_else(|| status.clone())
+                })
+                .flatten();
             Bounce {
                 cause: rule.cause.clone(),
                 channel: rule.channel,
@@ -1068,6 +1167,9 @@ fn classify_bounce(
                 reporter,
                 own_mta: from_own_mta,
                 quote,
+                provider: rule.provider.clone().or_else(named_provider),
+                block_code,
+                block: rule.block && rule.kind == Kind::NdrOther && ctx.other_receivers,
             }
         }
         None => Bounce {
@@ -1079,6 +1181,9 @@ fn classify_bounce(
             reporter,
             own_mta: from_own_mta,
             quote: None,
+            provider: named_provider(),
+            block_code: None,
+            block: false,
         },
     });
     verdict.evidence = evidence;
@@ -1106,6 +1211,56 @@ fn entered_from_outside(inbound: &Inbound, ctx: &Context) -> bool {
         })
     })
 }
+
+/// Whether `text` introduces `ip` as the sender's: `from`, `IP`, `address`, `=` or `[` right
+/// before it.
+fn introduces(text: &str, ip: &str) -> bool {
+    text.match_indices(ip).any(|(at, _)| {
+        let mut from = at.saturating_sub(24);
+        while !text.is_char_boundary(from) {
+            from += 1;
+        }
+        INTRODUCED.is_match(&text[from..at])
+    })
+}
+
+static INTRODUCED: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i)(?:\bfrom|\bip|\baddress|\bhost|=|\[)\s*\[?\s*$")
+        .expect("static regex is valid")
+});
+
+/// A multi-line SMTP reply as one text: every line of `550-5.7.1 ...` / `550 5.7.1 ...` after
+/// the first loses its repeated code, so that the server's sentence reads on across lines.
+fn unfold_reply(text: &str) -> String {
+    let Some(first) = REPLY_LINE_PREFIX.find(text) else {
+        return text.to_string();
+    };
+    let code = &text[first.start()..first.start() + 3];
+    let mut out = String::with_capacity(text.len());
+    out.push_str(&text[..first.end()]);
+    let mut last = first.end();
+    for m in REPLY_LINE_PREFIX.find_iter(&text[first.end()..]) {
+        let (start, end) = (first.end() + m.start(), first.end() + m.end());
+        let prefix = text[start..end].trim_start();
+        if prefix.starts_with(code) {
+            out.push_str(&text[last..start]);
+            out.push(' ');
+            last = end;
+        }
+    }
+    out.push_str(&text[last..]);
+    out
+}
+
+/// A reply line's code and enhanced status (`550-5.7.1 `), at a line's start or after space.
+static REPLY_LINE_PREFIX: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?:^|\s)[245]\d\d[- ]#?[245]\.\d{1,3}\.\d{1,3}\s+").expect("static regex is valid")
+});
+
+/// A host or mail domain in a bounce's diagnostic text.
+static HOST_NAME: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i)\b[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,24}\b").expect("static regex is valid")
+});
 
 static SMTP_REPLY_WITH_STATUS: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"\b[45]\d\d[ -]#?[45]\.\d{1,3}\.\d{1,3}\b").expect("static regex is valid")
@@ -1159,12 +1314,12 @@ static SMTP_REPLY: LazyLock<Regex> = LazyLock::new(|| {
 fn smtp_reply(text: &str) -> Option<String> {
     let m = SMTP_REPLY.find(text)?;
     let reply = text[m.start()..].trim();
-    let reply = reply
-        .split(" (in reply to ")
-        .next()
-        .unwrap_or(reply)
-        .trim_end_matches(')')
-        .trim();
+    let mut reply = reply.split(" (in reply to ").next().unwrap_or(reply).trim();
+    // Postfix wraps the reply in "(host ... said: ...)": drop a closing parenthesis only when
+    // it closes nothing of the reply's own ("... (BL)" keeps its code).
+    while reply.ends_with(')') && reply.matches(')').count() > reply.matches('(').count() {
+        reply = reply[..reply.len() - 1].trim_end();
+    }
     Some(reply.chars().take(600).collect())
 }
 

@@ -309,6 +309,8 @@ mod tests {
                 ..Parent::default()
             }),
             thread_ids: vec![],
+            provider: Some("outlook".into()),
+            block_code: None,
         };
         Transition {
             case: Some(case),

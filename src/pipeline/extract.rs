@@ -154,8 +154,20 @@ static RANGE: LazyLock<Regex> = LazyLock::new(|| {
 /// A hostname right before an address (`host.example[1.2.3.4]`, `host.example (1.2.3.4)`):
 /// that address is a relay hop, never the subject of the message.
 static HOP_BEFORE: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,}\.?\s*[\[(]{1,2}\s*$")
+    // A host name with its address in brackets, or qmail's "Connected to <ip>": the
+    // receiving server, not ours.
+    Regex::new(
+        r"(?i)(?:[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,}\.?\s*[\[(]{1,2}|\bconnected\s+to|\bgiving\s+up\s+on)\s*$",
+    )
         .expect("static regex is valid")
+});
+
+/// What qmail writes after the receiving server's address ("1.2.3.4 does not like recipient").
+static HOP_AFTER: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r"(?i)^\.?\s+(?:does\s+not\s+like|failed\s+after|but\s+(?:sender|greeting|connection))",
+    )
+    .expect("static regex is valid")
 });
 
 /// One address or range found in text, at a byte offset.
@@ -222,7 +234,7 @@ pub fn sender_ips_capped(
         let Ok(ip) = addr.as_str().parse::<Ipv4Addr>() else {
             continue;
         };
-        if is_relay_hop(text, addr.start()) {
+        if is_relay_hop(text, addr.start()) || HOP_AFTER.is_match(&text[end..]) {
             continue;
         }
         let prefix = caps.get(2).and_then(|p| p.as_str()[1..].parse::<u8>().ok());

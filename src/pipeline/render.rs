@@ -250,9 +250,32 @@ pub struct Context {
     pub evidence: Vec<String>,
     /// The time of rendering, RFC 2822.
     pub now: String,
+    /// Whose block the case is (`outlook`, `gmail`, `spamhaus` ...).
+    pub provider: Option<String>,
+    /// The provider's code for the refusal (`TSS04`).
+    pub block_code: Option<String>,
+    /// How to get off the provider's list (the rules' `[[provider]]`), for the operator.
+    pub playbook: Option<crate::pipeline::rules::Provider>,
 }
 
 impl Context {
+    /// Adds the provider's playbook; a new case of another receiver's block is headed with the
+    /// provider's name.
+    pub fn with_playbook(mut self, playbook: Option<&crate::pipeline::rules::Provider>) -> Context {
+        if let Some(p) = playbook {
+            if self.action == "open_case" && self.case.topic == "receiver_block" {
+                let about = if self.ip_list.is_empty() {
+                    format!("case #{}", self.case.id)
+                } else {
+                    self.ip_list.clone()
+                };
+                self.headline = format!("blocked by {}: {about}", p.name);
+            }
+        }
+        self.playbook = playbook.cloned();
+        self
+    }
+
     /// The context a reply to Microsoft is rendered with: nothing meant for the operator only.
     pub fn for_reply(mut self) -> Context {
         self.bounce_text = None;
@@ -398,6 +421,13 @@ pub fn context(
             })
             .unwrap_or_default(),
         now: rfc2822(now),
+        provider: case
+            .and_then(|c| c.provider.clone())
+            .or_else(|| verdict.and_then(|v| v.provider().map(str::to_string))),
+        block_code: verdict
+            .and_then(|v| v.bounce.as_ref().and_then(|b| b.block_code.clone()))
+            .or_else(|| case.and_then(|c| c.block_code.clone())),
+        playbook: None,
     }
 }
 

@@ -50,6 +50,8 @@ pub struct RawRules {
     #[serde(default)]
     pub bounce: Vec<RawBounce>,
     #[serde(default)]
+    pub provider: Vec<RawProvider>,
+    #[serde(default)]
     pub markers: BTreeMap<String, Vec<String>>,
     #[serde(default)]
     pub ips: RawIps,
@@ -191,6 +193,44 @@ pub struct RawBounce {
     pub quote: Option<String>,
     /// The listing code in the bounce (`S3140`), quoted after the words.
     pub listing: Option<String>,
+    /// The receiver (or block list) whose refusal this is: a `[[provider]]` id.
+    pub provider: Option<String>,
+    /// A receiver other than Microsoft blocks our IP: the bounce opens (or joins) a case for
+    /// the provider and the IP, though its kind stays `ndr_other`.
+    #[serde(default)]
+    pub block: bool,
+    /// Finds the provider's code for the refusal (`TSS04`, `4.7.28`): the first capture group,
+    /// else the whole match.
+    pub code: Option<String>,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+/// A receiver or block list and its delisting playbook (`[[provider]]`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    pub id: String,
+    /// The name people know it by.
+    pub name: Option<String>,
+    /// Domains of its mail servers and mailboxes (`google.com`, `gmail.com`): a bounce whose
+    /// remote server or recipient is within one is this provider's.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Where delisting is requested (a web page).
+    pub delist: Option<String>,
+    /// Where the provider takes delisting requests by mail, when that is its process.
+    pub delist_address: Option<String>,
+    /// What the request must contain, in the provider's own terms.
+    #[serde(default)]
+    pub request: Vec<String>,
+    /// How long it usually takes.
+    pub typical_time: Option<String>,
+    /// Whether the provider answers a request by mail.
+    #[serde(default)]
+    pub answers_by_email: bool,
+    /// Anything else the operator should know.
+    pub notes: Option<String>,
     #[serde(default = "yes")]
     pub enabled: bool,
 }
@@ -348,6 +388,39 @@ pub struct BounceRule {
     pub quote: Option<String>,
     /// Finds the listing code (`S3140`) in the bounce.
     pub listing: Option<LazyRe>,
+    pub provider: Option<String>,
+    /// Opens a case for another receiver's block (see [`RawBounce::block`]).
+    pub block: bool,
+    pub code: Option<LazyRe>,
+}
+
+/// A receiver or block list and its playbook (see [`RawProvider`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Provider {
+    pub id: String,
+    pub name: String,
+    /// Lowercase domains, without a leading dot.
+    #[serde(skip)]
+    pub hosts: Vec<String>,
+    pub delist: Option<String>,
+    pub delist_address: Option<String>,
+    pub request: Vec<String>,
+    pub typical_time: Option<String>,
+    pub answers_by_email: bool,
+    pub notes: Option<String>,
+}
+
+impl Provider {
+    /// Whether `host` (a server name or a mail domain) is this provider's.
+    pub fn owns(&self, host: &str) -> bool {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        self.hosts.iter().any(|h| {
+            host == *h
+                || host
+                    .strip_suffix(h.as_str())
+                    .is_some_and(|rest| rest.ends_with('.'))
+        })
+    }
 }
 
 /// Named pattern lists (`markers` table).
@@ -488,6 +561,7 @@ pub struct Rules {
     pub headings: Vec<HeadingRule>,
     /// Sorted by priority, lowest first.
     pub bounces: Vec<BounceRule>,
+    pub providers: Vec<Provider>,
     pub markers: Markers,
     pub ignore_ips: Vec<IpNet>,
     pub scoring: Scoring,
@@ -541,11 +615,13 @@ impl Rules {
             .flat_map(|list| list.iter())
             .chain(self.tickets.iter().map(|t| &t.regex))
             .chain(self.headings.iter().map(|h| &h.regex))
-            .chain(
-                self.bounces
+            .chain(self.bounces.iter().flat_map(|b| {
+                b.patterns
                     .iter()
-                    .flat_map(|b| b.patterns.iter().chain(&b.require).chain(b.listing.iter())),
-            )
+                    .chain(&b.require)
+                    .chain(b.listing.iter())
+                    .chain(b.code.iter())
+            }))
     }
 
     /// The built-in rules merged with a user rules file given as (source name, text).
@@ -585,7 +661,13 @@ fn check_user_patterns(source_name: &str, raw: &RawRules) -> Result<(), RulesErr
         check(&h.id, &h.pattern)?;
     }
     for b in &raw.bounce {
-        for p in b.patterns.iter().chain(&b.require).chain(&b.listing) {
+        for p in b
+            .patterns
+            .iter()
+            .chain(&b.require)
+            .chain(&b.listing)
+            .chain(&b.code)
+        {
             check(&b.id, p)?;
         }
     }
@@ -636,6 +718,7 @@ fn merge(base: &mut RawRules, user: RawRules) {
     upsert(&mut base.phrase, user.phrase, |r| &r.id);
     upsert(&mut base.heading, user.heading, |r| &r.id);
     upsert(&mut base.bounce, user.bounce, |r| &r.id);
+    upsert(&mut base.provider, user.provider, |r| &r.id);
     for (name, patterns) in user.markers {
         base.markers.entry(name).or_default().extend(patterns);
     }
@@ -1004,9 +1087,27 @@ fn compile(source_name: &str, raw: RawRules) -> Result<Rules, RulesError> {
                 q => q.clone(),
             },
             listing: b.listing.as_deref().map(|s| re(&b.id, s)).transpose()?,
+            provider: b.provider.clone(),
+            block: b.block,
+            code: b.code.as_deref().map(|s| re(&b.id, s)).transpose()?,
         });
     }
     bounces.sort_by_key(|b| b.priority);
+
+    let providers = compile_providers(source_name, &raw.provider)?;
+    for b in &bounces {
+        match &b.provider {
+            Some(p) if !providers.iter().any(|x| &x.id == p) => {
+                return Err(RulesError::Rule {
+                    source_name: source_name.to_string(),
+                    rule: b.id.clone(),
+                    message: format!("unknown provider `{p}`: add a [[provider]] with that id"),
+                })
+            }
+            None if b.block => return Err(missing(&b.id, "provider")),
+            _ => {}
+        }
+    }
 
     let mut markers = Markers::default();
     for (name, patterns) in &raw.markers {
@@ -1074,15 +1175,183 @@ fn compile(source_name: &str, raw: RawRules) -> Result<Rules, RulesError> {
         phrases,
         headings,
         bounces,
+        providers,
         markers,
         ignore_ips,
         scoring,
     })
 }
 
+/// The playbooks, checked: what they say goes into mail to the operator and, for a provider
+/// that takes requests by mail, names the address a request is drafted to.
+fn compile_providers(source_name: &str, raw: &[RawProvider]) -> Result<Vec<Provider>, RulesError> {
+    let bad = |id: &str, message: String| RulesError::Rule {
+        source_name: source_name.to_string(),
+        rule: format!("provider.{id}"),
+        message,
+    };
+    let one_line = |id: &str, field: &str, value: &str| {
+        if value.chars().any(char::is_control) || value.len() > 500 {
+            Err(bad(
+                id,
+                format!("`{field}` must be one line of at most 500 bytes"),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    let mut out = Vec::new();
+    for p in raw.iter().filter(|p| p.enabled) {
+        let id_ok = !p.id.is_empty()
+            && p.id.len() <= 32
+            && p.id
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.'));
+        if !id_ok {
+            return Err(bad(
+                &p.id,
+                "the id must be 1 to 32 lowercase letters, digits, `-` or `.`".to_string(),
+            ));
+        }
+        for (field, value) in [
+            ("name", p.name.as_deref()),
+            ("delist", p.delist.as_deref()),
+            ("typical_time", p.typical_time.as_deref()),
+            ("notes", p.notes.as_deref()),
+        ] {
+            if let Some(v) = value {
+                one_line(&p.id, field, v)?;
+            }
+        }
+        for item in &p.request {
+            one_line(&p.id, "request", item)?;
+        }
+        if let Some(address) = &p.delist_address {
+            let plain = address.len() <= 254
+                && address.split_once('@').is_some_and(|(local, domain)| {
+                    !local.is_empty()
+                        && domain.contains('.')
+                        && address
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "@.-_+".contains(c))
+                });
+            if !plain {
+                return Err(bad(
+                    &p.id,
+                    format!("`delist_address` {address:?} is not a plain mail address"),
+                ));
+            }
+        }
+        let hosts = p
+            .hosts
+            .iter()
+            .map(|h| h.trim().trim_start_matches('.').to_ascii_lowercase())
+            .collect::<Vec<_>>();
+        if let Some(h) = hosts
+            .iter()
+            .find(|h| !h.contains('.') || h.contains(char::is_whitespace))
+        {
+            return Err(bad(&p.id, format!("`hosts` entry {h:?} is not a domain")));
+        }
+        out.push(Provider {
+            id: p.id.clone(),
+            name: p.name.clone().unwrap_or_else(|| p.id.clone()),
+            hosts,
+            delist: p.delist.clone(),
+            delist_address: p.delist_address.as_ref().map(|a| a.to_ascii_lowercase()),
+            request: p.request.clone(),
+            typical_time: p.typical_time.clone(),
+            answers_by_email: p.answers_by_email,
+            notes: p.notes.clone(),
+        });
+    }
+    Ok(out)
+}
+
+impl Rules {
+    /// The playbook of a provider.
+    pub fn provider(&self, id: &str) -> Option<&Provider> {
+        self.providers.iter().find(|p| p.id == id)
+    }
+
+    /// The provider a server name or mail domain belongs to.
+    pub fn provider_of_host(&self, host: &str) -> Option<&Provider> {
+        self.providers.iter().find(|p| p.owns(host))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_block_rule_names_a_provider_with_a_playbook() {
+        let rules = Rules::builtin().expect("built-in rules compile");
+        for b in rules.bounces.iter().filter(|b| b.block) {
+            let id = b.provider.as_deref().expect("a block names its provider");
+            let p = rules.provider(id).expect("the provider has a playbook");
+            assert!(
+                p.delist.is_some() || !p.request.is_empty(),
+                "{id}: the playbook says how to get off"
+            );
+        }
+        let t_online = rules.provider("t-online").expect("T-Online");
+        assert_eq!(
+            t_online.delist_address.as_deref(),
+            Some("tobr@rx.t-online.de")
+        );
+        assert!(t_online.answers_by_email);
+    }
+
+    #[test]
+    fn a_provider_owns_its_domains_and_their_subdomains_only() {
+        let rules = Rules::builtin().expect("built-in rules compile");
+        let of = |h: &str| rules.provider_of_host(h).map(|p| p.id.as_str());
+        assert_eq!(of("gmail-smtp-in.l.google.com"), Some("gmail"));
+        assert_eq!(of("GMAIL.COM."), Some("gmail"));
+        assert_eq!(of("mta7.am0.yahoodns.net"), Some("yahoo"));
+        assert_eq!(of("mx00.t-online.de"), Some("t-online"));
+        assert_eq!(of("notgmail.com"), None);
+        assert_eq!(of("gmail.com.example.net"), None);
+    }
+
+    #[test]
+    fn a_user_playbook_replaces_the_builtin_one_and_bad_ones_are_named() {
+        let user = r#"
+[[provider]]
+id = "gmail"
+name = "Google (our account manager)"
+delist = "https://example.net/google-contact"
+"#;
+        let rules = Rules::with_overrides(Some(("mine.toml", user))).expect("compiles");
+        let gmail = rules.provider("gmail").expect("gmail");
+        assert_eq!(gmail.name, "Google (our account manager)");
+        assert!(gmail.hosts.is_empty(), "replaced whole, as rules are");
+
+        for (bad, says) in [
+            (
+                "[[provider]]\nid = \"x\"\ndelist_address = \"a@b.c, evil@example.org\"\n",
+                "not a plain mail address",
+            ),
+            (
+                "[[provider]]\nid = \"Bad Id\"\n",
+                "lowercase letters",
+            ),
+            (
+                "[[bounce]]\nid = \"b\"\nkind = \"ndr_other\"\nblock = true\npatterns = ['x']\n",
+                "missing `provider`",
+            ),
+            (
+                "[[bounce]]\nid = \"b\"\nkind = \"ndr_other\"\nprovider = \"nobody\"\npatterns = ['x']\n",
+                "unknown provider `nobody`",
+            ),
+        ] {
+            let err = Rules::with_overrides(Some(("mine.toml", bad)))
+                .expect_err(bad)
+                .to_string();
+            assert!(err.contains(says) && err.contains("mine.toml"), "{err}");
+        }
+    }
 
     #[test]
     fn builtin_rules_compile() {

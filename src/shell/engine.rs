@@ -205,6 +205,11 @@ impl Engine {
         *self.learned.write().unwrap_or_else(|e| e.into_inner()) = all;
     }
 
+    /// The playbook of a case's provider, from the rules.
+    fn playbook(&self, case: Option<&case::Case>) -> Option<&crate::pipeline::rules::Provider> {
+        self.rules.provider(case?.provider.as_deref()?)
+    }
+
     /// Loads the operator's learned templates from the store.
     pub fn load_templates(&self, store: &Store) -> Result<usize, StoreError> {
         let taught = store.templates()?;
@@ -642,7 +647,8 @@ impl Engine {
             IdentityView::of(identity),
             self.config.mode,
             now,
-        );
+        )
+        .with_playbook(self.playbook(transition.case.as_ref()));
         context.held = Some(why.to_string());
         let draft = self
             .templates
@@ -821,7 +827,8 @@ impl Engine {
             IdentityView::of(identity),
             self.config.mode,
             now,
-        );
+        )
+        .with_playbook(self.playbook(transition.case.as_ref()));
         context.held = held.map(str::to_string);
         let draft = self.templates.render(planned.template, &context)?;
         let message_id = compose::message_id(

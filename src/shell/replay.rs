@@ -138,6 +138,8 @@ pub fn run(
                             "ticket_id": prepared.verdict.ticket_id,
                             "ips": prepared.verdict.ips,
                             "trusted": prepared.verdict.trusted,
+                            "provider": prepared.verdict.provider(),
+                            "block_code": prepared.verdict.bounce.as_ref().and_then(|b| b.block_code.as_deref()),
                             "case": handled.case_id,
                             "state": handled.case_state.map(|s| s.as_str()),
                             "action": handled.action,

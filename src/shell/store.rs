@@ -1117,6 +1117,14 @@ impl StoreTx<'_> {
                         .to_string(),
                     vec![scope(), db::ToValue::to_value(m)],
                 )],
+                Lookup::OpenForProvider(provider) => vec![(
+                    "SELECT {rank} AS rank, id, data FROM cases
+                     WHERE topic = 'receiver_block' AND provider = ?{a} AND state != 'closed'
+                       AND (CAST(?{s} AS TEXT) IS NULL OR mailbox = ?{s})
+                     ORDER BY id DESC LIMIT 1"
+                        .to_string(),
+                    vec![scope(), db::ToValue::to_value(provider)],
+                )],
                 Lookup::Notice(key) => vec![(
                     "SELECT {rank} AS rank, id, data FROM cases
                      WHERE notice_key = ?{a} AND state != 'closed'
@@ -1129,6 +1137,7 @@ impl StoreTx<'_> {
                     topic,
                     ips,
                     without_ticket,
+                    provider,
                 } => ips
                     .iter()
                     .map(|ip| {
@@ -1137,6 +1146,7 @@ impl StoreTx<'_> {
                                JOIN case_ips i ON i.case_id = c.id
                              WHERE i.ip = ?{a} AND c.topic = ?{b} AND c.state != 'closed'
                                AND (?{c} = 0 OR c.ticket_id IS NULL)
+                               AND (CAST(?{d} AS TEXT) IS NULL OR c.provider = ?{d})
                                AND (CAST(?{s} AS TEXT) IS NULL OR c.mailbox = ?{s})
                              ORDER BY c.id DESC LIMIT 1"
                                 .to_string(),
@@ -1145,6 +1155,7 @@ impl StoreTx<'_> {
                                 db::ToValue::to_value(ip),
                                 db::ToValue::to_value(&topic_str(*topic)),
                                 db::ToValue::to_value(without_ticket),
+                                db::ToValue::to_value(provider),
                             ],
                         )
                     })
@@ -1152,7 +1163,7 @@ impl StoreTx<'_> {
             };
             for (template, values) in keys {
                 let mut sql = template.replace("{rank}", &rank.to_string());
-                for (name, value) in ["{s}", "{a}", "{b}", "{c}"].iter().zip(values) {
+                for (name, value) in ["{s}", "{a}", "{b}", "{c}", "{d}"].iter().zip(values) {
                     sql = sql.replace(name, &next(&mut params, value).to_string());
                 }
                 members.push(sql);
@@ -1265,8 +1276,8 @@ impl StoreTx<'_> {
         if case.id == 0 {
             case.id = store.inserted(
                 "INSERT INTO cases (topic, state, ticket_id, notice_key, opened_at, updated_at, closed_at,
-                                    data, mailbox)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, '{}', ?8) RETURNING id",
+                                    data, mailbox, provider)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, '{}', ?8, ?9) RETURNING id",
                 params![
                     topic_str(case.topic),
                     case.state.as_str(),
@@ -1275,7 +1286,8 @@ impl StoreTx<'_> {
                     case.opened_at,
                     case.updated_at,
                     case.closed_at,
-                    store.owner()
+                    store.owner(),
+                    case.provider
                 ],
             )?;
         }
@@ -1286,7 +1298,7 @@ impl StoreTx<'_> {
         })?;
         store.write(
             "UPDATE cases SET topic = ?2, state = ?3, ticket_id = ?4, notice_key = ?5,
-                    updated_at = ?6, closed_at = ?7, data = ?8 WHERE id = ?1",
+                    updated_at = ?6, closed_at = ?7, data = ?8, provider = ?9 WHERE id = ?1",
             params![
                 case.id,
                 topic_str(case.topic),
@@ -1295,7 +1307,8 @@ impl StoreTx<'_> {
                 case.notice_key,
                 case.updated_at,
                 case.closed_at,
-                data
+                data,
+                case.provider
             ],
         )?;
         // One statement for all of a case's IPs and one for its thread: a long thread is
@@ -1460,6 +1473,14 @@ fn decode_case(path: &str, id: CaseId, data: &str) -> Result<Case, StoreError> {
         message: e.to_string(),
     })?;
     case.id = id;
+    // Cases saved before providers were known are Microsoft's, by their topic.
+    if case.provider.is_none() {
+        case.provider = match case.topic {
+            Topic::OutlookBlock | Topic::Complaints | Topic::Snds => Some("outlook".to_string()),
+            Topic::M365Block => Some("m365".to_string()),
+            Topic::DeliveryNotice | Topic::ReceiverBlock => None,
+        };
+    }
     Ok(case)
 }
 
@@ -1470,6 +1491,7 @@ fn topic_str(topic: Topic) -> &'static str {
         Topic::Complaints => "complaints",
         Topic::Snds => "snds",
         Topic::DeliveryNotice => "delivery_notice",
+        Topic::ReceiverBlock => "receiver_block",
     }
 }
 

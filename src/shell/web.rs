@@ -613,6 +613,7 @@ pub struct CaseQuery {
     pub state: Option<String>,
     pub ip: Option<String>,
     pub ticket: Option<String>,
+    pub provider: Option<String>,
 }
 
 mod tls {

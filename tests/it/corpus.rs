@@ -8,6 +8,7 @@ use crate::support::{apply_at_its_date, engine, fixtures, manifest};
 pub(crate) fn check_classify(set: &str) {
     let engine = engine();
     let mut failures = Vec::new();
+    let with_providers = manifest_has_column(set, "provider");
     for row in manifest(set) {
         let path = fixtures().join(set).join(&row.file);
         let raw = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -25,6 +26,19 @@ pub(crate) fn check_classify(set: &str) {
                 "{}: want {want:?}\n      got  {got:?}\n      evidence {:?}",
                 row.file, v.evidence
             ));
+        }
+        if with_providers {
+            let got = (
+                v.provider().map(str::to_string),
+                v.bounce.as_ref().and_then(|b| b.block_code.clone()),
+            );
+            let want = (row.provider.clone(), row.block_code.clone());
+            if got != want {
+                failures.push(format!(
+                    "{}: want provider and code {want:?}\n      got  {got:?}\n      evidence {:?}",
+                    row.file, v.evidence
+                ));
+            }
         }
     }
     assert!(
@@ -73,6 +87,49 @@ pub(crate) fn check_replay(set: &str, header_first: bool) {
         failures.len(),
         failures.join("\n")
     );
+}
+
+fn manifest_has_column(set: &str, column: &str) -> bool {
+    let path = fixtures().join(set).join("manifest.csv");
+    csv::Reader::from_path(&path)
+        .and_then(|mut r| r.headers().map(|h| h.iter().any(|c| c == column)))
+        .unwrap_or(false)
+}
+
+#[test]
+fn other_receivers_kinds_providers_codes_and_ips_match_the_manifest() {
+    check_classify("receivers");
+}
+
+#[test]
+fn other_receivers_blocks_open_one_case_per_provider_and_ip_and_plain_bounces_none() {
+    check_replay("receivers", true);
+}
+
+/// With `[rules] other_receivers = false` another receiver's block is a bounce that needs no
+/// action, as in a Microsoft-only desk; its provider is still named.
+#[test]
+fn other_receivers_switched_off_open_nothing() {
+    let config = format!(
+        "{}\n[rules]\nother_receivers = false\n",
+        crate::support::TEST_CONFIG
+    );
+    let engine = crate::support::engine_with(&config);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut store = crate::support::test_store(dir.path());
+    for row in manifest("receivers") {
+        let raw = std::fs::read(fixtures().join("receivers").join(&row.file)).expect("fixture");
+        let prepared = engine.prepare(&raw);
+        let handled = apply_at_its_date(&engine, &mut store, &row.file, &prepared)
+            .unwrap_or_else(|e| panic!("{}: {e}", row.file));
+        assert_eq!(handled.action.as_str(), "none", "{}", row.file);
+        assert_eq!(
+            prepared.verdict.provider().map(str::to_string),
+            row.provider,
+            "{}",
+            row.file
+        );
+    }
 }
 
 #[test]

@@ -142,3 +142,17 @@ fn html_only_mixed_table_escalates_only_the_refused_ip() {
     assert!(reply.contains("mail from 198.51.100.161 to"), "{reply}");
     assert!(!reply.contains("198.51.100.160"), "{reply}");
 }
+
+/// A notification of another receiver's block carries the provider's playbook: T-Online's
+/// request by mail, Spamhaus's self-service page, Gmail's "no delisting as such".
+#[test]
+fn other_receivers_notifications_carry_the_playbook() {
+    let mail = produced_mail("receivers");
+    for file in ["r01", "r03", "r04"] {
+        let (name, text) = mail
+            .iter()
+            .find(|(n, _)| n.starts_with(&format!("receivers-{file}-")))
+            .unwrap_or_else(|| panic!("{file} produced a notification"));
+        insta::assert_snapshot!(name.as_str(), text);
+    }
+}

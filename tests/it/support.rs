@@ -11,10 +11,18 @@ use postmaster_bot::shell::store::Store;
 pub struct Row {
     pub file: String,
     pub kind: String,
+    #[serde(default)]
     pub ticket_id: String,
     pub ips: String,
     #[allow(dead_code)]
+    #[serde(default)]
     pub thread: String,
+    /// The receiver or block list (sets of other receivers' bounces only).
+    #[serde(default)]
+    pub provider: Option<String>,
+    /// The provider's code for the refusal (the same sets).
+    #[serde(default)]
+    pub block_code: Option<String>,
     pub expect_action: String,
     #[allow(dead_code)]
     pub notes: String,
@@ -65,7 +73,12 @@ reporting_mtas = ["example.net"]
 "#;
 
 pub fn engine() -> Engine {
-    let config = config::parse(TEST_CONFIG, "test config").expect("test config is valid");
+    engine_with(TEST_CONFIG)
+}
+
+/// An engine on another config text.
+pub fn engine_with(text: &str) -> Engine {
+    let config = config::parse(text, "test config").expect("test config is valid");
     Engine::new(config).expect("engine builds")
 }
 

@@ -15,6 +15,9 @@ fn verdict(kind: Kind, ticket: Option<&str>, ips: &[&str]) -> Verdict {
         reporter: None,
         own_mta: false,
         quote: None,
+        provider: Some("outlook".into()),
+        block_code: None,
+        block: false,
     });
     Verdict {
         kind,
@@ -246,7 +249,8 @@ fn lookups_prefer_ticket_then_thread_then_ips() {
             Lookup::OpenForIps {
                 topic: Topic::OutlookBlock,
                 ips: vec!["192.0.2.1".into()],
-                without_ticket: true
+                without_ticket: true,
+                provider: None,
             },
         ]
     );

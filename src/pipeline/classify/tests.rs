@@ -372,3 +372,30 @@ fn a_refusal_after_a_finished_review_is_not_an_escalation_under_way() {
         &[],
     );
 }
+
+#[test]
+fn a_multi_line_reply_reads_on_across_its_lines() {
+    let unfolded = unfold_reply(
+        "550-5.7.1 [192.0.2.1] The IP you're using is not authorized to\n550-5.7.1 send email directly to our servers.\n550 5.7.1 Please use a relay. - gsmtp",
+    );
+    assert_eq!(
+        normalize(&unfolded),
+        "550-5.7.1 [192.0.2.1] The IP you're using is not authorized to send email directly to our servers. Please use a relay. - gsmtp"
+    );
+    // Another code inside the text stays.
+    assert_eq!(
+        unfold_reply("451 4.7.1 see 550 5.7.1 below"),
+        "451 4.7.1 see 550 5.7.1 below"
+    );
+}
+
+#[test]
+fn an_introduced_address_outranks_a_bare_dotted_code() {
+    let text = "421 4.7.0 [TSS04] Messages from 192.0.2.8 temporarily deferred - 4.16.55.1; see";
+    assert!(introduces(text, "192.0.2.8"));
+    assert!(!introduces(text, "4.16.55.1"));
+    assert!(introduces(
+        "554 IP=192.0.2.9 - A problem occurred",
+        "192.0.2.9"
+    ));
+}

@@ -31,6 +31,8 @@ pub struct CaseLine {
     pub opened_at: i64,
     pub updated_at: i64,
     pub closed_at: Option<i64>,
+    /// Whose block the case is (`outlook`, `gmail` ...).
+    pub provider: Option<String>,
 }
 
 /// What a case list is narrowed to.
@@ -39,6 +41,7 @@ pub struct CaseFilter {
     pub state: Option<String>,
     pub ip: Option<String>,
     pub ticket: Option<String>,
+    pub provider: Option<String>,
     pub limit: u32,
 }
 
@@ -220,16 +223,23 @@ impl Store {
         self.rows(
             &format!(
                 "SELECT c.id, c.topic, c.state, c.ticket_id, c.opened_at, c.updated_at, c.closed_at,
-                        (SELECT {ips} FROM case_ips WHERE case_id = c.id)
+                        (SELECT {ips} FROM case_ips WHERE case_id = c.id), c.provider
                  FROM cases c
                  WHERE (CAST(?1 AS TEXT) IS NULL OR c.state = ?1)
                    AND (CAST(?2 AS TEXT) IS NULL OR c.id IN (SELECT case_id FROM case_ips WHERE ip = ?2))
                    AND (CAST(?3 AS TEXT) IS NULL OR lower(c.ticket_id) = lower(?3))
+                   AND (CAST(?5 AS TEXT) IS NULL OR c.provider = ?5)
                  ORDER BY CASE c.state WHEN 'needs_operator' THEN 0 WHEN 'closed' THEN 2 ELSE 1 END,
                           CASE WHEN c.state = 'closed' THEN -c.updated_at ELSE c.updated_at END
                  LIMIT ?4"
             ),
-            params![filter.state, filter.ip, filter.ticket, filter.limit],
+            params![
+                filter.state,
+                filter.ip,
+                filter.ticket,
+                filter.limit,
+                filter.provider
+            ],
         )?
         .iter()
         .map(|r| {
@@ -242,6 +252,7 @@ impl Store {
                 opened_at: col!(&self.path, r, 4),
                 updated_at: col!(&self.path, r, 5),
                 closed_at: col!(&self.path, r, 6),
+                provider: col!(&self.path, r, 8),
                 ips: ips
                     .map(|s| s.split(' ').map(str::to_string).collect())
                     .unwrap_or_default(),
@@ -260,6 +271,14 @@ impl Store {
         self.counts(
             "SELECT mailbox, count(*) FROM cases WHERE state != 'closed'
              GROUP BY mailbox ORDER BY mailbox",
+        )
+    }
+
+    /// How many cases are not closed for each provider (`outlook`, `gmail` ...).
+    pub fn open_cases_by_provider(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        self.counts(
+            "SELECT COALESCE(provider, 'unknown'), count(*) FROM cases WHERE state != 'closed'
+             GROUP BY COALESCE(provider, 'unknown') ORDER BY 1",
         )
     }
 

@@ -163,6 +163,12 @@ CREATE TABLE instances (
     stopped_at INTEGER
 );
 "#,
+    r#"
+ALTER TABLE cases ADD COLUMN provider TEXT;
+CREATE INDEX cases_provider ON cases(provider, state);
+UPDATE cases SET provider = 'outlook' WHERE topic IN ('outlook_block', 'complaints', 'snds');
+UPDATE cases SET provider = 'm365' WHERE topic = 'm365_block';
+"#,
 ];
 
 /// A migration in PostgreSQL's type names.

@@ -23,6 +23,7 @@ struct Snapshot {
     kinds: Vec<(String, i64)>,
     states: Vec<(String, i64)>,
     open_by_mailbox: Vec<(String, i64)>,
+    open_by_provider: Vec<(String, i64)>,
     outbox: Vec<(String, i64)>,
     replies: Vec<(String, i64)>,
     webhooks: Vec<(String, i64)>,
@@ -35,6 +36,7 @@ fn snapshot(store: &Store) -> Result<Snapshot, StoreError> {
         kinds: store.messages_by_kind()?,
         states: store.cases_by_state()?,
         open_by_mailbox: store.open_cases_by_mailbox()?,
+        open_by_provider: store.open_cases_by_provider()?,
         outbox: store.outbox_by_status()?,
         replies: store.replies_by_status()?,
         webhooks: store.webhooks_by_status()?,
@@ -74,6 +76,11 @@ fn registry(s: &Snapshot, now: i64) -> Registry {
         "open_cases",
         "Cases not closed, by mailbox",
         gauge_family(&s.open_by_mailbox, "mailbox"),
+    );
+    registry.register(
+        "open_provider_cases",
+        "Cases not closed, by the receiver or block list that blocks us",
+        gauge_family(&s.open_by_provider, "provider"),
     );
     registry.register(
         "outbox_rows",

@@ -57,6 +57,7 @@ impl QueueLine {
 pub struct CaseRow {
     pub id: i64,
     pub topic: String,
+    pub provider: String,
     pub state: String,
     pub ticket: String,
     pub ips: String,
@@ -73,6 +74,7 @@ fn case_row(c: &crate::shell::store::CaseLine, now: i64) -> CaseRow {
     CaseRow {
         id: c.id,
         topic: c.topic.clone(),
+        provider: c.provider.clone().unwrap_or_default(),
         state: c.state.clone(),
         ticket: c.ticket_id.clone().unwrap_or_default(),
         ips,
@@ -287,6 +289,7 @@ pub struct Cases {
     pub state: String,
     pub ip: String,
     pub ticket: String,
+    pub provider: String,
     pub states: Vec<&'static str>,
 }
 
@@ -302,6 +305,7 @@ pub async fn cases(
         state: keep(q.state),
         ip: keep(q.ip),
         ticket: keep(q.ticket),
+        provider: keep(q.provider),
         limit: 500,
     };
     let shown = filter.clone();
@@ -326,6 +330,7 @@ pub async fn cases(
         state: shown.state.unwrap_or_default(),
         ip: shown.ip.unwrap_or_default(),
         ticket: shown.ticket.unwrap_or_default(),
+        provider: shown.provider.unwrap_or_default(),
         states: vec![
             "needs_operator",
             "blocked",
@@ -413,6 +418,7 @@ pub async fn case(
         opened_at: case.opened_at,
         updated_at: case.updated_at,
         closed_at: case.closed_at,
+        provider: case.provider.clone(),
     };
     let page = CasePage {
         nav: nav(&visitor, &console, waiting),
