@@ -262,8 +262,8 @@ pub enum Lookup {
     },
     /// The newest open notice case with this key.
     Notice(String),
-    /// The newest open case of another receiver's block by this provider (a refusal that
-    /// names none of our IPs).
+    /// The newest open case of another receiver's block by this provider that names none of
+    /// our IPs either (a refusal that names none: the provider and "no IP" are its key).
     OpenForProvider(String),
 }
 

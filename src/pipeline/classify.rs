@@ -1056,8 +1056,9 @@ fn classify_bounce(
         }
     }
     // Where a refusal introduces our address ("from [ip]", "IP=ip"), a bare dotted number
-    // elsewhere in it (Yahoo's "- 4.16.55.1" is an internal code) is not ours.
-    if ips.len() > 1 {
+    // elsewhere in it (Yahoo's "- 4.16.55.1" is an internal code) is not ours. A refusal names
+    // one or two; a list of many is taken as it is (and costs no search per address).
+    if (2..=16).contains(&ips.len()) {
         let texts: Vec<&str> = matching_units.iter().map(|(u, _)| u.as_str()).collect();
         let introduced: Vec<String> = ips
             .iter()
@@ -1102,10 +1103,11 @@ fn classify_bounce(
             .flat_map(|d| &d.recipients)
             .filter_map(|r| r.remote_mta.as_deref())
             .map(|m| m.rsplit(';').next().unwrap_or(m).trim().to_string());
+        // Lazily, and a bounded number of names: a bounce of a thousand recipients costs no
+        // more than one of ten.
         let in_answer = matching_units
             .iter()
-            .flat_map(|(u, _)| HOST_NAME.find_iter(u).map(|m| m.as_str().to_string()))
-            .collect::<Vec<_>>();
+            .flat_map(|(u, _)| HOST_NAME.find_iter(u).map(|m| m.as_str().to_string()));
         let recipients = inbound
             .dsn
             .iter()
@@ -1114,13 +1116,12 @@ fn classify_bounce(
             .chain(
                 inbound
                     .header_all("x-failed-recipients")
-                    .flat_map(|v| v.split(',').map(str::to_string).collect::<Vec<_>>()),
+                    .flat_map(|v| v.split(',').map(str::to_string)),
             )
             .filter_map(|r| {
                 r.rsplit_once('@')
                     .map(|(_, d)| d.trim().trim_end_matches('>').to_string())
-            })
-            .collect::<Vec<_>>();
+            });
         remote
             .chain(in_answer)
             .chain(recipients)
@@ -1149,13 +1150,28 @@ fn classify_bounce(
                             matching_units.iter().find_map(|(unit, _)| {
                                 let text = normalize(unit);
                                 let caps = code.captures(&text)?;
-                                let found = caps.get(1).or_else(|| caps.get(0))?.as_str();
+                                // The first group that took part, else the whole match.
+                                let found = caps
+                                    .iter()
+                                    .skip(1)
+                                    .flatten()
+                                    .next()
+                                    .or_else(|| caps.get(0))?
+                                    .as_str();
                                 // A code is a short token; anything else is not shown as one.
                                 (found.len() <= 64 && !found.contains(char::is_whitespace))
                                     .then(|| found.to_string())
                             })
                         })
                         .or_else(|| status.clone())
+                        .or_else(|| {
+                            matching_units.iter().find_map(|(unit, _)| {
+                                ENHANCED_STATUS
+                                    .captures(unit)
+                                    .and_then(|c| c.get(1))
+                                    .map(|m| m.as_str().to_string())
+                            })
+                        })
                 })
                 .flatten();
             Bounce {
@@ -1225,28 +1241,44 @@ fn introduces(text: &str, ip: &str) -> bool {
 }
 
 static INTRODUCED: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)(?:\bfrom|\bip|\baddress|\bhost|=|\[)\s*\[?\s*$")
+    // "[" only right after the status code (Gmail's "550-5.7.1 [192.0.2.1 12]"): elsewhere a
+    // bracketed address is as often the receiving server's.
+    Regex::new(r"(?i)(?:\bfrom|\bip|\baddress|\bip\s*=|[245]\.\d{1,3}\.\d{1,3}\s*\[)\s*\[?\s*$")
         .expect("static regex is valid")
 });
 
-/// A multi-line SMTP reply as one text: every line of `550-5.7.1 ...` / `550 5.7.1 ...` after
-/// the first loses its repeated code, so that the server's sentence reads on across lines.
+/// A multi-line SMTP reply as one text: the lines after the first of `550-5.7.1 ...` ... `550
+/// 5.7.1 ...` lose their repeated code, so that the server's sentence reads on across lines.
 fn unfold_reply(text: &str) -> String {
+    // The code of a reply line (after any whitespace and transcript marker), and whether the
+    // reply goes on (`550-`) or ends (`550 `) with this line.
+    fn code_of(prefix: &str) -> (&str, bool) {
+        let bare = prefix
+            .trim_start()
+            .trim_start_matches(['<', '-'])
+            .trim_start();
+        (&bare[..3], bare.as_bytes().get(3) == Some(&b'-'))
+    }
     let Some(first) = REPLY_LINE_PREFIX.find(text) else {
         return text.to_string();
     };
-    let code = &text[first.start()..first.start() + 3];
+    let (code, mut goes_on) = code_of(first.as_str());
+    let mut code = code.to_string();
     let mut out = String::with_capacity(text.len());
     out.push_str(&text[..first.end()]);
     let mut last = first.end();
     for m in REPLY_LINE_PREFIX.find_iter(&text[first.end()..]) {
         let (start, end) = (first.end() + m.start(), first.end() + m.end());
-        let prefix = text[start..end].trim_start();
-        if prefix.starts_with(code) {
+        let (this, continues) = code_of(&text[start..end]);
+        // A line of the same reply loses its code; after a reply's last line, a code starts
+        // the next reply (another attempt) and stays.
+        if goes_on && this == code {
             out.push_str(&text[last..start]);
             out.push(' ');
             last = end;
         }
+        code = this.to_string();
+        goes_on = continues;
     }
     out.push_str(&text[last..]);
     out
@@ -1254,7 +1286,9 @@ fn unfold_reply(text: &str) -> String {
 
 /// A reply line's code and enhanced status (`550-5.7.1 `), at a line's start or after space.
 static REPLY_LINE_PREFIX: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?:^|\s)[245]\d\d[- ]#?[245]\.\d{1,3}\.\d{1,3}\s+").expect("static regex is valid")
+    // A transcript's direction marker (`<<< `, `<-- `) may stand before it.
+    Regex::new(r"(?:^|\s)(?:(?:<<<|<--|<-)\s*)?[245]\d\d[- ]#?[245]\.\d{1,3}\.\d{1,3}\s+")
+        .expect("static regex is valid")
 });
 
 /// A host or mail domain in a bounce's diagnostic text.

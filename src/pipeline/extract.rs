@@ -154,10 +154,11 @@ static RANGE: LazyLock<Regex> = LazyLock::new(|| {
 /// A hostname right before an address (`host.example[1.2.3.4]`, `host.example (1.2.3.4)`):
 /// that address is a relay hop, never the subject of the message.
 static HOP_BEFORE: LazyLock<Regex> = LazyLock::new(|| {
-    // A host name with its address in brackets, or qmail's "Connected to <ip>": the
-    // receiving server, not ours.
+    // The receiving server, not ours: a host name with its address in brackets, an address
+    // sent "to [...]", a "remote server (ip)", a DNS answer "A=[ip]" or server, qmail's
+    // "Connected to ip" and "Giving up on ip".
     Regex::new(
-        r"(?i)(?:[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,}\.?\s*[\[(]{1,2}|\bconnected\s+to|\bgiving\s+up\s+on)\s*$",
+        r"(?i)(?:[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,}\.?\s*[\[(]{1,2}|\bconnected\s+to|\bgiving\s+up\s+on|\bto\s*\[|\bremote\s+(?:server|host|mta)\s*[\[(]?|\bA\s*=\s*\[|\bdns\s+server\s*:?)\s*$",
     )
         .expect("static regex is valid")
 });
@@ -165,7 +166,8 @@ static HOP_BEFORE: LazyLock<Regex> = LazyLock::new(|| {
 /// What qmail writes after the receiving server's address ("1.2.3.4 does not like recipient").
 static HOP_AFTER: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(
-        r"(?i)^\.?\s+(?:does\s+not\s+like|failed\s+after|but\s+(?:sender|greeting|connection))",
+        // ...or an address with the SMTP port: a server's.
+        r"(?i)^(?:\.?\s+(?:does\s+not\s+like|failed\s+after|but\s+(?:sender|greeting|connection))|\]?:(?:25|465|587)\b)",
     )
     .expect("static regex is valid")
 });

@@ -1120,6 +1120,7 @@ impl StoreTx<'_> {
                 Lookup::OpenForProvider(provider) => vec![(
                     "SELECT {rank} AS rank, id, data FROM cases
                      WHERE topic = 'receiver_block' AND provider = ?{a} AND state != 'closed'
+                       AND NOT EXISTS (SELECT 1 FROM case_ips i WHERE i.case_id = cases.id)
                        AND (CAST(?{s} AS TEXT) IS NULL OR mailbox = ?{s})
                      ORDER BY id DESC LIMIT 1"
                         .to_string(),

@@ -96,14 +96,19 @@ fn manifest_has_column(set: &str, column: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Two sets by two authors blind to the rules; the second was first run after the rules were
+/// written for the first (20 of 26 right; its misses were fixed in general: transcript
+/// markers before reply codes, receiving servers' addresses by their context).
 #[test]
 fn other_receivers_kinds_providers_codes_and_ips_match_the_manifest() {
     check_classify("receivers");
+    check_classify("receivers2");
 }
 
 #[test]
 fn other_receivers_blocks_open_one_case_per_provider_and_ip_and_plain_bounces_none() {
     check_replay("receivers", true);
+    check_replay("receivers2", true);
 }
 
 /// With `[rules] other_receivers = false` another receiver's block is a bounce that needs no

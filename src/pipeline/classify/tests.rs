@@ -382,6 +382,11 @@ fn a_multi_line_reply_reads_on_across_its_lines() {
         normalize(&unfolded),
         "550-5.7.1 [192.0.2.1] The IP you're using is not authorized to send email directly to our servers. Please use a relay. - gsmtp"
     );
+    // Whitespace of any width before a repeated code (hostile text) is no problem.
+    assert_eq!(
+        unfold_reply("550-5.7.1 a\u{a0}550-5.7.1 b\u{2003}550 5.7.1 c"),
+        "550-5.7.1 a b c"
+    );
     // Another code inside the text stays.
     assert_eq!(
         unfold_reply("451 4.7.1 see 550 5.7.1 below"),
