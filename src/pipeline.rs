@@ -18,6 +18,7 @@ pub mod parse;
 pub mod render;
 pub mod rules;
 pub mod score;
+pub mod snds;
 pub mod sync;
 pub mod webhook;
 pub mod witness;
