@@ -92,9 +92,12 @@ impl Browser {
     }
 
     fn goto(&self, url: &str) {
-        self.runtime
-            .block_on(self.client.goto(url))
+        self.try_goto(url)
             .unwrap_or_else(|e| panic!("open {url}: {e}"));
+    }
+
+    fn try_goto(&self, url: &str) -> Result<(), fantoccini::error::CmdError> {
+        self.runtime.block_on(self.client.goto(url))
     }
 
     /// The text of the first element `css` finds, waiting a little for the page to load.
@@ -232,7 +235,13 @@ impl Browser {
     fn wait_for(&self, url: &str, css: &str, needle: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            self.goto(url);
+            // The console may not listen yet (a daemon just started takes its lease and
+            // opens its store first): that is "not yet", until the deadline.
+            if let Err(e) = self.try_goto(url) {
+                assert!(Instant::now() < deadline, "open {url}: {e}");
+                std::thread::sleep(Duration::from_millis(300));
+                continue;
+            }
             let found = self.runtime.block_on(async {
                 let element = self.client.find(Locator::Css(css)).await.ok()?;
                 element.text().await.ok()
