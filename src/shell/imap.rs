@@ -1298,25 +1298,35 @@ impl Imap {
         let session = self.session.take().ok_or_else(|| ImapError::Closed {
             server: self.server.clone(),
         })?;
+        // Mail that came in after the catch-up's last command is announced when IDLE starts,
+        // possibly before the server's continuation; the library queues such an announcement
+        // instead of ending the wait, so it is looked for here, or it would wait a whole renewal.
+        let queued = session.unsolicited_responses.clone();
         let mut handle = session.idle();
         handle.init().await.map_err(self.cmd_err("IDLE"))?;
-        let (wait, stop) = handle.wait_with_timeout(renew);
         debug!(idle = true, "waiting for the server");
-        let outcome = tokio::select! {
-            r = wait => r.map(|resp| match resp {
-                IdleResponse::NewData(_) => {
-                    debug!("woken by the server");
-                    Wake::Changed
-                }
-                IdleResponse::Timeout => Wake::Timeout,
-                IdleResponse::ManualInterrupt => Wake::Shutdown,
-            }),
-            _ = shutdown.changed() => Ok(Wake::Shutdown),
-            // Something for the bot to do that is not in the mailbox (an approval given in the
-            // console or on the command line): IDLE ends with DONE like any other wake.
-            _ = nudge => Ok(Wake::Changed),
+        let outcome = if announces_new_mail(|| queued.try_recv().ok()) {
+            debug!("new mail announced as IDLE started");
+            Ok(Wake::Changed)
+        } else {
+            let (wait, stop) = handle.wait_with_timeout(renew);
+            let outcome = tokio::select! {
+                r = wait => r.map(|resp| match resp {
+                    IdleResponse::NewData(_) => {
+                        debug!("woken by the server");
+                        Wake::Changed
+                    }
+                    IdleResponse::Timeout => Wake::Timeout,
+                    IdleResponse::ManualInterrupt => Wake::Shutdown,
+                }),
+                _ = shutdown.changed() => Ok(Wake::Shutdown),
+                // Something for the bot to do that is not in the mailbox (an approval given in
+                // the console or on the command line): IDLE ends with DONE like any other wake.
+                _ = nudge => Ok(Wake::Changed),
+            };
+            drop(stop);
+            outcome
         };
-        drop(stop);
         let outcome = outcome.map_err(self.cmd_err("IDLE"))?;
         let session = tokio::time::timeout(Duration::from_secs(30), handle.done())
             .await
@@ -1334,17 +1344,12 @@ impl Imap {
     /// (`EXISTS`, `RECENT`) that arrived while the bot was busy, so that it catches up again
     /// rather than wait for a notification the server already sent.
     pub fn drain_unsolicited(&mut self) -> bool {
-        use async_imap::types::UnsolicitedResponse;
-        let mut new_mail = std::mem::take(&mut self.announced);
-        if let Some(s) = self.session.as_mut() {
-            while let Ok(r) = s.unsolicited_responses.try_recv() {
-                new_mail |= matches!(
-                    r,
-                    UnsolicitedResponse::Exists(_) | UnsolicitedResponse::Recent(_)
-                );
-            }
-        }
-        new_mail
+        let announced = std::mem::take(&mut self.announced);
+        let queued = self
+            .session
+            .as_ref()
+            .is_some_and(|s| announces_new_mail(|| s.unsolicited_responses.try_recv().ok()));
+        announced | queued
     }
 
     /// Logs out politely; errors are of no interest at that point.
@@ -1353,6 +1358,22 @@ impl Imap {
             let _ = tokio::time::timeout(Duration::from_secs(5), s.logout()).await;
         }
     }
+}
+
+/// Takes every queued unsolicited response (`next` gives one at a time); true when one of them
+/// announced new mail.
+fn announces_new_mail(
+    mut next: impl FnMut() -> Option<async_imap::types::UnsolicitedResponse>,
+) -> bool {
+    use async_imap::types::UnsolicitedResponse;
+    let mut new_mail = false;
+    while let Some(r) = next() {
+        new_mail |= matches!(
+            r,
+            UnsolicitedResponse::Exists(_) | UnsolicitedResponse::Recent(_)
+        );
+    }
+    new_mail
 }
 
 #[cfg(test)]

@@ -201,6 +201,6 @@ fn cyrus_handled_mail_is_moved_without_move() {
 #[test]
 fn cyrus_with_idled_wakes_the_daemon() {
     let case = setup_on_cyrus(Cyrus::Standard, "draft", "poll_seconds = 3600");
-    let took = crate::live::time_until_draft(&case, Duration::from_millis(1500));
+    let took = crate::live::time_until_draft(&case, crate::live::Ready::Idling(1));
     assert!(took < Duration::from_secs(20), "took {took:?}");
 }

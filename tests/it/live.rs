@@ -1021,17 +1021,38 @@ impl Drop for Daemon {
     }
 }
 
-pub(crate) fn time_until_draft(case: &Case, extra_wait: Duration) -> Duration {
-    let mut child = Daemon(
-        Command::new(env!("CARGO_BIN_EXE_postmaster-bot"))
-            .args(["run", "--config", &case.config.display().to_string()])
-            .current_dir(case.dir.path())
-            .env("PMB_TEST_PASSWORD", "password")
-            .spawn()
-            .expect("daemon starts"),
-    );
-    // Let it finish its first pass and start waiting.
-    std::thread::sleep(extra_wait);
+/// What `time_until_draft` waits for in the daemon's log before it delivers the thread.
+pub(crate) enum Ready {
+    /// The first pass is done and the daemon waits (IDLE or poll).
+    Waiting,
+    /// The daemon has issued IDLE this many times (the first, then each renewal).
+    Idling(usize),
+}
+
+/// Starts the daemon, waits until it is `ready` (by its own log, so a slow start on a loaded
+/// machine is not counted), delivers the thread and returns how long the draft took to appear.
+pub(crate) fn time_until_draft(case: &Case, ready: Ready) -> Duration {
+    let (mut child, log) = case.daemon_logging_to_file("debug");
+    let (needle, times) = match ready {
+        Ready::Waiting => ("caught up: waiting for new mail", 1),
+        Ready::Idling(n) => ("waiting for the server idle=true", n),
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.matches(needle).count() >= times {
+            break;
+        }
+        assert!(
+            child.0.try_wait().expect("wait").is_none(),
+            "the daemon stopped before '{needle}' x{times}: {text}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "not '{needle}' x{times} in 90 s: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let start = Instant::now();
     case.deliver(&THREAD);
     let deadline = start + Duration::from_secs(40);
@@ -1049,17 +1070,17 @@ pub(crate) fn time_until_draft(case: &Case, extra_wait: Duration) -> Duration {
     };
     // SIGTERM: the daemon stops cleanly.
     let status = child.stop();
-    assert!(status.success(), "daemon exit status {status}");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.success(), "daemon exit status {status}: {text}");
     took
 }
 
 #[test]
 fn idle_is_reissued_and_still_wakes_the_daemon() {
-    // The renewal (DONE, catch-up, IDLE again) happens once, about 15.5 s after the start,
-    // before the mail arrives at 16.5 s; the next renewal would come about 15 s later. Waking
-    // well before it is the re-issued IDLE's doing, even on a loaded CI machine.
+    // The mail arrives once IDLE has been renewed (DONE, catch-up, IDLE again); the next
+    // renewal would come 15 s later. Waking well before it is the re-issued IDLE's doing.
     let case = setup("draft", "idle_renew_seconds = 15\npoll_seconds = 3600");
-    let took = time_until_draft(&case, Duration::from_millis(16_500));
+    let took = time_until_draft(&case, Ready::Idling(2));
     assert!(took < Duration::from_secs(12), "took {took:?}");
 }
 
@@ -1232,14 +1253,14 @@ fn notifications_follow_the_mode_and_sent_mail_is_filed() {
 fn idle_wakes_the_daemon() {
     // Polling alone would not look again for an hour.
     let case = setup("draft", "poll_seconds = 3600");
-    let took = time_until_draft(&case, Duration::from_millis(1500));
+    let took = time_until_draft(&case, Ready::Idling(1));
     assert!(took < Duration::from_secs(30), "took {took:?}");
 }
 
 #[test]
 fn without_idle_the_daemon_polls() {
     let case = setup("draft", "idle = false\npoll_seconds = 1");
-    let took = time_until_draft(&case, Duration::from_millis(1500));
+    let took = time_until_draft(&case, Ready::Waiting);
     assert!(took < Duration::from_secs(30), "took {took:?}");
 }
 
